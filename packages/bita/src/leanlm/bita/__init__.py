@@ -1,0 +1,3 @@
+"""leanlm.bita"""
+
+__version__ = "0.1.0"

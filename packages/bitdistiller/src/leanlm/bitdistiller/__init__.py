@@ -1,0 +1,3 @@
+"""leanlm.bitdistiller"""
+
+__version__ = "0.1.0"

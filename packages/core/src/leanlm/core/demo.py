@@ -1,0 +1,66 @@
+"""The demo contract between core and the method packages.
+
+A method package registers ``<name> = "leanlm.<name>.demo:run_demo"`` under the entry-point group
+``leanlm.methods``. ``run_demo(out_dir: Path, model: str = "default") -> DemoResult`` runs the method
+end to end at toy scale on CPU, writes what it makes under ``out_dir``, and returns a summary.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+from leanlm.core.records import write_json, write_text
+
+GROUP = "leanlm.methods"
+
+
+@dataclass
+class DemoResult:
+    method: str
+    ok: bool = True
+    seconds: float = 0.0
+    summary: str = ""  # a few Markdown lines
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def installed_methods() -> dict[str, Any]:
+    return {ep.name: ep for ep in sorted(entry_points(group=GROUP), key=lambda e: e.name)}
+
+
+def run_demos(out_dir: Path, methods: list[str] | None = None, model: str = "default") -> list[DemoResult]:
+    """Run the chosen (default: all installed) method demos, each in ``out_dir/<method>``."""
+    available = installed_methods()
+    names = methods or list(available)
+    results = []
+    for name in names:
+        t0 = time.time()
+        try:
+            run = available[name].load()
+            result = run(out_dir / name, model=model)
+        except Exception as e:  # noqa: BLE001 - one failing method must not hide the others
+            result = DemoResult(name, ok=False, summary=f"failed: `{type(e).__name__}: {e}`")
+            (out_dir / name).mkdir(parents=True, exist_ok=True)
+            write_text(out_dir / name / "error.txt", traceback.format_exc())
+        result.seconds = time.time() - t0
+        results.append(result)
+    return results
+
+
+def write_report(out_dir: Path, results: list[DemoResult]) -> Path:
+    lines = ["# leanlm demo report", ""]
+    if not results:
+        lines.append("No method package is installed, so there is nothing to demonstrate yet.")
+    else:
+        lines += ["| method | status | seconds |", "|---|---|---|"]
+        lines += [f"| {r.method} | {'ok' if r.ok else 'FAILED'} | {r.seconds:.1f} |" for r in results]
+        for r in results:
+            lines += ["", f"## {r.method}", "", r.summary or "(no summary)"]
+    path = out_dir / "report.md"
+    write_text(path, "\n".join(lines) + "\n")
+    write_json(out_dir / "report.json", [r.__dict__ for r in results])
+    return path

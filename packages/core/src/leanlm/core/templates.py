@@ -1,0 +1,137 @@
+"""Prompt templates: the formats the supported models were trained with.
+
+``format_prompt(name, instruction, input=None, system=None, tokenizer=None)`` returns the text
+the model sees before its answer. The fixed strings are the models' own published formats
+(a model answers well only in the format it was tuned on), so they are reproduced exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from leanlm.core.errors import UserError
+
+ALPACA_HEADER = (
+    "Below is an instruction that describes a task. "
+    "Write a response that appropriately completes the request.\n\n"
+)
+ALPACA_INPUT_HEADER = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request.\n\n"
+)
+VICUNA_SYSTEM = (
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
+)
+LLAMA2_SYSTEM = (
+    "You are a helpful, respectful and honest assistant. Answer as helpfully as possible while staying "
+    "safe and accurate. If a question does not make sense or you do not know the answer, say so "
+    "instead of making something up."
+)
+
+
+@dataclass(frozen=True)
+class Template:
+    name: str
+    description: str
+
+    def format(
+        self, instruction: str, input: str | None = None, system: str | None = None, tokenizer: Any = None
+    ) -> str:
+        return _FORMATTERS[self.name](instruction, input or "", system, tokenizer)
+
+
+def _alpaca(instruction: str, input: str, system: str | None, tokenizer: Any) -> str:
+    if input:
+        return (
+            f"{system + chr(10) * 2 if system else ALPACA_INPUT_HEADER}### Instruction:\n{instruction}\n\n"
+            f"### Input:\n{input}\n\n### Response:\n"
+        )
+    return f"{system + chr(10) * 2 if system else ALPACA_HEADER}### Instruction:\n{instruction}\n\n### Response:\n"
+
+
+def _instruction_response(instruction: str, input: str, system: str | None, tokenizer: Any) -> str:
+    # The bare format Lion and BitDistiller train with: no preamble.
+    body = f"{instruction}\n\n{input}" if input else instruction
+    return f"### Instruction:\n{body}\n\n### Response:"
+
+
+def _llama2_chat(instruction: str, input: str, system: str | None, tokenizer: Any) -> str:
+    body = f"{instruction}\n\n{input}" if input else instruction
+    sys_text = LLAMA2_SYSTEM if system is None else system
+    if sys_text:
+        return f"[INST] <<SYS>>\n{sys_text}\n<</SYS>>\n\n{body} [/INST]"
+    return f"[INST] {body} [/INST]"
+
+
+def _vicuna(instruction: str, input: str, system: str | None, tokenizer: Any) -> str:
+    body = f"{instruction}\n\n{input}" if input else instruction
+    sys_text = VICUNA_SYSTEM if system is None else system
+    return f"{sys_text + ' ' if sys_text else ''}USER: {body} ASSISTANT:"
+
+
+def _falcon(instruction: str, input: str, system: str | None, tokenizer: Any) -> str:
+    body = f"{instruction}\n\n{input}" if input else instruction
+    return f"{system + chr(10) if system else ''}User: {body}\nAssistant:"
+
+
+def _chat_template(instruction: str, input: str, system: str | None, tokenizer: Any) -> str:
+    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        raise UserError("template 'chat' needs a tokenizer with a chat template; pass tokenizer=")
+    body = f"{instruction}\n\n{input}" if input else instruction
+    messages = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": body}
+    ]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+_FORMATTERS = {
+    "alpaca": _alpaca,
+    "instruction_response": _instruction_response,
+    "llama2_chat": _llama2_chat,
+    "vicuna_v1.1": _vicuna,
+    "falcon": _falcon,
+    "chat": _chat_template,
+}
+
+TEMPLATES: dict[str, Template] = {
+    "alpaca": Template("alpaca", "Stanford Alpaca, with or without an ### Input section"),
+    "instruction_response": Template("instruction_response", "### Instruction / ### Response, no preamble"),
+    "llama2_chat": Template("llama2_chat", "LLaMA-2-chat [INST] <<SYS>> format"),
+    "vicuna_v1.1": Template("vicuna_v1.1", "Vicuna v1.1 USER:/ASSISTANT: format"),
+    "falcon": Template("falcon", "Falcon-instruct User:/Assistant: format"),
+    "chat": Template("chat", "the tokenizer's own chat template (apply_chat_template)"),
+}
+
+
+def get_template(name: str) -> Template:
+    try:
+        return TEMPLATES[name]
+    except KeyError:
+        raise UserError(f"unknown prompt template {name!r}; choose one of: {', '.join(TEMPLATES)}") from None
+
+
+def format_prompt(
+    template: str,
+    instruction: str,
+    input: str | None = None,
+    system: str | None = None,
+    tokenizer: Any = None,
+) -> str:
+    """Render ``instruction`` (and optional ``input``) in the named template, ready for the answer."""
+    return get_template(template).format(instruction, input, system, tokenizer)
+
+
+def default_template_for(model_name: str) -> str:
+    """The template a model family expects: chat for tokenizers with one, else by name."""
+    n = model_name.lower()
+    if "llama2" in n or "llama-2" in n:
+        return "llama2_chat"
+    if "vicuna" in n:
+        return "vicuna_v1.1"
+    if "falcon" in n:
+        return "falcon"
+    if "smollm" in n or n == "default" or "tinyllama" in n:
+        return "chat"
+    return "alpaca"

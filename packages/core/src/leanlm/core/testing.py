@@ -1,0 +1,50 @@
+"""Pytest fixtures shared by every leanlm package: ``pytest_plugins = ["leanlm.core.testing"]``.
+
+Models load once per test process (``import transformers`` alone costs seconds); tests that
+change weights must copy the model first (``copy.deepcopy``).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tokenizer() -> Any:
+    from leanlm.core.models import load_tokenizer
+
+    return load_tokenizer("default")
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> Any:
+    """A random 4-layer GQA LLaMA with the embedded tokenizer's vocabulary (shared: do not mutate)."""
+    from leanlm.core.models import tiny_llama
+
+    return tiny_llama()
+
+
+@pytest.fixture(scope="session")
+def embedded_model() -> Any:
+    """SmolLM2-135M-Instruct, fp32 on CPU (shared: do not mutate)."""
+    from leanlm.core.models import load_model
+
+    return load_model("default", device="cpu")

@@ -1,0 +1,110 @@
+import json
+import multiprocessing as mp
+import os
+import signal
+
+import pytest
+
+from leanlm.core.errors import RecordError, UserError
+from leanlm.core.records import (
+    ResumableJsonlWriter,
+    atomic_path,
+    read_json,
+    read_jsonl,
+    read_records,
+    write_json,
+    write_jsonl,
+)
+
+
+def test_malformed_jsonl_names_file_and_line(tmp_path):
+    p = tmp_path / "data.jsonl"
+    p.write_text('{"a": 1}\n\n{"a": 2}\n{"a": \n')
+    with pytest.raises(RecordError) as e:
+        read_jsonl(p)
+    assert e.value.line == 4
+    assert str(e.value).startswith(f"{p}:4:")
+
+
+def test_non_object_line_is_rejected(tmp_path):
+    p = tmp_path / "data.jsonl"
+    p.write_text('{"a": 1}\n[1, 2]\n')
+    with pytest.raises(RecordError, match=":2: expected a JSON object"):
+        read_jsonl(p)
+
+
+def test_missing_file_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="no such file"):
+        read_jsonl(tmp_path / "nope.jsonl")
+
+
+def test_json_error_has_line(tmp_path):
+    p = tmp_path / "x.json"
+    p.write_text('[\n {"a": 1},\n {"a": }\n]')
+    with pytest.raises(RecordError) as e:
+        read_json(p)
+    assert e.value.line == 3
+
+
+def test_read_records_accepts_list_and_data_key(tmp_path):
+    write_json(tmp_path / "a.json", [{"x": 1}])
+    write_json(tmp_path / "b.json", {"data": [{"x": 2}]})
+    write_jsonl(tmp_path / "c.jsonl", [{"x": 3}])
+    assert [read_records(tmp_path / n)[0]["x"] for n in ("a.json", "b.json", "c.jsonl")] == [1, 2, 3]
+    write_json(tmp_path / "d.json", {"x": 1})
+    with pytest.raises(RecordError, match="expected a JSON list"):
+        read_records(tmp_path / "d.json")
+
+
+def test_atomic_write_keeps_old_file_on_failure(tmp_path):
+    p = tmp_path / "out.json"
+    write_json(p, {"v": 1})
+    with pytest.raises(RuntimeError), atomic_path(p) as f:
+        f.write('{"v": 2, "trunc')
+        raise RuntimeError("crash mid-write")
+    assert json.loads(p.read_text()) == {"v": 1}
+    assert [q.name for q in tmp_path.iterdir()] == ["out.json"]  # no temp file left behind
+
+
+def test_resumable_writer_skips_done_and_drops_torn_line(tmp_path):
+    p = tmp_path / "out.jsonl"
+    with ResumableJsonlWriter(p) as w:
+        w.write({"id": 1, "v": "a"})
+        w.write({"id": 2, "v": "b"})
+    with p.open("a") as f:
+        f.write('{"id": 3, "v": "c')  # a torn line, as a kill mid-write leaves it
+    w = ResumableJsonlWriter(p)
+    assert set(w.done) == {1, 2} and 3 not in w
+    w.write({"id": 3, "v": "c"})
+    w.close()
+    assert [r["id"] for r in read_jsonl(p)] == [1, 2, 3]
+
+
+def test_resumable_writer_rejects_record_without_id(tmp_path):
+    with ResumableJsonlWriter(tmp_path / "o.jsonl") as w, pytest.raises(ValueError, match="no 'id'"):
+        w.write({"v": 1})
+
+
+def _slow_writer(path: str, ready) -> None:
+    with ResumableJsonlWriter(path) as w:
+        for i in range(10_000):
+            w.write({"id": i, "payload": "x" * 200})
+            if i == 50:
+                ready.set()
+
+
+def test_killed_writer_loses_no_finished_record(tmp_path):
+    p = tmp_path / "killed.jsonl"
+    ctx = mp.get_context("fork")
+    ready = ctx.Event()
+    proc = ctx.Process(target=_slow_writer, args=(str(p), ready))
+    proc.start()
+    assert ready.wait(30)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.join()
+    w = ResumableJsonlWriter(p)  # recovers: every complete line is a finished record
+    n = len(w.done)
+    assert n > 50
+    assert sorted(w.done) == list(range(n))
+    w.close()
+    assert len(read_jsonl(p)) == n  # the file itself parses after recovery

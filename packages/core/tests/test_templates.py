@@ -1,0 +1,58 @@
+import pytest
+
+from leanlm.core.errors import UserError
+from leanlm.core.templates import TEMPLATES, default_template_for, format_prompt
+
+
+def test_alpaca_with_and_without_input():
+    no_input = format_prompt("alpaca", "Name a colour.")
+    assert no_input.endswith("### Instruction:\nName a colour.\n\n### Response:\n")
+    assert "### Input" not in no_input and no_input.startswith("Below is an instruction")
+    with_input = format_prompt("alpaca", "Translate.", input="bonjour")
+    assert "paired with an input" in with_input
+    assert with_input.endswith("### Instruction:\nTranslate.\n\n### Input:\nbonjour\n\n### Response:\n")
+
+
+def test_instruction_response():
+    assert (
+        format_prompt("instruction_response", "Add 2 and 3.")
+        == "### Instruction:\nAdd 2 and 3.\n\n### Response:"
+    )
+
+
+def test_llama2_chat():
+    p = format_prompt("llama2_chat", "Hi", system="Be brief.")
+    assert p == "[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi [/INST]"
+    assert format_prompt("llama2_chat", "Hi", system="") == "[INST] Hi [/INST]"
+    assert "<<SYS>>" in format_prompt("llama2_chat", "Hi")
+
+
+def test_vicuna_and_falcon():
+    v = format_prompt("vicuna_v1.1", "Hi")
+    assert v.startswith("A chat between") and v.endswith("USER: Hi ASSISTANT:")
+    assert format_prompt("falcon", "Hi") == "User: Hi\nAssistant:"
+
+
+def test_tokenizer_chat_template(tokenizer):
+    p = format_prompt("chat", "What is 2+2?", tokenizer=tokenizer)
+    assert "<|im_start|>user\nWhat is 2+2?<|im_end|>" in p
+    assert p.rstrip().endswith("<|im_start|>assistant")
+    with pytest.raises(UserError, match="needs a tokenizer"):
+        format_prompt("chat", "x")
+
+
+def test_every_template_renders_a_sample(tokenizer):
+    for name in TEMPLATES:
+        text = format_prompt(name, "Say hello.", input="to Bob", tokenizer=tokenizer)
+        assert "Say hello." in text and "to Bob" in text
+
+
+def test_unknown_template():
+    with pytest.raises(UserError, match="unknown prompt template 'nope'"):
+        format_prompt("nope", "x")
+
+
+def test_default_template_for():
+    assert default_template_for("llama2-7b-chat") == "llama2_chat"
+    assert default_template_for("vicuna-13b") == "vicuna_v1.1"
+    assert default_template_for("default") == "chat"

@@ -1,0 +1,3 @@
+"""leanlm.dllm"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+"""leanlm.lion"""
+
+__version__ = "0.1.0"

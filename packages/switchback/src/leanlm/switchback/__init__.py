@@ -1,0 +1,3 @@
+"""leanlm.switchback"""
+
+__version__ = "0.1.0"
