@@ -39,8 +39,8 @@ def sync(session: nox.Session, package: str, *groups: str) -> None:
 def tests(session: nox.Session, package: str) -> None:
     """One package's tests, with only that package (and leanlm-core) installed."""
     sync(session, package, "test")
-    args = session.posargs or ["-q", "-x" if os.environ.get("NOX_FAIL_FAST") else "-q"]
-    session.run("pytest", f"packages/{package}/tests", *args, env=OFFLINE_ENV)
+    # extra pytest arguments pass through: uv run nox -s "tests(package='core')" -- -k records
+    session.run("pytest", f"packages/{package}/tests", "-q", *session.posargs, env=OFFLINE_ENV)
 
 
 @nox.session(venv_backend="none")

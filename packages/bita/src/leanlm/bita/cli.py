@@ -1,0 +1,204 @@
+"""Console scripts (thin fire wrappers): bita-gen-prompts, bita-gen-outputs, bita-train, bita-eval,
+bita-generate. Every one takes ``--help``; user mistakes print one line and exit with code 2."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from leanlm.bita.train import train
+from leanlm.core.cli import entry
+from leanlm.core.errors import UserError
+
+log = logging.getLogger("leanlm.bita")
+
+
+def _template(template: str | None, model: str) -> str:
+    from leanlm.core.templates import default_template_for, get_template
+
+    name = template or default_template_for(str(model))
+    get_template(name)
+    return name
+
+
+def _limit(value: Any, what: str = "limit") -> int | None:
+    if value is None:
+        return None
+    if int(value) < 1:
+        raise UserError(f"--{what} must be a positive integer, got {value}")
+    return int(value)
+
+
+def gen_prompts(
+    data: str = "instructions",
+    output: str = "bita_prompts.jsonl",
+    model: str = "default",
+    template: str | None = None,
+    style: str = "full",
+    limit: int | None = None,
+    seed: int | None = None,
+) -> dict[str, Any]:
+    """Instructions (a core dataset name or a JSON/JSONL file) -> prompts in MODEL's template.
+
+    style: full (the template's system prompt) | short (none) | both. template: alpaca,
+    llama2_chat, vicuna_v1.1, falcon, chat, ... (default: chosen from the model name).
+    """
+    from leanlm.bita.prompts import STYLES, make_prompts
+    from leanlm.core.datasets import load_records
+    from leanlm.core.models import load_tokenizer
+    from leanlm.core.records import write_jsonl
+
+    styles = list(STYLES) if style == "both" else [style]
+    name = _template(template, model)
+    records = load_records(data, limit=_limit(limit), seed=seed)
+    if not records:
+        raise UserError(f"{data}: no instructions")
+    tokenizer = load_tokenizer(model) if name == "chat" else None
+    prompts = [p for s in styles for p in make_prompts(records, tokenizer, name, s)]
+    write_jsonl(output, prompts)
+    log.info("wrote %d prompts to %s", len(prompts), output)
+    return {"prompts": len(prompts), "output": output, "template": name}
+
+
+def gen_outputs(
+    prompts: str,
+    output: str = "bita_data.jsonl",
+    model: str = "default",
+    backend: str = "hf",
+    base_url: str | None = None,
+    api_key: str | None = None,
+    max_new_tokens: int = 512,
+    batch_size: int = 8,
+    concurrency: int = 8,
+    limit: int | None = None,
+    dtype: str | None = None,
+) -> dict[str, Any]:
+    """The base model's greedy answers to PROMPTS, into ONE resumable JSONL (re-run to resume).
+
+    backend: hf (in process; --model) | tgi (--base_url host:port) | openai (any OpenAI-compatible
+    server; --base_url, --api_key, --model = served name) | vllm (in process, if installed).
+    """
+    from leanlm.bita.prompts import generate_outputs
+    from leanlm.core.generation import get_backend
+    from leanlm.core.records import read_records
+
+    records = read_records(prompts)
+    if not records:
+        raise UserError(f"{prompts}: no prompts")
+    if limit:
+        records = records[: _limit(limit)]
+    kind = backend.lower()
+    if kind in {"hf", "transformers", "vllm"}:
+        options: dict[str, Any] = {"model": model, "batch_size": int(batch_size)}
+        if dtype:
+            options["dtype"] = dtype
+        if kind == "vllm":
+            options.pop("batch_size")
+    elif kind == "tgi":
+        options = {"base_url": base_url, "concurrency": int(concurrency)}
+        if api_key:
+            options["api_key"] = api_key
+    elif kind == "openai":
+        options = {"model": None if model == "default" else model, "base_url": base_url, "api_key": api_key, "concurrency": int(concurrency)}
+    else:
+        raise UserError(f"unknown backend {backend!r}; use hf, tgi, openai or vllm")
+    engine = get_backend(kind, **options)
+    results = generate_outputs(records, output, engine, max_new_tokens=int(max_new_tokens))
+    failed = sum(not r.ok for r in results)
+    return {"answers": len(results) - failed, "failed": failed, "output": output, "stats": engine.stats.as_dict()}
+
+
+def _load(adapter: str | None, model: str, dtype: str | None, num_masks: int = 3) -> Any:
+    from leanlm.bita.model import BiTAConfig, BiTAModel, load_bita
+    from leanlm.core.models import load_model
+
+    if adapter:
+        bita = load_bita(adapter, dtype=dtype) if model == "default" else load_bita(adapter, load_model(model, dtype=dtype))
+        return bita, bita.config.base_model if model == "default" else model
+    log.warning("no --adapter: using an UNTRAINED adapter (output stays identical, acceptance is low)")
+    return BiTAModel(load_model(model, dtype=dtype), BiTAConfig(num_masks=num_masks, base_model=model)).eval(), model
+
+
+def evaluate(
+    data: str,
+    adapter: str | None = None,
+    model: str = "default",
+    output_dir: str = "bita_eval",
+    template: str | None = None,
+    max_new_tokens: int = 128,
+    limit: int | None = None,
+    per_category: int | None = None,
+    tree: str = "5",
+    pld_tokens: int = 10,
+    dtype: str | None = None,
+    warmup: int = 1,
+) -> dict[str, Any]:
+    """Speed of BiTA vs greedy (HF generate WITH KV cache) and prompt-lookup decoding on DATA.
+
+    DATA: a Spec-Bench / MT-Bench question file (first turn), a bita-gen-prompts file, humaneval,
+    or any core dataset. tree: K (upper triangle, K, K-1, ... per level) or widths '3,2,1'; several
+    shapes separated by ';' are timed side by side. pld_tokens 0 skips prompt lookup. Writes
+    speed.json, speed.md and runs.json to OUTPUT_DIR.
+    """
+    from leanlm.bita.evaluate import evaluate_speed, load_eval_prompts
+    from leanlm.core.models import load_tokenizer
+
+    bita, base_name = _load(adapter, model, dtype)
+    tokenizer = load_tokenizer(base_name)
+    trees = [t.strip() for t in str(tree).split(";") if t.strip()]
+    prompts = load_eval_prompts(data, tokenizer, _template(template, base_name), _limit(limit), _limit(per_category, "per_category"))
+    report = evaluate_speed(
+        bita, tokenizer, prompts, output_dir, max_new_tokens=int(max_new_tokens), trees=trees, pld_tokens=int(pld_tokens), warmup=int(warmup)
+    )
+    from leanlm.core.evaluation.speed import render_markdown
+
+    print(render_markdown(report, "BiTA decoding speed"))
+    return {m: r["overall"] for m, r in report["methods"].items()} | {"output_dir": output_dir}
+
+
+def generate(
+    prompts: str | None = None,
+    prompt: str | None = None,
+    adapter: str | None = None,
+    model: str = "default",
+    output: str = "bita_answers.jsonl",
+    template: str | None = None,
+    max_new_tokens: int = 256,
+    tree: str = "5",
+    limit: int | None = None,
+    dtype: str | None = None,
+) -> Any:
+    """Answer PROMPTS (a file like bita-eval's DATA) or one --prompt with BiTA decoding.
+
+    Writes a resumable JSONL (id, prompt, output, new_tokens, forwards, mean_accepted, seconds);
+    with --prompt prints the answer instead.
+    """
+    from leanlm.bita.evaluate import answer_prompts, load_eval_prompts
+    from leanlm.core.models import load_tokenizer
+    from leanlm.core.templates import format_prompt
+
+    if (prompts is None) == (prompt is None):
+        raise UserError("give exactly one of --prompts FILE or --prompt TEXT")
+    bita, base_name = _load(adapter, model, dtype)
+    tokenizer = load_tokenizer(base_name)
+    name = _template(template, base_name)
+    if prompt is not None:
+        if not str(prompt).strip():
+            raise UserError("--prompt is empty")
+        items = [{"id": "prompt", "category": "prompt", "prompt": format_prompt(name, str(prompt), tokenizer=tokenizer)}]
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            rows = answer_prompts(bita, tokenizer, items, Path(tmp) / "a.jsonl", max_new_tokens=int(max_new_tokens), tree=tree)
+        return rows[0]["output"]
+    items = load_eval_prompts(prompts, tokenizer, name, _limit(limit))
+    rows = answer_prompts(bita, tokenizer, items, output, max_new_tokens=int(max_new_tokens), tree=tree)
+    return {"answers": len(rows), "output": output}
+
+
+gen_prompts_main = entry(gen_prompts, "bita-gen-prompts")
+gen_outputs_main = entry(gen_outputs, "bita-gen-outputs")
+train_main = entry(train, "bita-train")
+eval_main = entry(evaluate, "bita-eval")
+generate_main = entry(generate, "bita-generate")

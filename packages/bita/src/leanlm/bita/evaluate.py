@@ -1,0 +1,252 @@
+"""Speed evaluation (Spec-Bench style) and plain BiTA generation.
+
+Methods timed on the same prompts, interleaved per question (so load from other processes hits
+all of them alike), batch size 1, greedy:
+
+* ``greedy``: ``model.generate(do_sample=False)`` WITH the KV cache (the baseline and the reference
+  output for the equality check);
+* ``pld``: HF prompt-lookup decoding (``prompt_lookup_num_tokens``), also lossless;
+* ``bita[<tree>]``: BiTA tree decoding for each tree shape asked for.
+
+Figures come from ``leanlm.core.evaluation.speed.speed_report``: speedup = total baseline time /
+total method time; mean accepted = new tokens / forwards (prefill included, bonus token counted);
+equal = outputs token-identical to ``greedy``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from leanlm.bita.decoding import BiTADecoder, TreeSpec
+from leanlm.bita.model import BiTAModel
+from leanlm.bita.prompts import instruction_of
+from leanlm.core.errors import UserError
+
+log = logging.getLogger(__name__)
+
+HUMANEVAL_PREFIX = "Complete the following python code\n"
+
+
+def load_eval_prompts(
+    data: str,
+    tokenizer: Any,
+    template: str,
+    limit: int | None = None,
+    per_category: int | None = None,
+) -> list[dict[str, Any]]:
+    """``{"id", "category", "prompt"}`` from a Spec-Bench/MT-Bench question file (first turn), a
+    prompt file (records with ``prompt``), HumanEval, or any core dataset. ``per_category`` keeps
+    the first N of each category (a fixed subset), ``limit`` the first N overall."""
+    from leanlm.core.datasets import load_records
+    from leanlm.core.templates import format_prompt
+
+    records = load_records(data)
+    if not records:
+        raise UserError(f"{data}: no records")
+    out = []
+    for i, r in enumerate(records):
+        rid = str(r.get("question_id", r.get("id", i)))
+        category = str(r.get("category", Path(str(data)).stem if Path(str(data)).exists() else data))
+        if "entry_point" in r and "prompt" in r:  # HumanEval: complete the function
+            text = format_prompt(template, HUMANEVAL_PREFIX + r["prompt"], tokenizer=tokenizer)
+        elif isinstance(r.get("prompt"), str) and "template_tag" in r:  # already templated (bita-gen-prompts)
+            text = r["prompt"]
+        else:
+            instruction, extra = instruction_of(r)
+            text = format_prompt(template, instruction, extra or None, tokenizer=tokenizer)
+        out.append({"id": rid, "category": category, "prompt": text})
+    if per_category:
+        seen: dict[str, int] = {}
+        kept = []
+        for p in out:
+            if seen.get(p["category"], 0) < int(per_category):
+                kept.append(p)
+                seen[p["category"]] = seen.get(p["category"], 0) + 1
+        out = kept
+    if limit:
+        out = out[: int(limit)]
+    return out
+
+
+class ForwardCounter:
+    """Counts calls of a module's forward (the model calls of HF ``generate``)."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.count = 0
+        self._handle = module.register_forward_pre_hook(self._hook)
+
+    def _hook(self, *_: Any) -> None:
+        self.count += 1
+
+    def close(self) -> None:
+        self._handle.remove()
+
+
+def _hf_generate(base: Any, ids: list[int], max_new_tokens: int, eos: Any, pad: int, **extra: Any) -> tuple[list[int], float, int]:
+    x = torch.tensor([ids], device=base.device)
+    counter = ForwardCounter(base)
+    try:
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            out = base.generate(
+                x,
+                attention_mask=torch.ones_like(x),
+                do_sample=False,
+                max_new_tokens=max_new_tokens,
+                eos_token_id=eos,
+                pad_token_id=pad,
+                **extra,
+            )
+        seconds = time.perf_counter() - t0
+    finally:
+        counter.close()
+    return out[0, len(ids) :].tolist(), seconds, counter.count
+
+
+def _strip_pad(tokens: list[int], eos: set[int]) -> list[int]:
+    """HF pads nothing at batch size 1, but cut after the first EOS to compare like with like."""
+    for i, t in enumerate(tokens):
+        if t in eos:
+            return tokens[: i + 1]
+    return tokens
+
+
+def speed_runs(
+    model: BiTAModel,
+    tokenizer: Any,
+    prompts: list[dict[str, Any]],
+    *,
+    max_new_tokens: int = 128,
+    trees: list[str] | None = None,
+    pld_tokens: int | None = 10,
+    warmup: int = 1,
+) -> dict[str, list[dict[str, Any]]]:
+    """Per-method, per-question records for ``speed_report`` (see the module docstring)."""
+    base = model.base
+    eos_id = base.generation_config.eos_token_id
+    if eos_id is None:
+        eos_id = tokenizer.eos_token_id
+    eos = {eos_id} if isinstance(eos_id, int) else set(eos_id or [])
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    decoders = {}
+    for spec in trees or ["5"]:
+        tree = TreeSpec.parse(spec, model.num_masks)
+        decoders[f"bita[{tree.label()}]"] = BiTADecoder(model, tree)
+    runs: dict[str, list[dict[str, Any]]] = {"greedy": []}
+    if pld_tokens:
+        runs["pld"] = []
+    runs.update({name: [] for name in decoders})
+    encoded = [(p, tokenizer(p["prompt"], add_special_tokens=True)["input_ids"]) for p in prompts]
+    for p, ids in encoded[: max(0, int(warmup))]:  # first calls pay one-off costs (allocations, kernels)
+        _hf_generate(base, ids, 8, eos_id, pad)
+        for dec in decoders.values():
+            dec.generate(ids, 8, eos_id)
+    for n, (p, ids) in enumerate(encoded, start=1):
+        row = {"id": p["id"], "category": p["category"]}
+        out, sec, fwd = _hf_generate(base, ids, max_new_tokens, eos_id, pad)
+        out = _strip_pad(out, eos)
+        runs["greedy"].append(row | {"new_tokens": len(out), "seconds": sec, "forwards": fwd, "output_ids": out})
+        if pld_tokens:
+            o, sec, fwd = _hf_generate(base, ids, max_new_tokens, eos_id, pad, prompt_lookup_num_tokens=int(pld_tokens))
+            o = _strip_pad(o, eos)
+            runs["pld"].append(row | {"new_tokens": len(o), "seconds": sec, "forwards": fwd, "output_ids": o})
+        for name, dec in decoders.items():
+            res = dec.generate(ids, max_new_tokens, eos_id)
+            runs[name].append(
+                row
+                | {
+                    "new_tokens": len(res.tokens),
+                    "seconds": res.seconds,
+                    "forwards": res.forwards,
+                    "accept_lengths": res.accepted,
+                    "output_ids": res.tokens,
+                }
+            )
+        log.info(
+            "question %d/%d (%s): greedy %.2fs, %s",
+            n,
+            len(encoded),
+            p["category"],
+            runs["greedy"][-1]["seconds"],
+            ", ".join(f"{k} {v[-1]['seconds']:.2f}s" for k, v in runs.items() if k != "greedy"),
+        )
+    return runs
+
+
+def evaluate_speed(
+    model: BiTAModel,
+    tokenizer: Any,
+    prompts: list[dict[str, Any]],
+    output_dir: str | Path,
+    *,
+    max_new_tokens: int = 128,
+    trees: list[str] | None = None,
+    pld_tokens: int | None = 10,
+    warmup: int = 1,
+    title: str = "BiTA decoding speed",
+) -> dict[str, Any]:
+    """Run ``speed_runs`` and write ``speed.json`` / ``speed.md`` + the raw runs into ``output_dir``."""
+    from leanlm.core.evaluation.speed import speed_report, write_report
+    from leanlm.core.records import write_json
+
+    runs = speed_runs(
+        model, tokenizer, prompts, max_new_tokens=max_new_tokens, trees=trees, pld_tokens=pld_tokens, warmup=warmup
+    )
+    report = speed_report(runs, baseline="greedy")
+    report["settings"] = {
+        "max_new_tokens": max_new_tokens,
+        "questions": len(prompts),
+        "trees": trees or ["5"],
+        "pld_tokens": pld_tokens,
+        "baseline": "HF generate, greedy, KV cache, batch size 1",
+        "device": str(model.device),
+        "dtype": str(model.dtype),
+        "threads": torch.get_num_threads(),
+    }
+    out = Path(output_dir)
+    write_json(out / "runs.json", runs)
+    write_report(out / "speed", report, title=title)
+    return report
+
+
+def answer_prompts(
+    model: BiTAModel,
+    tokenizer: Any,
+    prompts: list[dict[str, Any]],
+    output: str | Path,
+    *,
+    max_new_tokens: int = 256,
+    tree: str | None = None,
+) -> list[dict[str, Any]]:
+    """BiTA answers, appended to ``output`` (resumable JSONL keyed by id)."""
+    from leanlm.core.records import ResumableJsonlWriter
+
+    decoder = BiTADecoder(model, tree)
+    eos_id = model.base.generation_config.eos_token_id
+    if eos_id is None:
+        eos_id = tokenizer.eos_token_id
+    eos = {eos_id} if isinstance(eos_id, int) else set(eos_id or [])
+    with ResumableJsonlWriter(output) as writer:
+        for p in prompts:
+            if p["id"] in writer:
+                continue
+            ids = tokenizer(p["prompt"], add_special_tokens=True)["input_ids"]
+            res = decoder.generate(ids, max_new_tokens, eos_id)
+            text_ids = [t for t in res.tokens if t not in eos]
+            writer.write(
+                {
+                    "id": p["id"],
+                    "prompt": p["prompt"],
+                    "output": tokenizer.decode(text_ids, skip_special_tokens=True),
+                    "new_tokens": len(res.tokens),
+                    "forwards": res.forwards,
+                    "mean_accepted": round(res.mean_accepted, 4),
+                    "seconds": round(res.seconds, 4),
+                }
+            )
+        return [writer.done[p["id"]] for p in prompts]

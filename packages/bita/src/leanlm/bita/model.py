@@ -1,0 +1,296 @@
+"""The BiTA adapter: M mask embeddings and a P-token deep prefix around a frozen causal LM.
+
+Trainable tensors (everything else stays frozen):
+
+* ``mask_embeddings`` ``[M, H]``: input embeddings of the mask ids ``V .. V+M-1`` (V = vocab size).
+  The vocabulary, tokenizer and LM head are not resized; mask ids exist on the input side only.
+* ``prefix`` ``[P, L, 2, n_kv, d]``: per-layer keys and values (P-Tuning v2 style), stored with the
+  base model's number of KV heads (GQA: attention repeats them like any cached key), no RoPE.
+
+The prefix enters through the HF cache: a ``DynamicCache`` is pre-filled with the P prefix entries,
+so every layer's keys are ``[prefix | context | new tokens]``. A 4-D additive attention mask lets
+only mask tokens see the prefix; real tokens and draft candidates never do, so their logits are the
+base model's own. Positions are passed explicitly, so the prefix occupies no position.
+
+Adapter folder: ``adapter.safetensors`` + ``bita_config.json`` (with ``base_model``, the alias or
+path of the base model; loading = base + adapter).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from leanlm.core.errors import UserError
+
+ADAPTER_FILE = "adapter.safetensors"
+CONFIG_FILE = "bita_config.json"
+MAX_MASKS = 16
+
+
+@dataclass
+class BiTAConfig:
+    """Adapter hyperparameters (paper defaults: M=3, P=16, dropout 0.1) and the base-model pointer."""
+
+    num_masks: int = 3
+    num_prefix: int = 16
+    prefix_dropout: float = 0.1
+    base_model: str = "default"
+    # shapes of the base model, filled in by BiTAModel and checked on load
+    vocab_size: int = 0
+    num_layers: int = 0
+    num_kv_heads: int = 0
+    head_dim: int = 0
+    hidden_size: int = 0
+
+    def validate(self) -> None:
+        if not 1 <= int(self.num_masks) <= MAX_MASKS:
+            raise UserError(f"num_masks (M) must be between 1 and {MAX_MASKS}, got {self.num_masks}")
+        if not 1 <= int(self.num_prefix) <= 1024:
+            raise UserError(f"num_prefix (P) must be between 1 and 1024, got {self.num_prefix}")
+        if not 0.0 <= float(self.prefix_dropout) < 1.0:
+            raise UserError(f"prefix_dropout must be in [0, 1), got {self.prefix_dropout}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BiTAConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def base_shapes(base: Any) -> dict[str, int]:
+    c = base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
+    heads = c.num_attention_heads
+    return {
+        "vocab_size": int(base.get_output_embeddings().weight.shape[0]),
+        "num_layers": int(c.num_hidden_layers),
+        "num_kv_heads": int(getattr(c, "num_key_value_heads", None) or heads),
+        "head_dim": int(getattr(c, "head_dim", None) or c.hidden_size // heads),
+        "hidden_size": int(c.hidden_size),
+    }
+
+
+class BiTAModel(nn.Module):
+    """A frozen causal LM plus BiTA's mask embeddings and deep prefix (batch-first tensors)."""
+
+    accepts_loss_kwargs = False  # the loss is a per-batch mean: let HF Trainer scale for accumulation
+
+    def __init__(self, base: Any, config: BiTAConfig | None = None, init: bool = True, seed: int = 0):
+        super().__init__()
+        config = config or BiTAConfig()
+        config.validate()
+        shapes = base_shapes(base)
+        for key, value in shapes.items():
+            setattr(config, key, value)
+        self.config = config
+        self.base = base
+        for p in self.base.parameters():
+            p.requires_grad_(False)
+        device = base.get_input_embeddings().weight.device
+        M, P = config.num_masks, config.num_prefix
+        L, nkv, d, H = config.num_layers, config.num_kv_heads, config.head_dim, config.hidden_size
+        # fp32 trainable tensors (cast to the base dtype when used), as the original does
+        self.mask_embeddings = nn.Parameter(torch.zeros(M, H, device=device))
+        self.prefix = nn.Parameter(torch.zeros(P, L, 2, nkv, d, device=device))
+        self.prefix_dropout = nn.Dropout(config.prefix_dropout)
+        if init:
+            self.init_adapter(seed)
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    @property
+    def num_masks(self) -> int:
+        return self.config.num_masks
+
+    @property
+    def num_prefix(self) -> int:
+        return self.config.num_prefix
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.base.get_input_embeddings().weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.base.get_input_embeddings().weight.device
+
+    def mask_ids(self) -> list[int]:
+        return [self.vocab_size + k for k in range(self.num_masks)]
+
+    # ------------------------------------------------------------------ init
+
+    @torch.no_grad()
+    def init_adapter(self, seed: int = 0) -> None:
+        """Start from realistic values: masks = mean token embedding + small noise; prefix = the
+        base model's own keys/values over P random tokens (so their scale matches real keys)."""
+        g = torch.Generator().manual_seed(seed)
+        emb = self.base.get_input_embeddings().weight.float()
+        noise = torch.randn(self.num_masks, emb.shape[1], generator=g) * emb.std().item() * 0.1
+        self.mask_embeddings.copy_(emb.mean(0, keepdim=True) + noise.to(emb.device))
+        ids = torch.randint(0, self.vocab_size, (1, self.num_prefix), generator=g).to(self.device)
+        out = self.base.get_decoder()(input_ids=ids, use_cache=True)
+        cache = out.past_key_values
+        for layer in range(self.config.num_layers):
+            k, v = cache.layers[layer].keys[0], cache.layers[layer].values[0]  # [nkv, P, d]
+            self.prefix[:, layer, 0] = k.transpose(0, 1).float()
+            self.prefix[:, layer, 1] = v.transpose(0, 1).float()
+
+    # ------------------------------------------------------------------ pieces of the forward
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Token embeddings, with ids ``>= V`` looked up in the mask table. [b, T] -> [b, T, H]."""
+        V = self.vocab_size
+        is_mask = input_ids >= V
+        tokens = self.base.get_input_embeddings()(input_ids.clamp(max=V - 1))
+        if not bool(is_mask.any()):
+            return tokens
+        masks = self.mask_embeddings.to(tokens.dtype)[(input_ids - V).clamp(0, self.num_masks - 1)]
+        return torch.where(is_mask.unsqueeze(-1), masks, tokens)
+
+    def prefix_cache(self, batch_size: int = 1) -> Any:
+        """A DynamicCache holding only the prefix: per layer K, V of shape [b, n_kv, P, d]."""
+        from transformers import DynamicCache
+
+        kv = self.prefix_dropout(self.prefix).to(self.dtype)  # [P, L, 2, nkv, d]
+        kv = kv.permute(1, 2, 3, 0, 4).unsqueeze(2)  # [L, 2, 1, nkv, P, d]
+        kv = kv.expand(-1, -1, batch_size, -1, -1, -1)
+        data = [(kv[layer, 0], kv[layer, 1]) for layer in range(self.config.num_layers)]
+        return DynamicCache(ddp_cache_data=data, config=self.base.config)
+
+    def hidden_states(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        cache: Any,
+    ) -> torch.Tensor:
+        """Last hidden states [b, T, H]. ``attention_mask`` is additive [b, 1, T, cache_len + T]."""
+        out = self.base.get_decoder()(
+            inputs_embeds=self.embed(input_ids),
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=cache,
+            use_cache=True,
+        )
+        return out.last_hidden_state
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.base.get_output_embeddings()(hidden)
+
+    # ------------------------------------------------------------------ training forward
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        labels: torch.Tensor,
+        freeze_len: torch.Tensor,
+        num_groups: torch.Tensor,
+        seq_len: torch.Tensor,
+        **_: Any,
+    ) -> dict[str, torch.Tensor]:
+        """Packed training step (see ``data.py``): CE at mask positions, labels NOT shifted.
+
+        input_ids, labels: [b, T]; freeze_len, num_groups, seq_len: [b].
+        """
+        from leanlm.bita.data import packed_masks
+
+        visible, prefix_visible, positions = packed_masks(freeze_len, num_groups, seq_len, self.num_masks, T=input_ids.shape[1])
+        mask = additive_mask(torch.cat([prefix_visible.unsqueeze(-1).expand(-1, -1, self.num_prefix), visible], -1), self.dtype)
+        cache = self.prefix_cache(input_ids.shape[0])
+        hidden = self.hidden_states(input_ids, mask.unsqueeze(1), positions, cache)
+        selected = labels != -100
+        logits = self.logits(hidden[selected]).float()  # only at mask positions: saves the LM head elsewhere
+        loss = nn.functional.cross_entropy(logits, labels[selected])
+        return {"loss": loss}
+
+    # ------------------------------------------------------------------ adapter I/O
+
+    def adapter_state(self) -> dict[str, torch.Tensor]:
+        return {
+            "mask_embeddings": self.mask_embeddings.detach().float().cpu().contiguous(),
+            "prefix": self.prefix.detach().float().cpu().contiguous(),
+        }
+
+    def save_adapter(self, folder: str | Path) -> Path:
+        """Write ``adapter.safetensors`` + ``bita_config.json`` (atomic replace of each file)."""
+        from safetensors.torch import save_file
+
+        from leanlm.core.records import write_json
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{ADAPTER_FILE}.{os.getpid()}.tmp"
+        save_file(self.adapter_state(), str(tmp), metadata={"format": "pt"})
+        os.replace(tmp, folder / ADAPTER_FILE)  # atomic: a crash leaves the old adapter or the new one
+        write_json(folder / CONFIG_FILE, asdict(self.config))
+        return folder
+
+    @torch.no_grad()
+    def load_adapter_state(self, state: dict[str, torch.Tensor], where: str = "adapter") -> None:
+        for name in ("mask_embeddings", "prefix"):
+            if name not in state:
+                raise UserError(f"{where}: missing tensor {name!r}")
+            target = getattr(self, name)
+            if tuple(state[name].shape) != tuple(target.shape):
+                raise UserError(
+                    f"{where}: {name} has shape {tuple(state[name].shape)}, this base model needs "
+                    f"{tuple(target.shape)}: the adapter was trained for another model"
+                )
+            target.copy_(state[name].to(target.device, target.dtype))
+
+
+def read_adapter_config(folder: str | Path) -> BiTAConfig:
+    path = Path(folder) / CONFIG_FILE
+    if not path.exists():
+        raise UserError(f"{folder}: not a BiTA adapter folder (no {CONFIG_FILE})")
+    from leanlm.core.records import read_json
+
+    return BiTAConfig.from_dict(read_json(path))
+
+
+def load_bita(
+    adapter: str | Path,
+    base: Any = None,
+    *,
+    dtype: str | None = None,
+    device: str | None = None,
+) -> BiTAModel:
+    """Base model (``base`` or the adapter's ``base_model`` pointer) + the adapter in ``adapter``."""
+    from safetensors.torch import load_file
+
+    config = read_adapter_config(adapter)
+    if base is None:
+        from leanlm.core.models import load_model
+
+        base = load_model(config.base_model, dtype=dtype, device=device)
+    saved = {k: getattr(config, k) for k in ("vocab_size", "num_layers", "num_kv_heads", "head_dim")}
+    model = BiTAModel(base, config, init=False)
+    actual = {k: getattr(model.config, k) for k in saved}
+    if any(saved[k] and saved[k] != actual[k] for k in saved):
+        raise UserError(f"{adapter}: adapter built for a model with {saved}, the given base has {actual}")
+    weights = Path(adapter) / ADAPTER_FILE
+    if not weights.exists():
+        raise UserError(f"{adapter}: missing {ADAPTER_FILE}")
+    model.load_adapter_state(load_file(str(weights)), where=str(weights))
+    return model.eval()
+
+
+def additive_mask(visible: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Boolean visibility -> additive mask (0 where visible, the dtype's minimum where hidden)."""
+    out = torch.zeros(visible.shape, dtype=dtype, device=visible.device)
+    return out.masked_fill_(~visible, torch.finfo(dtype).min)
+
+
+def describe(model: BiTAModel) -> str:
+    n_train = sum(p.numel() for p in (model.mask_embeddings, model.prefix))
+    n_base = sum(p.numel() for p in model.base.parameters())
+    return f"BiTA adapter: {n_train:,} trainable parameters ({100 * n_train / n_base:.3f}% of {n_base:,}); {json.dumps(asdict(model.config))}"

@@ -1,0 +1,203 @@
+"""Train the BiTA adapter (mask embeddings + prefix) with HF Trainer; the base model stays frozen.
+
+Paper defaults (LLaMA-2-7B-chat): M=3, P=16, lr 3e-2 cosine, 1 epoch over 4x resampled data,
+cutoff 2048, 64 groups per sample, global batch 128 (8 per device x 2 accumulation x 8 GPUs), bf16
+on GPU (``leanlm.core.training`` decides), DeepSpeed ZeRO-2/3 presets via ``deepspeed=zero2|zero3``.
+The output folder is an adapter folder (``adapter.safetensors`` + ``bita_config.json``); each
+``checkpoint-N`` is one too, and a rerun resumes from the last one.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from leanlm.bita.data import PackedCollator, build_dataset, tokenize_pair
+from leanlm.bita.model import BiTAConfig, BiTAModel
+from leanlm.bita.prompts import training_records
+from leanlm.core.errors import UserError
+
+log = logging.getLogger(__name__)
+
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "learning_rate": 3e-2,
+    "lr_scheduler_type": "cosine",
+    "num_train_epochs": 1.0,
+    "per_device_train_batch_size": 8,
+    "gradient_accumulation_steps": 2,
+    "weight_decay": 0.0,
+    "max_grad_norm": 1.0,
+    "logging_steps": 10,
+    "save_steps": 5000,
+    "save_total_limit": 2,
+    "dataloader_drop_last": False,
+}
+CPU_MAX_STEPS = 40  # a short job when no GPU is present and no step count was given
+
+
+def prompt_response_pairs(records: list[dict[str, Any]], source: str) -> list[tuple[str, str]]:
+    """(prompt, output) from generated records (``prompt`` or the original's ``model_input_texts``)."""
+    pairs = []
+    for i, r in enumerate(records):
+        prompt = r.get("prompt", r.get("model_input_texts"))
+        output = r.get("output")
+        if not isinstance(prompt, str) or not isinstance(output, str):
+            raise UserError(f"{source}: record {i + 1} needs string fields 'prompt' and 'output' (run bita-gen-outputs)")
+        if output.strip():
+            pairs.append((prompt, output))
+    if not pairs:
+        raise UserError(f"{source}: no record with a non-empty 'output' to train on")
+    return pairs
+
+
+def make_trainer_class() -> type:
+    from transformers import Trainer
+
+    class BiTATrainer(Trainer):
+        """Saves and resumes only the adapter (not the frozen base weights)."""
+
+        def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+            if self.args.should_save:
+                self.model.save_adapter(output_dir or self.args.output_dir)
+
+        def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+            from safetensors.torch import load_file
+
+            from leanlm.bita.model import ADAPTER_FILE
+
+            target = model or self.model
+            path = Path(resume_from_checkpoint) / ADAPTER_FILE
+            target.load_adapter_state(load_file(str(path)), where=str(path))
+
+    return BiTATrainer
+
+
+def train_adapter(
+    model: BiTAModel,
+    tokenizer: Any,
+    records: list[dict[str, Any]],
+    output_dir: str | Path,
+    *,
+    max_groups: int = 64,
+    cutoff: int = 2048,
+    resample: int = 4,
+    seed: int = 0,
+    deepspeed: str | None = None,
+    resume: bool = True,
+    source: str = "data",
+    **overrides: Any,
+) -> dict[str, Any]:
+    """Train ``model``'s adapter on (prompt, output) records; saves the adapter to ``output_dir``."""
+    from leanlm.core.training import save_run_config, train_with_resume, training_arguments
+
+    pairs = [tokenize_pair(tokenizer, p, o) for p, o in prompt_response_pairs(records, source)]
+    dataset = build_dataset(
+        pairs,
+        num_masks=model.num_masks,
+        vocab_size=model.vocab_size,
+        max_groups=max_groups,
+        cutoff=cutoff,
+        resample=resample,
+        seed=seed,
+    )
+    if not dataset:
+        raise UserError(f"{source}: every response is shorter than M+1={model.num_masks + 1} tokens")
+    args = training_arguments(output_dir, TRAIN_DEFAULTS | {"seed": seed}, overrides, deepspeed=deepspeed)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    trainer = make_trainer_class()(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        data_collator=PackedCollator(pad),
+    )
+    model.train()
+    result = train_with_resume(trainer, resume)
+    model.eval()
+    model.save_adapter(output_dir)
+    summary = {
+        "examples": len(dataset),
+        "pairs": len(pairs),
+        "mask_labels": sum(ex["num_groups"] * model.num_masks for ex in dataset),
+        "steps": int(result.global_step),
+        "train_loss": float(result.training_loss),
+        "losses": [h["loss"] for h in trainer.state.log_history if "loss" in h],
+    }
+    save_run_config(output_dir, {"bita": model.config.__dict__, "data": summary, "args": args.to_dict()})
+    return summary
+
+
+def train(
+    data: str,
+    model: str = "default",
+    output_dir: str = "runs/bita",
+    num_masks: int = 3,
+    num_prefix: int = 16,
+    prefix_dropout: float = 0.1,
+    max_groups: int = 64,
+    cutoff: int = 2048,
+    resample: int = 4,
+    learning_rate: float | None = None,
+    epochs: float | None = None,
+    batch_size: int | None = None,
+    grad_accum: int | None = None,
+    max_steps: int | None = None,
+    limit: int | None = None,
+    deepspeed: str | None = None,
+    nproc: int | None = None,
+    dtype: str | None = None,
+    seed: int = 0,
+    resume: bool = True,
+) -> dict[str, Any]:
+    """Train a BiTA adapter for MODEL on the generated JSONL DATA (records with prompt + output).
+
+    Paper defaults: M=3, P=16, lr 3e-2 cosine, 1 epoch over 4x resampled data, cutoff 2048,
+    64 groups. deepspeed: zero2 | zero3 | zero2_offload | zero3_offload | a JSON path.
+    nproc N>1 relaunches under torchrun. Without a GPU and without --max_steps the job stops
+    after 40 steps (a short CPU run).
+    """
+    import torch
+
+    from leanlm.core.cli import parse_bool
+    from leanlm.core.distributed import maybe_launch
+    from leanlm.core.models import load_model, load_tokenizer
+    from leanlm.core.records import read_records
+
+    maybe_launch(nproc)
+    records = training_records(read_records(data))
+    if not records:
+        raise UserError(f"{data}: no records")
+    if limit:
+        records = records[: int(limit)]
+    config = BiTAConfig(num_masks=int(num_masks), num_prefix=int(num_prefix), prefix_dropout=float(prefix_dropout), base_model=str(model))
+    config.validate()
+    if not torch.cuda.is_available() and max_steps is None:
+        max_steps = CPU_MAX_STEPS
+        log.info("no GPU: a short CPU job of %d steps (pass --max_steps to change)", max_steps)
+    tokenizer = load_tokenizer(model)
+    base = load_model(model, dtype=dtype)
+    bita = BiTAModel(base, config, seed=seed)
+    overrides = {
+        "learning_rate": learning_rate,
+        "num_train_epochs": epochs,
+        "per_device_train_batch_size": batch_size,
+        "gradient_accumulation_steps": grad_accum,
+        "max_steps": max_steps,
+    }
+    summary = train_adapter(
+        bita,
+        tokenizer,
+        records,
+        output_dir,
+        max_groups=int(max_groups),
+        cutoff=int(cutoff),
+        resample=int(resample),
+        seed=int(seed),
+        deepspeed=deepspeed,
+        resume=parse_bool(resume, "resume"),
+        source=str(data),
+        **overrides,
+    )
+    summary.pop("losses", None)
+    summary["output_dir"] = str(output_dir)
+    return summary

@@ -1,0 +1,124 @@
+"""Checkpoints that remember their quantization, and loading that re-applies it.
+
+The trap in the original: a QAT checkpoint holds *latent* full-precision weights; used as is, it
+is neither the FP model nor the quantized one. leanlm writes a ``quantization_config`` into the
+checkpoint's ``config.json``::
+
+    {"quant_method": "bitdistiller", "format": "latent", "quant_type": "int", "bits": 2, "group_size": 64, ...}
+
+and every leanlm-bitdistiller command loads models through ``load_model_for_eval``, which re-quantizes
+such a checkpoint automatically (plain transformers warns "Unknown quantization type, got
+bitdistiller" and skips it: a visible hint, not a silent wrong model). A packed export (see
+``export``) carries a GPTQ-style ``quantization_config`` and loads as a low-bit model.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from torch import nn
+
+from leanlm.bitdistiller.modules import model_spec, quantize_model
+from leanlm.bitdistiller.quant import QuantSpec
+from leanlm.core.errors import UserError
+
+log = logging.getLogger(__name__)
+
+QUANT_METHOD = "bitdistiller"
+
+
+def latent_config(spec: QuantSpec) -> dict[str, Any]:
+    return {"quant_method": QUANT_METHOD, "format": "latent", **spec.to_dict()}
+
+
+def attach_quantization_config(model: nn.Module, spec: QuantSpec) -> None:
+    """Record ``spec`` in ``model.config`` so ``save_pretrained`` (and HF Trainer checkpoints) save it."""
+    model.config.quantization_config = latent_config(spec)
+
+
+def saved_quantization(location: str) -> dict[str, Any] | None:
+    """The ``quantization_config`` in a model folder's config.json, if any (None for hub ids without one)."""
+    from pathlib import Path
+
+    from leanlm.core.records import read_json
+
+    path = Path(location) / "config.json"
+    if not path.exists():
+        return None
+    qc = read_json(path).get("quantization_config")
+    return qc if isinstance(qc, dict) else None
+
+
+def spec_from_args(quant_type: str | None, w_bit: int | None, group_size: int | None) -> QuantSpec | None:
+    """A spec from command-line flags; None when none are given; defaults: int, 2 bits (3 for nf3), g128."""
+    if quant_type is None and w_bit is None and group_size is None:
+        return None
+    qt = quant_type or "int"
+    bits = w_bit if w_bit is not None else (3 if qt == "nf3" else 2)
+    return QuantSpec(qt, bits, group_size if group_size is not None else 128)
+
+
+def resolve_spec(saved: dict[str, Any] | None, flags: QuantSpec | None, location: str) -> QuantSpec | None:
+    if saved is None or saved.get("quant_method") != QUANT_METHOD:
+        return flags
+    spec = QuantSpec.from_dict(saved)
+    if flags is not None and (flags.quant_type, flags.bits, flags.group_size) != (
+        spec.quant_type, spec.bits, spec.group_size,
+    ):  # fmt: skip
+        raise UserError(
+            f"{location} was trained as {spec.name} (its quantization_config), but the flags ask for {flags.name}; "
+            "drop the flags to use the saved setting"
+        )
+    return spec
+
+
+def load_model_for_eval(
+    name: str,
+    quant_type: str | None = None,
+    w_bit: int | None = None,
+    group_size: int | None = None,
+    dtype: str | None = None,
+    device: str | None = None,
+) -> tuple[Any, Any, QuantSpec | None]:
+    """(model, tokenizer, spec): a latent checkpoint re-quantized, a packed export, or a plain model.
+
+    Flags quantize a plain model (round to nearest); with no flags and no saved config the model
+    stays full precision.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from leanlm.core.models import load_model, load_tokenizer, model_location, pick_device, pick_dtype
+
+    flags = spec_from_args(quant_type, w_bit, group_size)
+    location = model_location(name)
+    saved = saved_quantization(location)
+    tokenizer = load_tokenizer(name)
+    if saved is not None and saved.get("quant_method") == "gptq" and saved.get("leanlm_bitdistiller"):
+        from leanlm.bitdistiller.export import load_packed
+
+        if flags is not None:
+            log.warning("%s is a packed export; ignoring the quantization flags", location)
+        model, spec = load_packed(location, dtype=dtype, device=device)
+        return model, tokenizer, spec
+    spec = resolve_spec(saved, flags, location)
+    if saved is not None and saved.get("quant_method") == QUANT_METHOD:
+        config = AutoConfig.from_pretrained(location)
+        del config.quantization_config  # ours, not a transformers quantizer
+        dev = pick_device(device)
+        model = AutoModelForCausalLM.from_pretrained(location, config=config, dtype=pick_dtype(dtype, dev))
+        model = model.to(dev).eval()
+        log.info("%s: latent checkpoint, re-quantizing as %s (saved quantization_config)", location, spec.name)
+    else:
+        model = load_model(name, dtype=dtype, device=device)
+    if spec is not None:
+        quantize_model(model, spec)
+        attach_quantization_config(model, spec)
+    else:
+        log.info("no quantization requested or saved: full-precision model")
+    return model, tokenizer, spec
+
+
+def describe(model: nn.Module) -> str:
+    spec = model_spec(model)
+    return spec.name if spec else "fp"

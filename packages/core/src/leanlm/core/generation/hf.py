@@ -1,0 +1,149 @@
+"""The ``hf`` backend: a transformers causal LM in this process, batched with left padding.
+
+Prompts are tokenized as given; chats are rendered with the tokenizer's chat template (with the
+generation prompt). Requests are sorted by length (longest first: an out-of-memory shows up at
+once, and batches pad less), then split into batches of ``batch_size``. Left padding plus the
+attention mask keeps each row's positions identical to an unpadded run, so greedy output matches
+``model.generate`` on the single prompt.
+
+Sampling (``temperature > 0``) seeds torch's generator per batch from ``params.seed`` and the
+batch's ids, so a re-run with the same batches reproduces the same text.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+from leanlm.core.errors import UserError
+from leanlm.core.generation.base import Backend, OnResult
+from leanlm.core.generation.types import GenerationRequest, GenerationResult, SamplingParams
+
+
+def cut_at_stop(text: str, stop: Sequence[str] | None) -> str:
+    """``text`` up to (not including) the earliest occurrence of any stop string."""
+    if not stop:
+        return text
+    cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=len(text))
+    return text[:cut]
+
+
+class HFBackend(Backend):
+    name = "hf"
+
+    def __init__(
+        self,
+        model: Any = "default",
+        tokenizer: Any = None,
+        batch_size: int = 8,
+        device: str | None = None,
+        dtype: str | None = None,
+    ):
+        super().__init__()
+        from leanlm.core.models import load_model, load_tokenizer
+
+        if batch_size < 1:
+            raise UserError(f"batch_size must be >= 1, got {batch_size}")
+        if isinstance(model, str):
+            tokenizer = tokenizer if tokenizer is not None else model
+            model = load_model(model, dtype=dtype, device=device)
+        if tokenizer is None:
+            raise UserError("the hf backend needs a tokenizer when given a model object (tokenizer=...)")
+        if isinstance(tokenizer, str):
+            tokenizer = load_tokenizer(tokenizer)
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+
+    # -- prompt rendering -------------------------------------------------------------------
+    def prompt_ids(self, request: GenerationRequest) -> list[int]:
+        """Token ids of the request's prompt (chats through the chat template)."""
+        tok = self.tokenizer
+        if request.messages is not None:
+            if not getattr(tok, "chat_template", None):
+                raise UserError(
+                    f"request {request.id!r} has chat messages but the tokenizer has no chat template; "
+                    "send a formatted 'prompt' instead (leanlm.core.templates.format_prompt)"
+                )
+            text = tok.apply_chat_template(request.messages, tokenize=False, add_generation_prompt=True)
+            return tok(text, add_special_tokens=False)["input_ids"]
+        return tok(request.prompt)["input_ids"]
+
+    def _generation_config(self, params: SamplingParams) -> Any:
+        cfg = copy.deepcopy(self.model.generation_config)
+        cfg.max_new_tokens = params.max_new_tokens
+        cfg.max_length = None
+        cfg.do_sample = not params.greedy
+        if params.greedy:  # unset sampling knobs so transformers does not warn about unused ones
+            cfg.temperature, cfg.top_p, cfg.top_k = None, None, None
+        else:
+            cfg.temperature, cfg.top_p, cfg.top_k = params.temperature, params.top_p, None
+        cfg.num_beams = 1
+        if cfg.pad_token_id is None:
+            cfg.pad_token_id = self.tokenizer.pad_token_id
+        if params.stop:
+            cfg.stop_strings = list(params.stop)
+        return cfg
+
+    def _end_ids(self, cfg: Any) -> set[int]:
+        eos = cfg.eos_token_id
+        ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(self.tokenizer.eos_token_id)
+        return ids
+
+    # -- generation -------------------------------------------------------------------------
+    def run(self, requests: Sequence[GenerationRequest], params: SamplingParams, on_result: OnResult) -> None:
+        import torch
+
+        encoded = [(r, self.prompt_ids(r)) for r in requests]
+        encoded.sort(key=lambda item: -len(item[1]))
+        cfg = self._generation_config(params)
+        end_ids = self._end_ids(cfg)
+        pad_id = cfg.pad_token_id
+        device = next(self.model.parameters()).device
+        for start in range(0, len(encoded), self.batch_size):
+            batch = encoded[start : start + self.batch_size]
+            width = max(len(ids) for _, ids in batch)
+            # left padding: every row's last prompt token sits at the same column
+            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+            attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, (_, ids) in enumerate(batch):
+                input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+                attention_mask[row, width - len(ids) :] = 1
+            if not params.greedy:
+                key = f"{params.seed}:" + "\x00".join(r.id for r, _ in batch)
+                torch.manual_seed(int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little"))
+            extra = {"tokenizer": self.tokenizer} if params.stop else {}
+            with torch.no_grad():
+                out = self.model.generate(
+                    input_ids=input_ids.to(device),
+                    attention_mask=attention_mask.to(device),
+                    generation_config=cfg,
+                    **extra,
+                )
+            self.stats.add(requests=len(batch))
+            new = out[:, width:].tolist()
+            for (request, ids), row in zip(batch, new):
+                generated = _until_end(row, end_ids)
+                text = self.tokenizer.decode(generated, skip_special_tokens=True)
+                result = GenerationResult(
+                    id=request.id,
+                    text=cut_at_stop(text, params.stop),
+                    prompt_tokens=len(ids),
+                    completion_tokens=len(generated),
+                    meta=dict(request.meta),
+                    token_ids=generated,
+                )
+                self.stats.add(prompt_tokens=len(ids), completion_tokens=len(generated))
+                on_result(result)
+
+
+def _until_end(row: list[int], end_ids: set[int]) -> list[int]:
+    """Generated ids up to and including the first end-of-sequence id (the padding after it dropped)."""
+    for i, t in enumerate(row):
+        if t in end_ids:
+            return row[: i + 1]
+    return row

@@ -1,0 +1,98 @@
+"""Task metrics plus compute ratios for a D-LLM (or a dense/static baseline wrapped as one).
+
+* ``choice_accuracy``: the next token after the prompt, restricted to the option numbers "1".."k";
+  also the mean negative log-likelihood of the right number (full vocabulary).
+* ``response_perplexity``: exp(mean CE over response tokens) of (prompt, response) examples.
+* ``text_perplexity``: GPTQ-style: texts joined, cut into ``seqlen`` chunks, exp(mean CE).
+Each also returns the mean per-example execution ratio, FLOPs ratio and KV-entries ratio of the
+routing decisions taken on the scored tokens (see ``leanlm.dllm.flops``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from leanlm.core.errors import UserError
+from leanlm.core.sft import PaddingCollator
+from leanlm.dllm.data import Example, tokenize
+from leanlm.dllm.flops import CostModel, request_costs
+from leanlm.dllm.model import DLLM, position_ids_from_mask
+
+
+def _mean_costs(rows: list[dict[str, float]]) -> dict[str, float]:
+    keys = ("exec_ratio", "flops_ratio", "flops_ratio_with_head")
+    out = {k: sum(r[k] for r in rows) / len(rows) for k in keys}
+    out["kv_ratio"] = out["exec_ratio"]  # every executed (token, layer) keeps its K/V, skipped ones none
+    return out
+
+
+def _batch_costs(cost: CostModel, execs: torch.Tensor, mask: torch.Tensor) -> list[dict[str, float]]:
+    pos = position_ids_from_mask(mask)
+    return [request_costs(cost, execs[b][mask[b].bool()] > 0.5, pos[b][mask[b].bool()]) for b in range(len(mask))]
+
+
+@torch.no_grad()
+def choice_accuracy(dllm: DLLM, tokenizer: Any, examples: list[Example], batch_size: int = 8) -> dict[str, float]:
+    examples = [e for e in examples if e.num_choices > 0]
+    if not examples:
+        raise UserError("accuracy needs multiple-choice examples (piqa, boolq, social_i_qa, openbookqa, mmlu)")
+    dllm.eval()
+    digit_ids = []
+    for i in range(1, max(e.num_choices for e in examples) + 1):
+        ids = tokenizer(str(i), add_special_tokens=False)["input_ids"]
+        digit_ids.append(ids[0])
+    cost, collate = CostModel.of(dllm), PaddingCollator(tokenizer.pad_token_id, side="left")
+    correct, nll, costs = 0, 0.0, []
+    for s in range(0, len(examples), batch_size):
+        chunk = examples[s : s + batch_size]
+        feats = [{"input_ids": tokenizer(e.prompt)["input_ids"]} for e in chunk]
+        feats = [f | {"attention_mask": [1] * len(f["input_ids"])} for f in feats]
+        batch = collate(feats)
+        out = dllm(batch["input_ids"].to(dllm.device), batch["attention_mask"].to(dllm.device))
+        logp = torch.log_softmax(out.logits[:, -1].float(), -1)
+        for row, e in enumerate(chunk):
+            cand = logp[row, digit_ids[: e.num_choices]]
+            correct += int(cand.argmax()) == e.label
+            nll -= float(logp[row, digit_ids[e.label]])
+        costs += _batch_costs(cost, out.execs.cpu(), batch["attention_mask"])
+    n = len(examples)
+    return {"accuracy": correct / n, "answer_nll": nll / n, "examples": n} | _mean_costs(costs)
+
+
+@torch.no_grad()
+def response_perplexity(
+    dllm: DLLM, tokenizer: Any, examples: list[Example], batch_size: int = 8, max_length: int = 512
+) -> dict[str, float]:
+    dllm.eval()
+    cost, collate = CostModel.of(dllm), PaddingCollator(tokenizer.pad_token_id, side="right")
+    feats = tokenize(tokenizer, examples, max_length)
+    total_nll, total_tokens, costs = 0.0, 0, []
+    for s in range(0, len(feats), batch_size):
+        batch = collate(feats[s : s + batch_size])
+        out = dllm(batch["input_ids"].to(dllm.device), batch["attention_mask"].to(dllm.device))
+        labels = batch["labels"][:, 1:].to(dllm.device)
+        logp = torch.log_softmax(out.logits[:, :-1].float(), -1)
+        keep = labels != -100
+        picked = logp.gather(-1, labels.clamp(min=0)[..., None])[..., 0]
+        total_nll -= float(picked[keep].sum())
+        total_tokens += int(keep.sum())
+        costs += _batch_costs(cost, out.execs.cpu(), batch["attention_mask"])
+    return {"perplexity": math.exp(total_nll / max(total_tokens, 1)), "tokens": total_tokens} | _mean_costs(costs)
+
+
+def text_perplexity(dllm: DLLM, tokenizer: Any, texts: str | list[str] = "text", seqlen: int = 256,
+                    max_chunks: int = 16) -> dict[str, float]:  # fmt: skip
+    """``leanlm.core.evaluation.perplexity`` on the D-LLM, recording the routing decisions it takes."""
+    from leanlm.core.evaluation.perplexity import perplexity
+
+    cost, seen = CostModel.of(dllm), []
+    dllm.recorder = seen
+    try:
+        result = perplexity(dllm, tokenizer, texts, seqlen=seqlen, max_chunks=max_chunks)
+    finally:
+        dllm.recorder = None
+    costs = [c for execs, mask in seen for c in _batch_costs(cost, execs, mask)]
+    return {"perplexity": result["ppl"], "tokens": result["n_tokens"]} | _mean_costs(costs)

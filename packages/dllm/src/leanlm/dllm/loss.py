@@ -1,0 +1,51 @@
+"""The D-LLM objective: response-only cross-entropy plus a per-token execution-ratio penalty.
+
+    r_t      = mean_l w[t, l]                     (layers below start_layer count as executed)
+    ratio    = sum_t |r_t - target| * m_t / sum_t m_t      (m: real tokens, reserved ones excluded)
+    loss     = CE(response tokens) + lambda(p) * ratio
+    lambda(p)= lambda_max * sin(pi/2 * clip(p, 0, 1))       (p: fraction of training done)
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+
+
+def lambda_schedule(progress: float, lambda_max: float) -> float:
+    """Sine ramp from 0 (start) to ``lambda_max`` (end of training)."""
+    return lambda_max * math.sin(math.pi / 2 * min(max(progress, 0.0), 1.0))
+
+
+def response_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Next-token CE; ``labels`` [B, T] are -100 on prompt and padding (no shift needed by the caller)."""
+    return F.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX
+    )
+
+
+def ratio_loss(execs: torch.Tensor, token_mask: torch.Tensor, target: float) -> torch.Tensor:
+    """execs [B, T, L] in {0,1} (ST gradient), token_mask [B, T] bool -> mean_t |mean_l w - target|."""
+    per_token = (execs.mean(-1) - target).abs()
+    m = token_mask.float()
+    return (per_token * m).sum() / m.sum().clamp(min=1.0)
+
+
+def dllm_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    execs: torch.Tensor,
+    token_mask: torch.Tensor,
+    target: float,
+    lam: float,
+    dynamic: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(total, ce, ratio). With no routers (dense baseline) the ratio term is reported but not added."""
+    ce = response_ce(logits, labels)
+    ratio = ratio_loss(execs, token_mask, target)
+    total = ce + lam * ratio if dynamic else ce
+    return total, ce.detach(), ratio.detach()

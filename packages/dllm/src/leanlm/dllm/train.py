@@ -1,0 +1,136 @@
+"""Fine-tuning with the HF Trainer: only routers and LoRA train; loss = CE + lambda(t) * ratio loss.
+
+Defaults follow the original script: lr = blr * effective_batch / 256 with blr 9e-3, AdamW(0.9, 0.95),
+weight decay 0.02 (none on biases and norms), warm-up then cosine decay, lambda ramped by a sine
+over training. ``router_lr`` lets short runs move the routers faster than the original schedule.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import Trainer
+
+from leanlm.core.training import save_run_config, train_with_resume, training_arguments
+from leanlm.dllm.loss import lambda_schedule
+from leanlm.dllm.model import DLLM
+
+log = logging.getLogger(__name__)
+
+TRAINABLE_FILE = "dllm_trainable.pt"
+
+
+def param_groups(dllm: DLLM, lr: float, router_lr: float, weight_decay: float) -> list[dict[str, Any]]:
+    """Four groups: {routers, LoRA} x {decayed matrices, undecayed biases/norm weights}."""
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+    for name, p in dllm.named_parameters():
+        if not p.requires_grad:
+            continue
+        key = (name.startswith("routers."), p.dim() >= 2)
+        groups.setdefault(key, []).append(p)
+    return [
+        {"params": ps, "lr": router_lr if is_router else lr, "weight_decay": weight_decay if decay else 0.0}
+        for (is_router, decay), ps in groups.items()
+    ]
+
+
+class DLLMTrainer(Trainer):
+    """Trainer that feeds lambda(progress) to the model, logs the loss parts, and checkpoints only
+    what D-LLM trains (routers + LoRA) instead of the frozen base weights."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
+        progress = self.state.global_step / max(self.state.max_steps, 1)
+        lam = lambda_schedule(progress, model.config.lambda_max)
+        out = model(**inputs, lambda_now=lam)
+        self._parts = {"ce": float(out.ce_loss), "ratio_loss": float(out.ratio_loss), "lambda": lam,
+                       "exec_ratio": float(out.execs.detach().float().mean())}  # fmt: skip
+        return (out.loss, out) if return_outputs else out.loss
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        if "loss" in logs and getattr(self, "_parts", None):
+            logs = logs | {k: round(v, 4) for k, v in self._parts.items()}
+        super().log(logs, *args, **kwargs)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        folder = Path(output_dir or self.args.output_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save({k: v.detach().cpu() for k, v in self.model.trainable_state().items()}, folder / TRAINABLE_FILE)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+        model = model or self.model
+        state = torch.load(Path(resume_from_checkpoint) / TRAINABLE_FILE, map_location="cpu")
+        with torch.no_grad():
+            for key, target in model.trainable_state().items():
+                target.copy_(state[key])
+
+
+def finetune(
+    dllm: DLLM,
+    tokenizer: Any,
+    features: list[dict[str, list[int]]],
+    output_dir: str | Path,
+    *,
+    epochs: float = 10.0,
+    batch_size: int = 8,
+    grad_accum: int = 1,
+    blr: float = 9e-3,
+    lr: float | None = None,
+    router_lr: float | None = None,
+    weight_decay: float = 0.02,
+    warmup_ratio: float = 0.2,
+    max_steps: int = -1,
+    save_steps: int = 200,
+    logging_steps: int = 10,
+    seed: int = 0,
+    resume: bool = True,
+    deepspeed: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train routers + LoRA on tokenized ``features``; returns a summary (the caller saves the model)."""
+    from leanlm.core.sft import PaddingCollator
+
+    lr = lr if lr is not None else blr * batch_size * grad_accum / 256
+    router_lr = router_lr if router_lr is not None else lr
+    args = training_arguments(
+        output_dir,
+        {
+            "num_train_epochs": epochs,
+            "per_device_train_batch_size": batch_size,
+            "gradient_accumulation_steps": grad_accum,
+            "learning_rate": lr,
+            "weight_decay": weight_decay,
+            "adam_beta1": 0.9,
+            "adam_beta2": 0.95,
+            "warmup_ratio": warmup_ratio,
+            "lr_scheduler_type": "cosine",
+            "max_steps": max_steps,
+            "save_steps": save_steps,
+            "logging_steps": logging_steps,
+            "seed": seed,
+            "save_only_model": False,
+            "dataloader_num_workers": 0,
+        },
+        extra or {},
+        deepspeed=deepspeed,
+    )
+    optimizer = torch.optim.AdamW(param_groups(dllm, lr, router_lr, weight_decay), betas=(0.9, 0.95))
+    dllm.train()
+    trainer = DLLMTrainer(
+        model=dllm,
+        args=args,
+        train_dataset=features,
+        data_collator=PaddingCollator(tokenizer.pad_token_id, side="right"),
+        optimizers=(optimizer, None),
+    )
+    save_run_config(output_dir, {"dllm": dllm.config.to_dict(), "lr": lr, "router_lr": router_lr,
+                                 "epochs": epochs, "batch_size": batch_size, "grad_accum": grad_accum})  # fmt: skip
+    t0 = time.time()
+    result = train_with_resume(trainer, resume)
+    dllm.eval()
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    return {"train_loss": result.training_loss, "steps": trainer.state.global_step, "seconds": time.time() - t0,
+            "lr": lr, "router_lr": router_lr, "history": history}  # fmt: skip

@@ -1,0 +1,100 @@
+"""Data sources, bad input, and each console script end to end on tiny_llama."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from leanlm.core.errors import UserError
+from leanlm.dllm.data import load_examples
+
+
+def _write(path, obj):
+    path.write_text(json.dumps(obj))
+
+
+@pytest.fixture
+def piqa_folder(tmp_path):
+    folder = tmp_path / "piqa"
+    folder.mkdir()
+    rows = [{"goal": f"open jar {i}", "sol1": "twist the lid", "sol2": "eat the lid", "answer": 1} for i in range(6)]
+    _write(folder / "train.json", rows)
+    _write(folder / "test.json", rows[:2])
+    # like the original template: it names {input}, which piqa records do not have
+    _write(folder / "prompt.json", {"prompt": "Goal: {goal}\n{input}1) {sol1}\n2) {sol2}\nAnswer:"})
+    return folder
+
+
+def test_piqa_template_with_input_placeholder_works(piqa_folder):
+    ex = load_examples(piqa_folder, "train")
+    assert ex[0].prompt == "Goal: open jar 0\n1) twist the lid\n2) eat the lid\nAnswer:"
+    assert ex[0].response == "1" and ex[0].num_choices == 2 and ex[0].label == 0
+
+
+def test_alpaca_folder_and_offline_tasks(tmp_path):
+    folder = tmp_path / "mydata"
+    folder.mkdir()
+    _write(folder / "train.json", [{"instruction": "Add 1 and 2.", "input": "", "output": "3"},
+                                   {"instruction": "Translate", "input": "hola", "output": "hello"}])  # fmt: skip
+    ex = load_examples(folder, "train")
+    assert "### Instruction:\nAdd 1 and 2." in ex[0].prompt and "### Input:\nhola" in ex[1].prompt
+    boolq = load_examples("boolq", "train", limit=3, test_size=50)
+    assert boolq[0].num_choices == 2 and boolq[0].response in {"1", "2"}
+    test_ids = {e.prompt for e in load_examples("boolq", "test", test_size=50)}
+    assert len(test_ids) == 50 and not test_ids & {e.prompt for e in load_examples("boolq", "train", limit=400, test_size=50)}
+    gsm = load_examples("gsm8k", "train", limit=1)
+    assert gsm[0].num_choices == 0 and gsm[0].response
+
+
+def test_missing_field_is_one_clear_error(tmp_path, piqa_folder):
+    _write(piqa_folder / "train.json", [{"goal": "x", "sol1": "a", "answer": 1}])
+    with pytest.raises(UserError, match=r"train.json: record 0: missing field\(s\) sol2"):
+        load_examples(piqa_folder, "train")
+    with pytest.raises(UserError, match="unknown data source"):
+        load_examples("no_such_task", "train")
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    from leanlm.core.models import load_tokenizer, tiny_llama
+
+    folder = tmp_path_factory.mktemp("tiny")
+    tiny_llama().save_pretrained(folder)
+    load_tokenizer("default").save_pretrained(folder)
+    return folder
+
+
+def _run(script, *args):
+    exe = f"{sys.prefix}/bin/{script}"
+    return subprocess.run([exe, *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+def test_console_scripts_on_tiny_llama(tiny_dir, piqa_folder, tmp_path):
+    out = tmp_path / "run"
+    r = _run("dllm-finetune", piqa_folder, "--model", tiny_dir, "--output", out, "--max_steps", 3,
+             "--batch_size", 2, "--start_layer", 1, "--router_lr", 0.01)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (out / "dllm" / "routers.safetensors").exists()
+    r = _run("dllm-chat", "--dllm", out / "dllm", "--model", tiny_dir, "--instructs", "['Say hi.', 'Count to 3.']",
+             "--max_new_tokens", 5)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.count("### Instruction:") == 2 and "Count to 3." in r.stdout and "exec ratio" in r.stdout
+    r = _run("dllm-chat", "--dllm", out / "dllm", "--model", tiny_dir, "--max_new_tokens", 3)
+    assert r.returncode == 0 and r.stdout.count("### Instruction:") == 3  # the default instructions
+    res = tmp_path / "eval.json"
+    r = _run("dllm-eval", "--dllm", out / "dllm", "--model", tiny_dir, "--data", piqa_folder, "--output", res)
+    assert r.returncode == 0, r.stderr[-2000:]
+    result = json.loads(res.read_text())
+    assert result["examples"] == 2 and 0 <= result["accuracy"] <= 1 and 0 < result["flops_ratio"] <= 1.1
+
+
+def test_console_scripts_bad_input(tiny_dir, tmp_path):
+    r = _run("dllm-finetune", "piqa", "--model", tiny_dir, "--target", 1.5)
+    assert r.returncode == 2 and "target execution ratio must be in (0, 1]" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    r = _run("dllm-finetune", "piqa", "--model", tiny_dir, "--start_layer", 9, "--limit", 4)
+    assert r.returncode == 2 and "beyond the model's depth" in r.stderr
+    r = _run("dllm-chat", "--dllm", tmp_path, "--model", tiny_dir)
+    assert r.returncode == 2 and "not a D-LLM folder" in r.stderr
+    assert _run("dllm-eval", "--help").returncode == 0

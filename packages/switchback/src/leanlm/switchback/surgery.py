@@ -1,0 +1,104 @@
+"""Model surgery: swap a model's ``nn.Linear`` layers for SwitchBack layers, and back.
+
+The new layer shares the old one's ``weight``/``bias`` Parameter objects (no copy), so tied weights,
+optimizer state and checkpoints keep working, and ``unswap_linear_layers`` restores plain
+``nn.Linear`` modules holding the same Parameters.
+
+Default exclusions: ``lm_head`` (the seed project's own SwitchBack run with ``lm_head`` in int8
+diverged, train loss 7.15 vs 1.50; torchao and torchtune also keep it in float) and ``k_proj``/
+``v_proj`` (the seed's choice; with GQA they are narrow, e.g. 2048 -> 256, where int8 does not pay).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from leanlm.core.errors import UserError
+from leanlm.switchback.layers import StandardLinear, SwitchBackLinear, variant_class
+
+DEFAULT_EXCLUDE: tuple[str, ...] = ("lm_head", "k_proj", "v_proj")
+SWAPPED_TYPES = (SwitchBackLinear, StandardLinear)
+
+
+def parse_exclude(exclude: str | Iterable[str] | None) -> tuple[str, ...]:
+    """``"lm_head,k_proj"`` or a list -> a tuple of patterns; None -> the defaults; "" or "none" -> nothing."""
+    if exclude is None:
+        return DEFAULT_EXCLUDE
+    if isinstance(exclude, str):
+        if exclude.strip().lower() in {"", "none"}:
+            return ()
+        return tuple(p.strip() for p in exclude.split(",") if p.strip())
+    return tuple(str(p) for p in exclude)
+
+
+def _excluded(name: str, patterns: tuple[str, ...]) -> bool:
+    # a pattern matches the last name component ("k_proj") or the full dotted name ("model.layers.0.*")
+    last = name.rsplit(".", 1)[-1]
+    return any(last == p or fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)
+
+
+def _rebuild(old: nn.Linear, cls: type[nn.Linear]) -> nn.Linear:
+    # built on the meta device so nothing is allocated, then handed the old Parameters
+    new = cls(old.in_features, old.out_features, bias=old.bias is not None, device="meta")
+    new.weight = old.weight
+    new.bias = old.bias
+    new.train(old.training)
+    return new
+
+
+def swap_linear_layers(
+    model: nn.Module,
+    variant: str = "global",
+    exclude: str | Iterable[str] | None = None,
+) -> list[str]:
+    """Replace every ``nn.Linear`` not matching ``exclude`` by the ``variant`` layer; returns the swapped names."""
+    cls = variant_class(variant)
+    patterns = parse_exclude(exclude)
+    targets = [
+        (name, module)
+        for name, module in model.named_modules()
+        if type(module) is nn.Linear and name and not _excluded(name, patterns)
+    ]
+    if not targets:
+        raise UserError(
+            f"no nn.Linear layer left to swap in {type(model).__name__} (exclude={list(patterns)})"
+        )
+    for name, module in targets:
+        _set_module(model, name, _rebuild(module, cls))
+    return [name for name, _ in targets]
+
+
+def unswap_linear_layers(model: nn.Module) -> list[str]:
+    """Turn every SwitchBack/Standard layer back into ``nn.Linear`` (same Parameters); returns the names."""
+    names = []
+    for name, module in list(model.named_modules()):
+        if not isinstance(module, SWAPPED_TYPES):
+            continue
+        if module.weight is None:  # prepare_for_eval freed it: rebuild a float weight from the int8 copy
+            scale = module.weight_scale.float()
+            scale = scale[:, None] if scale.dim() == 1 else scale
+            dtype = module.bias.dtype if module.bias is not None else torch.float32
+            module.weight = nn.Parameter((module.weight_int8.float() * scale / 127.0).to(dtype))
+        plain = _rebuild(module, nn.Linear)
+        _set_module(model, name, plain)
+        names.append(name)
+    return names
+
+
+def count_swapped(model: nn.Module) -> dict[str, int]:
+    """How many layers of each class the model holds (for logs and reports)."""
+    counts: dict[str, int] = {}
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            counts[type(module).__name__] = counts.get(type(module).__name__, 0) + 1
+    return counts
