@@ -15,8 +15,9 @@ from leanlm.core.evaluation import extract_gsm8k_answer, gsm8k_accuracy, normali
         ("Answer: -7", "-7"),
         ("First 12 then 30 then 45 cookies", "45"),
         ("So he pays 18.00 dollars.", "18"),
-        ("#### 10\nmore text with 99", "10"),  # the marker wins over a later number
-        ("The answer is 4. Then I kept talking about 99 things.", "4"),  # the phrase wins over the last number
+        # the marker wins over a later number, the phrase over the last number
+        ("#### 10\nmore text with 99", "10"),
+        ("The answer is 4. Then I kept talking about 99 things.", "4"),
         ("no digits here", None),
         ("", None),
         ("0.50 of it", "0.5"),

@@ -11,6 +11,16 @@ from leanlm.core.errors import UserError
 from leanlm.core.generation import GenerationRequest, GenerationResult, SamplingParams, generate, get_backend
 from leanlm.core.generation.base import Backend
 
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy shared CPU they lose a lot."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 PROMPTS = [
     "Hello there",
     "The quick brown fox jumps over the lazy dog and then",
@@ -48,6 +58,7 @@ def test_greedy_batched_equals_model_generate(tiny_model, tokenizer):
     )
 
 
+@pytest.mark.slow
 def test_greedy_embedded_model_batched_equals_single(embedded_model, tokenizer):
     backend = get_backend("hf", model=embedded_model, tokenizer=tokenizer, batch_size=2)
     prompts = ["The capital of France is", "Write one word that rhymes with cat:"]

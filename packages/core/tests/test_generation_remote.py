@@ -227,7 +227,9 @@ def test_openai_body_parsing_rejects_wrong_shapes():
     from leanlm.core.generation.openai_backend import _parse
     from leanlm.core.generation.remote import MalformedResponse
 
-    text, usage = _parse({"choices": [{"message": {"content": "hi"}}], "usage": {"prompt_tokens": 3}}, chat=True)
+    text, usage = _parse(
+        {"choices": [{"message": {"content": "hi"}}], "usage": {"prompt_tokens": 3}}, chat=True
+    )
     assert text == "hi" and usage == {"prompt_tokens": 3}
     assert _parse({"choices": [{"text": "yo"}]}, chat=False) == ("yo", {})
     for bad in ({}, {"choices": []}, "<html>oops</html>", {"choices": [{"text": None}]}, {"choices": [{}]}):

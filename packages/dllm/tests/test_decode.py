@@ -33,7 +33,10 @@ def test_rows_skip_independently_in_a_batch(routed):
     ids, mask = _batch(12, lengths=(7, 7, 5))
     out = generate(routed, ids, mask, max_new_tokens=10)
     assert out.tokens == reference_generate(routed, ids, mask, max_new_tokens=10)
-    solo = [generate(routed, ids[b : b + 1, 7 - n :], max_new_tokens=10).tokens[0] for b, n in enumerate((7, 7, 5))]
+    solo = [
+        generate(routed, ids[b : b + 1, 7 - n :], max_new_tokens=10).tokens[0]
+        for b, n in enumerate((7, 7, 5))
+    ]
     assert out.tokens == solo
 
 

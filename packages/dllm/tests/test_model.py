@@ -104,7 +104,11 @@ def test_save_load_round_trip(routed, untied_base, tmp_path):
     ids = torch.randint(0, 2000, (1, 7))
     want = routed(ids).logits
     folder = routed.save(tmp_path / "d")
-    assert {p.name for p in folder.iterdir()} == {"dllm_config.json", "routers.safetensors", "lora.safetensors"}
+    assert {p.name for p in folder.iterdir()} == {
+        "dllm_config.json",
+        "routers.safetensors",
+        "lora.safetensors",
+    }
     loaded = DLLM.load(folder, copy.deepcopy(untied_base))
     assert loaded.lora_merged
     assert torch.allclose(loaded(ids).logits, want, atol=1e-9)

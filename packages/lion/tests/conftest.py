@@ -3,22 +3,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from lion_helpers import make_pool
 
 from leanlm.core.records import write_jsonl
 
 pytest_plugins = ["leanlm.core.testing"]
 
 
-def make_pool(n: int, start: int = 0) -> list[dict]:
-    """Distinct instructions; some with an input, to check it is carried through every stage."""
-    topics = ["volcanoes", "tax law", "sorting", "poetry", "tides", "chess", "bread", "orbits", "vaccines", "jazz"]
-    pool = []
-    for i in range(start, start + n):
-        rec = {"instruction": f"Task {i}: explain {topics[i % len(topics)]} to a student in case {i * 37 % 101}."}
-        if i % 4 == 0:
-            rec["input"] = f"context number {i}"
-        pool.append(rec)
-    return pool
+def pytest_configure(config):
+    from leanlm.lion.demo import limit_threads
+
+    limit_threads()  # tiny models: oversubscribed torch threads cost far more than they give
 
 
 @pytest.fixture

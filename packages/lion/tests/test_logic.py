@@ -121,7 +121,24 @@ def test_rouge_branch_and_bound_equals_brute_force():
     import random
 
     rng = random.Random(0)
-    vocab = "the a of to cat dog runs fast slow red blue green house tree river sky".split()
+    vocab = [
+        "the",
+        "a",
+        "of",
+        "to",
+        "cat",
+        "dog",
+        "runs",
+        "fast",
+        "slow",
+        "red",
+        "blue",
+        "green",
+        "house",
+        "tree",
+        "river",
+        "sky",
+    ]
     refs = [" ".join(rng.choice(vocab) for _ in range(rng.randint(4, 12))) for _ in range(150)]
     ded = RougeDeduper(refs)
     for _ in range(40):
@@ -141,7 +158,10 @@ def test_pool_ids_duplicates_and_bookkeeping():
     new_e = [{"id": "e1", "instruction": "E", "input": ""}]
     nt, nc = next_pools(train, new_h, new_e)
     assert [r["id"] for r in nt] == [pool[0]["id"], pool[1]["id"], "h1", "e1"]
-    assert nc == [{"id": "h1", "instruction": "H", "input": ""}, {"id": "e1", "instruction": "E", "input": ""}]
+    assert nc == [
+        {"id": "h1", "instruction": "H", "input": ""},
+        {"id": "e1", "instruction": "E", "input": ""},
+    ]
 
 
 def test_pool_errors(tmp_path):

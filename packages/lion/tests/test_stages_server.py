@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from lion_helpers import make_pool
 
 from leanlm.core.errors import UserError
 from leanlm.core.fake_servers import FakeServer
@@ -13,8 +14,6 @@ from leanlm.lion.pools import normalize_pool
 from leanlm.lion.prompts import teacher_messages
 from leanlm.lion.roles import RoleConfig, make_backend
 from leanlm.lion.scripted import ScriptedTeacher, is_hard
-
-from .conftest import make_pool
 
 
 def _backend(server: FakeServer, **kw):
@@ -57,7 +56,9 @@ def test_referee_both_orders_retries_unparsable_and_reports(tmp_path):
         posts = server.posts()
     # 20 first reviews, then 2+2 retries for the two bad items, then 2 more for the hopeless one
     assert len(posts) == 20 + 4 + 2
-    assert {p.body["seed"] for p in posts} == {0, 1, 2} and all(p.body["temperature"] in (0.2, 0.7) for p in posts)
+    assert {p.body["seed"] for p in posts} == {0, 1, 2} and all(
+        p.body["temperature"] in (0.2, 0.7) for p in posts
+    )
     assert scores[pool[1]["id"]]["ts"] is not None  # fixed by a retry
     assert scores[pool[2]["id"]] == {"ts": None, "st": None}
     assert report.extra["unparsable_count"] == 2 and report.ok == 9
@@ -77,19 +78,23 @@ def test_generation_filters_rounds_and_resume(tmp_path):
         ded = RougeDeduper(cache_pool)
         new, report = stages.generate_instructions("hard", seeds, 6, b, tmp_path / "g.jsonl", ded)
         n = len(server.posts())
-        assert 6 <= n and report.ok == len(new) == 6
+        assert n >= 6 and report.ok == len(new) == 6
         texts = [r["instruction"] for r in new]
         for k, t in enumerate(texts):  # each is novel against the pool + the ones accepted before it
             assert brute_force_max_rouge(t, cache_pool + texts[:k]) <= 0.7
             assert "instruction" not in t.lower() and len(t.split()) > 3
         assert all(r["seed_output"] == "t" and r["kind"] == "hard" for r in new)
         # more than there are distinct seeds: repeats of a seed give the same text -> ROUGE rejects, then stops
-        new2, report2 = stages.generate_instructions("easy", seeds, 20, b, tmp_path / "g.jsonl", ded, max_requests=24)
+        new2, report2 = stages.generate_instructions(
+            "easy", seeds, 20, b, tmp_path / "g.jsonl", ded, max_requests=24
+        )
         assert report2.extra["requests_planned"] == 24 and len(new2) < 20
         assert report2.extra["rejected"].get("ROUGE-L > 0.7", 0) > 0
         # replay from the cache: same result, nothing sent
         m = len(server.posts())
-        again, _ = stages.generate_instructions("hard", seeds, 6, b, tmp_path / "g.jsonl", RougeDeduper(cache_pool))
+        again, _ = stages.generate_instructions(
+            "hard", seeds, 6, b, tmp_path / "g.jsonl", RougeDeduper(cache_pool)
+        )
         assert again == new and len(server.posts()) == m
 
 

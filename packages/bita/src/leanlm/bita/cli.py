@@ -100,13 +100,23 @@ def gen_outputs(
         if api_key:
             options["api_key"] = api_key
     elif kind == "openai":
-        options = {"model": None if model == "default" else model, "base_url": base_url, "api_key": api_key, "concurrency": int(concurrency)}
+        options = {
+            "model": None if model == "default" else model,
+            "base_url": base_url,
+            "api_key": api_key,
+            "concurrency": int(concurrency),
+        }
     else:
         raise UserError(f"unknown backend {backend!r}; use hf, tgi, openai or vllm")
     engine = get_backend(kind, **options)
     results = generate_outputs(records, output, engine, max_new_tokens=int(max_new_tokens))
     failed = sum(not r.ok for r in results)
-    return {"answers": len(results) - failed, "failed": failed, "output": output, "stats": engine.stats.as_dict()}
+    return {
+        "answers": len(results) - failed,
+        "failed": failed,
+        "output": output,
+        "stats": engine.stats.as_dict(),
+    }
 
 
 def _load(adapter: str | None, model: str, dtype: str | None, num_masks: int = 3) -> Any:
@@ -114,10 +124,16 @@ def _load(adapter: str | None, model: str, dtype: str | None, num_masks: int = 3
     from leanlm.core.models import load_model
 
     if adapter:
-        bita = load_bita(adapter, dtype=dtype) if model == "default" else load_bita(adapter, load_model(model, dtype=dtype))
+        bita = (
+            load_bita(adapter, dtype=dtype)
+            if model == "default"
+            else load_bita(adapter, load_model(model, dtype=dtype))
+        )
         return bita, bita.config.base_model if model == "default" else model
     log.warning("no --adapter: using an UNTRAINED adapter (output stays identical, acceptance is low)")
-    return BiTAModel(load_model(model, dtype=dtype), BiTAConfig(num_masks=num_masks, base_model=model)).eval(), model
+    return BiTAModel(
+        load_model(model, dtype=dtype), BiTAConfig(num_masks=num_masks, base_model=model)
+    ).eval(), model
 
 
 def evaluate(
@@ -147,9 +163,18 @@ def evaluate(
     bita, base_name = _load(adapter, model, dtype)
     tokenizer = load_tokenizer(base_name)
     trees = [t.strip() for t in str(tree).split(";") if t.strip()]
-    prompts = load_eval_prompts(data, tokenizer, _template(template, base_name), _limit(limit), _limit(per_category, "per_category"))
+    prompts = load_eval_prompts(
+        data, tokenizer, _template(template, base_name), _limit(limit), _limit(per_category, "per_category")
+    )
     report = evaluate_speed(
-        bita, tokenizer, prompts, output_dir, max_new_tokens=int(max_new_tokens), trees=trees, pld_tokens=int(pld_tokens), warmup=int(warmup)
+        bita,
+        tokenizer,
+        prompts,
+        output_dir,
+        max_new_tokens=int(max_new_tokens),
+        trees=trees,
+        pld_tokens=int(pld_tokens),
+        warmup=int(warmup),
     )
     from leanlm.core.evaluation.speed import render_markdown
 
@@ -186,11 +211,19 @@ def generate(
     if prompt is not None:
         if not str(prompt).strip():
             raise UserError("--prompt is empty")
-        items = [{"id": "prompt", "category": "prompt", "prompt": format_prompt(name, str(prompt), tokenizer=tokenizer)}]
+        items = [
+            {
+                "id": "prompt",
+                "category": "prompt",
+                "prompt": format_prompt(name, str(prompt), tokenizer=tokenizer),
+            }
+        ]
         import tempfile
 
         with tempfile.TemporaryDirectory() as tmp:
-            rows = answer_prompts(bita, tokenizer, items, Path(tmp) / "a.jsonl", max_new_tokens=int(max_new_tokens), tree=tree)
+            rows = answer_prompts(
+                bita, tokenizer, items, Path(tmp) / "a.jsonl", max_new_tokens=int(max_new_tokens), tree=tree
+            )
         return rows[0]["output"]
     items = load_eval_prompts(prompts, tokenizer, name, _limit(limit))
     rows = answer_prompts(bita, tokenizer, items, output, max_new_tokens=int(max_new_tokens), tree=tree)

@@ -66,7 +66,13 @@ def build_example(
         labels += list(tgt[s + 1 : s + 1 + M])
     F = len(src) + s_last
     assert len(labels) == len(input_ids) == F + G * M <= cutoff
-    return {"input_ids": input_ids, "labels": labels, "freeze_len": F, "num_groups": G, "seq_len": len(input_ids)}
+    return {
+        "input_ids": input_ids,
+        "labels": labels,
+        "freeze_len": F,
+        "num_groups": G,
+        "seq_len": len(input_ids),
+    }
 
 
 def packed_masks(
@@ -127,7 +133,13 @@ def build_dataset(
     for _ in range(max(1, int(resample))):
         for src, tgt in pairs:
             ex = build_example(
-                src, tgt, num_masks=num_masks, vocab_size=vocab_size, max_groups=max_groups, cutoff=cutoff, rng=rng
+                src,
+                tgt,
+                num_masks=num_masks,
+                vocab_size=vocab_size,
+                max_groups=max_groups,
+                cutoff=cutoff,
+                rng=rng,
             )
             if ex is not None:
                 out.append(ex)

@@ -8,7 +8,7 @@ One step feeds ``[root | candidates | one mask group per tree node]``:
 
 * the tree ("upper triangle"): candidate (m, c) hangs off the top-1 node of level m-1 (the root
   for m = 0), so only the top-1 spine has children; candidate (m, c) sits at position n+1+m;
-* group g of M masks hangs off node g (0 = root): it sees the prefix, the context, the node's path
+* group g of D masks (D = tree depth <= M) hangs off node g (0 = root): it sees the prefix, the context, the node's path
   and its own earlier masks; mask k sits at position p+1+k for a node at position p;
 * root and candidates never see the prefix or any mask: their logits are the base model's.
 
@@ -87,6 +87,8 @@ class TreeLayout:
     """
 
     def __init__(self, widths: Sequence[int], num_masks: int):
+        # A group needs only as many masks as the tree has levels: mask k sees masks 0..k only,
+        # so dropping masks >= depth leaves the others' predictions unchanged (and saves tokens).
         M = num_masks
         self.widths = list(widths)
         self.level_start = [sum(self.widths[:m]) for m in range(len(self.widths))]
@@ -149,22 +151,34 @@ class BiTADecoder:
     """Greedy tree decoding for batch size 1. ``use_cache=False`` recomputes the context every
     step (the original's way; kept as a reference for tests)."""
 
-    def __init__(self, model: BiTAModel, tree: TreeSpec | str | Sequence[int] | int | None = None, use_cache: bool = True):
+    def __init__(
+        self,
+        model: BiTAModel,
+        tree: TreeSpec | str | Sequence[int] | int | None = None,
+        use_cache: bool = True,
+    ):
         self.model = model
         self.tree = tree if isinstance(tree, TreeSpec) else TreeSpec.parse(tree, model.num_masks)
         if len(self.tree.widths) > model.num_masks:
             raise UserError(f"tree {self.tree.label()} is deeper than M={model.num_masks}")
         self.use_cache = use_cache
         dev = model.device
-        self.layout = TreeLayout(self.tree.widths, model.num_masks)
-        self.prefill_layout = TreeLayout([], model.num_masks)
+        depth = len(self.tree.widths)
+        self.layout = TreeLayout(self.tree.widths, depth)
+        self.prefill_layout = TreeLayout([], depth)
         for lay in (self.layout, self.prefill_layout):
-            lay.block, lay.rel_pos, lay.mask_rows = lay.block.to(dev), lay.rel_pos.to(dev), lay.mask_rows.to(dev)
-        self.mask_ids = torch.tensor(model.mask_ids(), device=dev)
+            lay.block, lay.rel_pos, lay.mask_rows = (
+                lay.block.to(dev),
+                lay.rel_pos.to(dev),
+                lay.mask_rows.to(dev),
+            )
+        self.mask_ids = torch.tensor(model.mask_ids()[:depth], device=dev)
 
     # ------------------------------------------------------------------ one forward
 
-    def _forward(self, cache: Any, cached: int, new_ctx: torch.Tensor, root: int, cands: torch.Tensor, lay: TreeLayout) -> torch.Tensor:
+    def _forward(
+        self, cache: Any, cached: int, new_ctx: torch.Tensor, root: int, cands: torch.Tensor, lay: TreeLayout
+    ) -> torch.Tensor:
         """Run ``[new_ctx | root | cands | groups]``; returns hidden states of the tree part [q, H].
 
         ``cached``: context tokens already in the cache (after the P prefix entries).
@@ -203,8 +217,11 @@ class BiTADecoder:
         hidden = m.hidden_states(ids[None], mask, pos[None], cache)[0]
         return hidden[a:]
 
-    def _drafts(self, mask_logits: torch.Tensor) -> list[list[int]]:
-        """Level m candidates = top-widths[m] tokens of mask m. mask_logits: [M, V]."""
+    def _drafts(self, mask_logits: torch.Tensor, produced: int) -> list[list[int]]:
+        """Level m candidates = top-widths[m] tokens of mask m. mask_logits: [M, V].
+
+        ``produced``: new tokens known so far (level m drafts new token number produced + m);
+        unused here, a hook for tests and alternative drafters."""
         k = max(self.tree.widths)
         top = mask_logits[: len(self.tree.widths)].topk(k, dim=-1).indices.tolist()
         return [row[:w] for row, w in zip(top, self.tree.widths, strict=True)]
@@ -225,7 +242,10 @@ class BiTADecoder:
 
     @torch.no_grad()
     def generate(
-        self, input_ids: Sequence[int] | torch.Tensor, max_new_tokens: int = 256, eos_token_id: int | Sequence[int] | None = None
+        self,
+        input_ids: Sequence[int] | torch.Tensor,
+        max_new_tokens: int = 256,
+        eos_token_id: int | Sequence[int] | None = None,
     ) -> DecodeOutput:
         """Greedy continuation of ``input_ids`` (1-D, batch size 1), identical to greedy decoding."""
         m = self.model
@@ -248,7 +268,7 @@ class BiTADecoder:
             pl = self.prefill_layout
             h = self._forward(cache, 0, prompt[:-1], int(prompt[-1]), empty, pl)
             t = int(m.logits(h[:1]).argmax(-1))
-            drafts = self._drafts(m.logits(h[pl.group_rows(0)]))
+            drafts = self._drafts(m.logits(h[pl.group_rows(0)]), 1)
             n = prompt.numel()  # tokens in context incl. root; new root t sits at position n
             self._keep(cache, P + n, [])
             history = prompt.tolist()
@@ -281,7 +301,7 @@ class BiTADecoder:
                 flat = [tok for level in drafts for tok in level]
                 emitted = [flat[node - 1] for node in path] + [t]
                 owner = path[-1] if path else 0
-                drafts = self._drafts(m.logits(h[lay.group_rows(owner)]))
+                drafts = self._drafts(m.logits(h[lay.group_rows(owner)]), len(out.tokens) + len(emitted))
                 if self.use_cache:
                     self._keep(cache, P + n + 1, [P + n + p for p in path])
                 n += 1 + len(path)
@@ -299,10 +319,16 @@ class BiTADecoder:
         return out
 
 
-def greedy_reference(base: Any, input_ids: Sequence[int], max_new_tokens: int, eos_token_id: Any = None) -> list[int]:
+def greedy_reference(
+    base: Any, input_ids: Sequence[int], max_new_tokens: int, eos_token_id: Any = None
+) -> list[int]:
     """``base.generate(do_sample=False)`` continuation as a list (the lossless reference)."""
     ids = torch.as_tensor(list(input_ids), device=base.device)[None]
-    kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": False, "attention_mask": torch.ones_like(ids)}
+    kwargs: dict[str, Any] = {
+        "max_new_tokens": max_new_tokens,
+        "do_sample": False,
+        "attention_mask": torch.ones_like(ids),
+    }
     if eos_token_id is not None:
         kwargs["eos_token_id"] = eos_token_id
     pad = base.generation_config.pad_token_id

@@ -87,7 +87,9 @@ class ForwardCounter:
         self._handle.remove()
 
 
-def _hf_generate(base: Any, ids: list[int], max_new_tokens: int, eos: Any, pad: int, **extra: Any) -> tuple[list[int], float, int]:
+def _hf_generate(
+    base: Any, ids: list[int], max_new_tokens: int, eos: Any, pad: int, **extra: Any
+) -> tuple[list[int], float, int]:
     x = torch.tensor([ids], device=base.device)
     counter = ForwardCounter(base)
     try:
@@ -142,7 +144,7 @@ def speed_runs(
         runs["pld"] = []
     runs.update({name: [] for name in decoders})
     encoded = [(p, tokenizer(p["prompt"], add_special_tokens=True)["input_ids"]) for p in prompts]
-    for p, ids in encoded[: max(0, int(warmup))]:  # first calls pay one-off costs (allocations, kernels)
+    for _p, ids in encoded[: max(0, int(warmup))]:  # first calls pay one-off costs (allocations, kernels)
         _hf_generate(base, ids, 8, eos_id, pad)
         for dec in decoders.values():
             dec.generate(ids, 8, eos_id)
@@ -150,9 +152,13 @@ def speed_runs(
         row = {"id": p["id"], "category": p["category"]}
         out, sec, fwd = _hf_generate(base, ids, max_new_tokens, eos_id, pad)
         out = _strip_pad(out, eos)
-        runs["greedy"].append(row | {"new_tokens": len(out), "seconds": sec, "forwards": fwd, "output_ids": out})
+        runs["greedy"].append(
+            row | {"new_tokens": len(out), "seconds": sec, "forwards": fwd, "output_ids": out}
+        )
         if pld_tokens:
-            o, sec, fwd = _hf_generate(base, ids, max_new_tokens, eos_id, pad, prompt_lookup_num_tokens=int(pld_tokens))
+            o, sec, fwd = _hf_generate(
+                base, ids, max_new_tokens, eos_id, pad, prompt_lookup_num_tokens=int(pld_tokens)
+            )
             o = _strip_pad(o, eos)
             runs["pld"].append(row | {"new_tokens": len(o), "seconds": sec, "forwards": fwd, "output_ids": o})
         for name, dec in decoders.items():
@@ -195,7 +201,13 @@ def evaluate_speed(
     from leanlm.core.records import write_json
 
     runs = speed_runs(
-        model, tokenizer, prompts, max_new_tokens=max_new_tokens, trees=trees, pld_tokens=pld_tokens, warmup=warmup
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        trees=trees,
+        pld_tokens=pld_tokens,
+        warmup=warmup,
     )
     report = speed_report(runs, baseline="greedy")
     report["settings"] = {

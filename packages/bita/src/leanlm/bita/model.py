@@ -203,8 +203,12 @@ class BiTAModel(nn.Module):
         """
         from leanlm.bita.data import packed_masks
 
-        visible, prefix_visible, positions = packed_masks(freeze_len, num_groups, seq_len, self.num_masks, T=input_ids.shape[1])
-        mask = additive_mask(torch.cat([prefix_visible.unsqueeze(-1).expand(-1, -1, self.num_prefix), visible], -1), self.dtype)
+        visible, prefix_visible, positions = packed_masks(
+            freeze_len, num_groups, seq_len, self.num_masks, T=input_ids.shape[1]
+        )
+        mask = additive_mask(
+            torch.cat([prefix_visible.unsqueeze(-1).expand(-1, -1, self.num_prefix), visible], -1), self.dtype
+        )
         cache = self.prefix_cache(input_ids.shape[0])
         hidden = self.hidden_states(input_ids, mask.unsqueeze(1), positions, cache)
         selected = labels != -100

@@ -27,7 +27,9 @@ def instruction_of(record: dict[str, Any]) -> tuple[str, str]:
         value = record.get(key)
         if isinstance(value, str) and value.strip():
             return value, str(record.get("input") or "")
-    raise UserError(f"record {record.get('id', '?')!r} has no instruction, question, prompt, text or turns field")
+    raise UserError(
+        f"record {record.get('id', '?')!r} has no instruction, question, prompt, text or turns field"
+    )
 
 
 def make_prompts(

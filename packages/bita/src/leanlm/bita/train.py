@@ -43,7 +43,9 @@ def prompt_response_pairs(records: list[dict[str, Any]], source: str) -> list[tu
         prompt = r.get("prompt", r.get("model_input_texts"))
         output = r.get("output")
         if not isinstance(prompt, str) or not isinstance(output, str):
-            raise UserError(f"{source}: record {i + 1} needs string fields 'prompt' and 'output' (run bita-gen-outputs)")
+            raise UserError(
+                f"{source}: record {i + 1} needs string fields 'prompt' and 'output' (run bita-gen-outputs)"
+            )
         if output.strip():
             pairs.append((prompt, output))
     if not pairs:
@@ -169,7 +171,12 @@ def train(
         raise UserError(f"{data}: no records")
     if limit:
         records = records[: int(limit)]
-    config = BiTAConfig(num_masks=int(num_masks), num_prefix=int(num_prefix), prefix_dropout=float(prefix_dropout), base_model=str(model))
+    config = BiTAConfig(
+        num_masks=int(num_masks),
+        num_prefix=int(num_prefix),
+        prefix_dropout=float(prefix_dropout),
+        base_model=str(model),
+    )
     config.validate()
     if not torch.cuda.is_available() and max_steps is None:
         max_steps = CPU_MAX_STEPS

@@ -108,12 +108,15 @@ def load_model_for_eval(
         dev = pick_device(device)
         model = AutoModelForCausalLM.from_pretrained(location, config=config, dtype=pick_dtype(dtype, dev))
         model = model.to(dev).eval()
-        log.info("%s: latent checkpoint, re-quantizing as %s (saved quantization_config)", location, spec.name)
+        log.info(
+            "%s: latent checkpoint, re-quantizing as %s (saved quantization_config)", location, spec.name
+        )
     else:
         model = load_model(name, dtype=dtype, device=device)
     if spec is not None:
+        # the live config stays free of our quantization_config: libraries that inspect an
+        # in-memory model (lm-eval's HFLM) hand it to transformers' quantizer registry and fail
         quantize_model(model, spec)
-        attach_quantization_config(model, spec)
     else:
         log.info("no quantization requested or saved: full-precision model")
     return model, tokenizer, spec

@@ -54,7 +54,13 @@ def clip(
     writes the clipped model (latent weights + quantization_config) for eval/export.
     """
     from leanlm.bitdistiller.checkpoint import attach_quantization_config
-    from leanlm.bitdistiller.clip import apply_clip, calibration_blocks, calibration_texts, run_clip_search, save_clip
+    from leanlm.bitdistiller.clip import (
+        apply_clip,
+        calibration_blocks,
+        calibration_texts,
+        run_clip_search,
+        save_clip,
+    )
     from leanlm.bitdistiller.modules import check_group_size
     from leanlm.bitdistiller.quant import QuantSpec
     from leanlm.core.models import load_model, load_tokenizer
@@ -110,7 +116,11 @@ def generate(
 
     options: dict[str, Any] = {}
     if backend in {"openai", "tgi"}:
-        options = {k: v for k, v in {"base_url": base_url, "api_key": api_key, "concurrency": concurrency}.items() if v is not None}
+        options = {
+            k: v
+            for k, v in {"base_url": base_url, "api_key": api_key, "concurrency": concurrency}.items()
+            if v is not None
+        }
     result = generate_teacher_data(model, dataset, out, out_dir, max_sample, temperature, top_p, max_new_tokens, seed,
                                    backend, batch_size, options)  # fmt: skip
     return _show(result)

@@ -18,6 +18,7 @@ Cache file (``torch.save``): ``{"format", "spec", "model", "clip": [(name, max [
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Iterable
@@ -47,7 +48,9 @@ def calibration_texts(dataset: str, limit: int = 2000, seed: int = 42) -> list[s
     from leanlm.core.datasets import load_records
 
     if dataset not in CALIB_DATASETS and not Path(dataset).exists():
-        raise UserError(f"calibration dataset {dataset!r}: use one of {', '.join(CALIB_DATASETS)} or a local file")
+        raise UserError(
+            f"calibration dataset {dataset!r}: use one of {', '.join(CALIB_DATASETS)} or a local file"
+        )
     records = load_records(dataset, seed=seed, limit=limit)
     texts = []
     for r in records:
@@ -58,11 +61,15 @@ def calibration_texts(dataset: str, limit: int = 2000, seed: int = 42) -> list[s
         elif "question" in r and "solution" in r:  # GSM8K
             texts.append(f"{r['question']}\n{r['solution']}")
         elif "instruction" in r:
-            texts.append(f"Instruction:\n{r['instruction']}\n{r.get('input') or ''}\nOutput:\n{r.get('output', '')}")
+            texts.append(
+                f"Instruction:\n{r['instruction']}\n{r.get('input') or ''}\nOutput:\n{r.get('output', '')}"
+            )
         elif "prompt" in r:
             texts.append(f"{r['prompt']}{r.get('response', '')}")
         else:
-            raise UserError(f"{dataset}: records need a 'text', 'instruction' or 'prompt' field, got {sorted(r)}")
+            raise UserError(
+                f"{dataset}: records need a 'text', 'instruction' or 'prompt' field, got {sorted(r)}"
+            )
     return texts
 
 
@@ -99,8 +106,8 @@ def _fake_quant(w: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
 def group_error(w: torch.Tensor, w_hat: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     """``d_cnᵀ H_n d_cn`` for ``w, w_hat [N, K]`` and ``h [K/g, g, g]``: ``[N, K/g]``."""
     n_groups, g = h.shape[0], h.shape[1]
-    d = (w_hat - w).reshape(w.shape[0], n_groups, g)
-    return torch.einsum("cnk,nkl,cnl->cn", d, h, d)
+    d = (w_hat - w).reshape(w.shape[0], n_groups, g).transpose(0, 1)  # [K/g, N, g]
+    return (torch.bmm(d, h) * d).sum(-1).t()  # one batched matmul per group, then the row-wise dot
 
 
 @torch.no_grad()
@@ -167,7 +174,9 @@ def _decoder_layers(model: nn.Module) -> nn.ModuleList:
     inner = getattr(model, "model", None)
     layers = getattr(inner, "layers", None)
     if layers is None:
-        raise UserError(f"clipping search supports LLaMA-style models (model.model.layers); got {type(model).__name__}")
+        raise UserError(
+            f"clipping search supports LLaMA-style models (model.model.layers); got {type(model).__name__}"
+        )
     return layers
 
 
@@ -195,10 +204,8 @@ def run_clip_search(
     handle = layers[0].register_forward_pre_hook(catch, with_kwargs=True)
     try:
         for b0 in range(0, blocks.shape[0], batch_size):
-            try:
+            with contextlib.suppress(_Stop):  # the hook stops the forward pass after layer 0's inputs
                 model(input_ids=blocks[b0 : b0 + batch_size], use_cache=False)
-            except _Stop:
-                pass
     finally:
         handle.remove()
     prefix = next(n for n, m in model.named_modules() if m is layers)
@@ -224,7 +231,13 @@ def run_clip_search(
             mx, mn = search_clip(m.weight.data, hooks[name].value(), spec, n_grid, max_shrink)
             clips.append((f"{prefix}.{li}.{name}", mx.cpu(), mn.cpu()))
         captured = [(o, kw) for o, (_, kw) in zip(outputs, captured)]
-        log.info("clip search: layer %d/%d done (%d linears, %.0f s)", li + 1, len(layers), len(targets), time.time() - t0)
+        log.info(
+            "clip search: layer %d/%d done (%d linears, %.0f s)",
+            li + 1,
+            len(layers),
+            len(targets),
+            time.time() - t0,
+        )
     return clips
 
 
@@ -271,17 +284,30 @@ def apply_clip(model: nn.Module, cache: dict[str, Any] | str | Path, spec: Quant
     """
     source = str(cache) if not isinstance(cache, dict) else "clip cache"
     data = load_clip(cache) if not isinstance(cache, dict) else cache
-    if spec is not None and "spec" in data and int(data["spec"].get("group_size", spec.group_size)) != spec.group_size:
-        raise UserError(f"{source} was made for group size {data['spec']['group_size']}, not {spec.group_size}")
+    if (
+        spec is not None
+        and "spec" in data
+        and int(data["spec"].get("group_size", spec.group_size)) != spec.group_size
+    ):
+        raise UserError(
+            f"{source} was made for group size {data['spec']['group_size']}, not {spec.group_size}"
+        )
     modules = dict(model.named_modules())
     plan = []
     for entry in data["clip"]:
         name, max_val, min_val = entry
         m = modules.get(name)
         if not isinstance(m, nn.Linear):
-            raise UserError(f"{source} is for another model: it names layer {name!r}, which this model does not have")
+            raise UserError(
+                f"{source} is for another model: it names layer {name!r}, which this model does not have"
+            )
         n_out, k = m.weight.shape
-        if max_val.ndim != 3 or max_val.shape[0] != n_out or k % max_val.shape[1] or max_val.shape != min_val.shape:
+        if (
+            max_val.ndim != 3
+            or max_val.shape[0] != n_out
+            or k % max_val.shape[1]
+            or max_val.shape != min_val.shape
+        ):
             raise UserError(
                 f"{source} is for another model: layer {name} has weight {n_out}x{k}, "
                 f"the cache has clip ranges {tuple(max_val.shape)}"

@@ -28,9 +28,7 @@ from leanlm.core.errors import RecordError, UserError
 log = logging.getLogger(__name__)
 
 TEACHER_DATASETS = ("wikitext", "alpaca", "code", "math")
-ALPACA_HEAD = (
-    "Below is an instruction that describes a task. Write a response that appropriately completes the request."
-)
+ALPACA_HEAD = "Below is an instruction that describes a task. Write a response that appropriately completes the request."
 
 
 def _alpaca(instruction: str, suffix: str = "") -> str:
@@ -42,10 +40,16 @@ def teacher_prompts(dataset: str, max_sample: int | None = None, seed: int = 42)
     from leanlm.core.datasets import load_records
 
     path = Path(dataset)
-    key = {"text": "wikitext", "instructions": "alpaca", "humaneval": "code", "gsm8k": "math"}.get(dataset, dataset)
+    key = {"text": "wikitext", "instructions": "alpaca", "humaneval": "code", "gsm8k": "math"}.get(
+        dataset, dataset
+    )
     if not path.exists() and key not in TEACHER_DATASETS:
-        raise UserError(f"teacher dataset {dataset!r}: use one of {', '.join(TEACHER_DATASETS)} or a local file")
-    source = {"wikitext": "text", "alpaca": "instructions", "code": "humaneval", "math": "gsm8k"}.get(key, dataset)
+        raise UserError(
+            f"teacher dataset {dataset!r}: use one of {', '.join(TEACHER_DATASETS)} or a local file"
+        )
+    source = {"wikitext": "text", "alpaca": "instructions", "code": "humaneval", "math": "gsm8k"}.get(
+        key, dataset
+    )
     records = load_records(source)
     prompts: list[dict[str, str]] = []
     for i, r in enumerate(records):
@@ -54,12 +58,16 @@ def teacher_prompts(dataset: str, max_sample: int | None = None, seed: int = 42)
             if len(r["text"]) > 512:
                 prompts.append({"id": rid, "prompt": r["text"][:128]})
         elif key == "code" and "canonical_solution" in r:
-            prompts.append({"id": rid, "prompt": _alpaca(f"Create a Python script for this problem:\n{r['prompt']}")})
+            prompts.append(
+                {"id": rid, "prompt": _alpaca(f"Create a Python script for this problem:\n{r['prompt']}")}
+            )
         elif key == "math" and "question" in r:
             prompts.append({"id": rid, "prompt": _alpaca(r["question"], " Let's think step by step.")})
         elif "instruction" in r:
             extra = r.get("input") or ""
-            prompts.append({"id": rid, "prompt": f"{r['instruction']}\n{extra}\n" if extra else f"{r['instruction']}\n"})
+            prompts.append(
+                {"id": rid, "prompt": f"{r['instruction']}\n{extra}\n" if extra else f"{r['instruction']}\n"}
+            )
         elif "prompt" in r:
             prompts.append({"id": rid, "prompt": r["prompt"]})
         else:
@@ -72,7 +80,9 @@ def teacher_prompts(dataset: str, max_sample: int | None = None, seed: int = 42)
     return prompts
 
 
-def teacher_file_name(dataset: str, temperature: float, max_new_tokens: int, seed: int, max_sample: int | None) -> str:
+def teacher_file_name(
+    dataset: str, temperature: float, max_new_tokens: int, seed: int, max_sample: int | None
+) -> str:
     stem = Path(dataset).stem if Path(dataset).exists() else dataset
     return f"{stem}_T{temperature}_N{max_new_tokens}_S{seed}_{max_sample or 'all'}.jsonl"
 
@@ -85,7 +95,11 @@ def _pair(item: Any, path: Path, lineno: int) -> tuple[str, str] | None:
             return str(item["prompt"]), str(item["response"])
         if "text" in item and isinstance(item.get("meta"), dict) and "prompt" in item["meta"]:
             return (str(item["meta"]["prompt"]), str(item["text"])) if item.get("ok", True) else None
-    raise RecordError(path, lineno, "expected {'prompt', 'response'}, a generation result with meta.prompt, or [[prompt, response]]")
+    raise RecordError(
+        path,
+        lineno,
+        "expected {'prompt', 'response'}, a generation result with meta.prompt, or [[prompt, response]]",
+    )
 
 
 def read_teacher_file(path: str | Path) -> list[dict[str, str]]:
@@ -107,15 +121,25 @@ def read_teacher_file(path: str | Path) -> list[dict[str, str]]:
                 skipped += 1
                 continue
             rid = item.get("id") if isinstance(item, dict) else None
-            out.append({"id": str(rid if rid is not None else f"{p.stem}-{lineno}"), "prompt": pair[0], "response": pair[1]})
+            out.append(
+                {
+                    "id": str(rid if rid is not None else f"{p.stem}-{lineno}"),
+                    "prompt": pair[0],
+                    "response": pair[1],
+                }
+            )
     if skipped:
-        log.warning("%s: skipped %d failed generations (re-run bitdistiller-generate to retry them)", p, skipped)
+        log.warning(
+            "%s: skipped %d failed generations (re-run bitdistiller-generate to retry them)", p, skipped
+        )
     if not out:
         raise UserError(f"{p}: no teacher examples in the file")
     return out
 
 
-def mix_files(files: list[str | Path], seed: int = 42, limits: list[int] | None = None) -> list[dict[str, str]]:
+def mix_files(
+    files: list[str | Path], seed: int = 42, limits: list[int] | None = None
+) -> list[dict[str, str]]:
     """Concatenate teacher files (each optionally cut to ``limits[i]``), ids made unique, seeded shuffle."""
     if not files:
         raise UserError("give at least one teacher file to mix")

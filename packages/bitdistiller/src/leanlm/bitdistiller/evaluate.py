@@ -32,13 +32,16 @@ def lm_eval_tasks(model: Any, tokenizer: Any, tasks: str | tuple | list = DEFAUL
     from leanlm.core.evaluation import run_lm_eval
 
     names = [t.strip() for t in tasks.split(",")] if isinstance(tasks, str) else list(tasks)
-    results = run_lm_eval(model, tokenizer, names, num_fewshot=num_fewshot, limit=limit, batch_size=batch_size)
+    results = run_lm_eval(
+        model, tokenizer, names, num_fewshot=num_fewshot, limit=limit, batch_size=batch_size
+    )
     accs = [v.get("acc") for v in results.values() if v.get("acc") is not None]
     return {"tasks": results, "avg_acc": sum(accs) / len(accs) if accs else None}
 
 
 def humaneval_prompt(prompt: str) -> str:
-    return _alpaca(f"Create a Python script for this problem:\n{prompt.replace('    ', '\t')}")
+    tabbed = prompt.replace("    ", "\t")
+    return _alpaca(f"Create a Python script for this problem:\n{tabbed}")
 
 
 _CODE_BLOCK = re.compile(r"```(?:python)?\n(.*?)(?:```|$)", re.S)
@@ -82,6 +85,8 @@ def gsm8k(model: Any, tokenizer: Any, limit: int | None = None, max_new_tokens: 
 
     records = load_records("gsm8k", limit=limit)
     reqs = [{"id": r["id"], "prompt": _alpaca(r["question"], " Let's think step by step.")} for r in records]
-    results = _generate(model, tokenizer, reqs, output, max_new_tokens, temperature, batch_size, seed, "gsm8k")
+    results = _generate(
+        model, tokenizer, reqs, output, max_new_tokens, temperature, batch_size, seed, "gsm8k"
+    )
     score = gsm8k_accuracy({r.id: r.text for r in results if r.ok}, records)
     return {k: score[k] for k in ("accuracy", "correct", "total", "missing")}

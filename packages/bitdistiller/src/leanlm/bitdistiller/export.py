@@ -33,19 +33,36 @@ from leanlm.core.kernels import lowbit
 
 log = logging.getLogger(__name__)
 
-SCALE_DTYPES = {"fp16": torch.float16, "float16": torch.float16, "fp32": torch.float32, "float32": torch.float32}
+SCALE_DTYPES = {
+    "fp16": torch.float16,
+    "float16": torch.float16,
+    "fp32": torch.float32,
+    "float32": torch.float32,
+}
 
 
 class PackedLinear(nn.Module):
     """A linear layer stored as packed b-bit codes; ``forward`` is the dequantize-matmul kernel."""
 
-    def __init__(self, in_features: int, out_features: int, bits: int, group_size: int, bias: bool, scale_dtype: torch.dtype):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bits: int,
+        group_size: int,
+        bias: bool,
+        scale_dtype: torch.dtype,
+    ):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.bits, self.group_size = bits, group_size
         n_groups = in_features // group_size
-        self.register_buffer("qweight", torch.zeros(lowbit.packed_words(in_features, bits), out_features, dtype=torch.int32))
-        self.register_buffer("qzeros", torch.zeros(n_groups, lowbit.packed_words(out_features, bits), dtype=torch.int32))
+        self.register_buffer(
+            "qweight", torch.zeros(lowbit.packed_words(in_features, bits), out_features, dtype=torch.int32)
+        )
+        self.register_buffer(
+            "qzeros", torch.zeros(n_groups, lowbit.packed_words(out_features, bits), dtype=torch.int32)
+        )
         self.register_buffer("scales", torch.zeros(n_groups, out_features, dtype=scale_dtype))
         self.register_buffer("g_idx", torch.arange(in_features, dtype=torch.int32) // group_size)
         self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
@@ -67,7 +84,14 @@ class PackedLinear(nn.Module):
     def from_quant_linear(cls, layer: QuantLinear, scale_dtype: torch.dtype) -> PackedLinear:
         spec = layer.spec
         q = lowbit.quantize_asym(layer.weight.detach(), spec.bits, spec.group_size)
-        p = cls(layer.in_features, layer.out_features, spec.bits, spec.group_size, layer.bias is not None, scale_dtype)
+        p = cls(
+            layer.in_features,
+            layer.out_features,
+            spec.bits,
+            spec.group_size,
+            layer.bias is not None,
+            scale_dtype,
+        )
         p.qweight.copy_(lowbit.pack(q.codes, spec.bits).t())
         p.qzeros.copy_(lowbit.pack(q.zeros.t().contiguous(), spec.bits))
         p.scales.copy_(q.scales.t())
@@ -91,10 +115,14 @@ def pack_model(model: nn.Module, scale_dtype: torch.dtype = torch.float16) -> in
         raise UserError("the model has no quantized layers to pack (pass --quant-type/--w-bit/--group-size)")
     for name, m in layers:
         if m.spec.quant_type != "int":
-            raise UserError(f"packed export supports int2/int3/int4; {m.spec.name} (NF3) has no packed kernel")
+            raise UserError(
+                f"packed export supports int2/int3/int4; {m.spec.name} (NF3) has no packed kernel"
+            )
         for dim, what in ((m.in_features, "input"), (m.out_features, "output")):
             if dim * m.spec.bits % 32:
-                raise UserError(f"layer {name}: {what} size {dim} x {m.spec.bits} bits does not fill int32 words")
+                raise UserError(
+                    f"layer {name}: {what} size {dim} x {m.spec.bits} bits does not fill int32 words"
+                )
         _swap(model, name, PackedLinear.from_quant_linear(m, scale_dtype))
     return len(layers)
 
@@ -107,11 +135,17 @@ def gptq_config(spec: QuantSpec, scale_dtype: torch.dtype) -> dict[str, Any]:
         "sym": False,
         "desc_act": False,
         "checkpoint_format": "gptq_v2",
-        "leanlm_bitdistiller": {"format": "packed", "quant_type": spec.quant_type, "scale_dtype": str(scale_dtype).split(".")[-1]},
+        "leanlm_bitdistiller": {
+            "format": "packed",
+            "quant_type": spec.quant_type,
+            "scale_dtype": str(scale_dtype).split(".")[-1],
+        },
     }
 
 
-def export_packed(model: nn.Module, tokenizer: Any, out_dir: str | Path, spec: QuantSpec, scale_dtype: str = "fp16") -> dict[str, Any]:
+def export_packed(
+    model: nn.Module, tokenizer: Any, out_dir: str | Path, spec: QuantSpec, scale_dtype: str = "fp16"
+) -> dict[str, Any]:
     """Pack ``model`` (with QuantLinear layers) and save it to ``out_dir``; returns sizes in bytes."""
     from safetensors.torch import save_model
 
@@ -126,7 +160,10 @@ def export_packed(model: nn.Module, tokenizer: Any, out_dir: str | Path, spec: Q
     config = model.config.to_dict()
     config["quantization_config"] = gptq_config(spec, sd)
     write_json(out / "config.json", config)
-    write_json(out / "quantize_config.json", {k: v for k, v in config["quantization_config"].items() if k != "quant_method"})
+    write_json(
+        out / "quantize_config.json",
+        {k: v for k, v in config["quantization_config"].items() if k != "quant_method"},
+    )
     save_model(model, str(out / "model.safetensors"))
     if tokenizer is not None:
         tokenizer.save_pretrained(str(out))
@@ -154,7 +191,9 @@ def packed_sizes(model: nn.Module) -> dict[str, int]:
     return {"packed_linear_bytes": packed, "other_bytes": other, "total_bytes": packed + other}
 
 
-def load_packed(location: str | Path, dtype: str | None = None, device: str | None = None) -> tuple[nn.Module, QuantSpec]:
+def load_packed(
+    location: str | Path, dtype: str | None = None, device: str | None = None
+) -> tuple[nn.Module, QuantSpec]:
     """Load an ``export_packed`` folder as a model with PackedLinear layers; (model, spec)."""
     from safetensors import safe_open
     from safetensors.torch import load_model
@@ -175,14 +214,28 @@ def load_packed(location: str | Path, dtype: str | None = None, device: str | No
     model = AutoModelForCausalLM.from_config(config, dtype=pick_dtype(dtype or saved_dtype, dev))
     scale_dtype = SCALE_DTYPES.get(meta.get("scale_dtype", "float16"), torch.float16)
     with safe_open(str(folder / "model.safetensors"), "pt") as f:
-        names = [k[: -len(".qweight")] for k in f.keys() if k.endswith(".qweight")]
+        keys = list(f.keys())  # noqa: SIM118 - a safetensors handle is not a dict
+    names = [k[: -len(".qweight")] for k in keys if k.endswith(".qweight")]
     for name in names:
         lin = model.get_submodule(name)
-        _swap(model, name, PackedLinear(lin.in_features, lin.out_features, spec.bits, spec.group_size, lin.bias is not None, scale_dtype))
+        _swap(
+            model,
+            name,
+            PackedLinear(
+                lin.in_features,
+                lin.out_features,
+                spec.bits,
+                spec.group_size,
+                lin.bias is not None,
+                scale_dtype,
+            ),
+        )
     missing, unexpected = load_model(model, str(folder / "model.safetensors"), strict=False)
     missing = [k for k in missing if not k.endswith("lm_head.weight")]  # tied to the embeddings
     if missing or unexpected:
-        raise UserError(f"{folder}: export does not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise UserError(
+            f"{folder}: export does not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     if getattr(config, "tie_word_embeddings", False):
         model.tie_weights()
     return model.to(dev).eval(), spec

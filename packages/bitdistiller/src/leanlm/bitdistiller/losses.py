@@ -42,7 +42,9 @@ def _reduce(per_token: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 class KDLoss(nn.Module):
     needs_teacher = True
 
-    def forward(self, student: torch.Tensor, teacher: torch.Tensor | None, labels: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, student: torch.Tensor, teacher: torch.Tensor | None, labels: torch.Tensor
+    ) -> torch.Tensor:
         mask = (labels != IGNORE).to(student.dtype)
         log_s = F.log_softmax(student.float(), -1)
         log_t = F.log_softmax(teacher.float(), -1)
@@ -91,7 +93,9 @@ class JSD(KDLoss):
 class TLSD(KDLoss):
     """Token-scaled logit distillation: positions the teacher finds hard weigh more."""
 
-    def forward(self, student: torch.Tensor, teacher: torch.Tensor | None, labels: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, student: torch.Tensor, teacher: torch.Tensor | None, labels: torch.Tensor
+    ) -> torch.Tensor:
         s, t, y = student[:, :-1].float(), teacher[:, :-1].float(), labels[:, 1:]
         mask = y != IGNORE
         log_t = F.log_softmax(t, -1)
@@ -105,7 +109,9 @@ class TLSD(KDLoss):
 class CE(KDLoss):
     needs_teacher = False
 
-    def forward(self, student: torch.Tensor, teacher: torch.Tensor | None, labels: torch.Tensor) -> torch.Tensor:  # noqa: ARG002
+    def forward(
+        self, student: torch.Tensor, teacher: torch.Tensor | None, labels: torch.Tensor
+    ) -> torch.Tensor:  # noqa: ARG002
         return F.cross_entropy(student[:, :-1].float().transpose(1, 2), labels[:, 1:], ignore_index=IGNORE)
 
 

@@ -22,7 +22,9 @@ SKIP_DEFAULT = ("lm_head",)
 class QuantLinear(nn.Linear):
     """``nn.Linear`` whose weight is fake-quantized (``spec``) in every forward pass."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, spec: QuantSpec, **kw) -> None:
+    def __init__(
+        self, in_features: int, out_features: int, bias: bool = True, *, spec: QuantSpec, **kw
+    ) -> None:
         super().__init__(in_features, out_features, bias=bias, **kw)
         self.spec = spec
 

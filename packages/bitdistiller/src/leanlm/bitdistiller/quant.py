@@ -55,9 +55,13 @@ class QuantSpec:
         except (TypeError, ValueError):
             raise UserError(f"bit width must be an integer, got {self.bits!r}") from None
         if qt == "int" and bits not in lowbit.BITS:
-            raise UserError(f"int quantization supports {', '.join(map(str, lowbit.BITS))} bits, got {self.bits!r}")
+            raise UserError(
+                f"int quantization supports {', '.join(map(str, lowbit.BITS))} bits, got {self.bits!r}"
+            )
         if qt == "nf3" and bits != 3:
-            raise UserError(f"nf3 is a 3-bit format; got --w-bit {self.bits!r} (use --quant-type int for 2 or 4 bits)")
+            raise UserError(
+                f"nf3 is a 3-bit format; got --w-bit {self.bits!r} (use --quant-type int for 2 or 4 bits)"
+            )
         object.__setattr__(self, "bits", bits)
         if int(self.group_size) <= 0:
             raise UserError(f"group size must be positive, got {self.group_size!r}")
@@ -105,7 +109,9 @@ def _groups(w: torch.Tensor, group_size: int) -> torch.Tensor:
     return w.reshape(-1, k // group_size, group_size)
 
 
-def int_asym_ste(w: torch.Tensor, bits: int, group_size: int, rounding: str = "half_even", eps: float = EPS) -> torch.Tensor:
+def int_asym_ste(
+    w: torch.Tensor, bits: int, group_size: int, rounding: str = "half_even", eps: float = EPS
+) -> torch.Tensor:
     """Fake-quantized ``w`` (same shape/dtype) with straight-through rounding; computed in fp32."""
     max_int = 2**bits - 1
     g = _groups(w.float(), group_size)

@@ -34,7 +34,11 @@ def generate_teacher_data(
     from leanlm.core.generation import SamplingParams, generate, get_backend
 
     prompts = teacher_prompts(dataset, max_sample, seed)
-    path = Path(out) if out else Path(out_dir) / teacher_file_name(dataset, temperature, max_new_tokens, seed, max_sample)
+    path = (
+        Path(out)
+        if out
+        else Path(out_dir) / teacher_file_name(dataset, temperature, max_new_tokens, seed, max_sample)
+    )
     options = dict(backend_options or {})
     if backend in {"hf", "vllm"}:
         options.setdefault("model", model)
@@ -44,7 +48,10 @@ def generate_teacher_data(
         options.setdefault("model", model)  # the served model's name
     be = get_backend(backend, **options)
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
-    requests = [{"id": p["id"], "prompt": p["prompt"], "meta": {"prompt": p["prompt"], "dataset": dataset}} for p in prompts]
+    requests = [
+        {"id": p["id"], "prompt": p["prompt"], "meta": {"prompt": p["prompt"], "dataset": dataset}}
+        for p in prompts
+    ]
     try:
         results = generate(requests, be, params, output=path, desc=f"teacher:{dataset}")
     finally:

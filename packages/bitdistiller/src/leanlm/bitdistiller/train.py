@@ -53,7 +53,9 @@ def _trainer_class() -> type:
             self.teacher = teacher
             self.kd_loss = kd_loss
 
-        def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False, **_: Any):
+        def compute_loss(
+            self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False, **_: Any
+        ):
             labels = inputs["labels"]
             out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
             teacher_logits = None
@@ -88,13 +90,26 @@ def build_student(model: nn.Module, spec: QuantSpec, clip: str | Path | dict | N
     return model
 
 
-def compute_gamma(teacher: nn.Module, rows: list[dict[str, Any]], collator: Any, batch_size: int, n_batches: int, seed: int) -> float:
+def compute_gamma(
+    teacher: nn.Module, rows: list[dict[str, Any]], collator: Any, batch_size: int, n_batches: int, seed: int
+) -> float:
     order = list(range(len(rows)))
     random.Random(seed).shuffle(order)
     batches = (
         collator([rows[i] for i in order[b : b + batch_size]]) for b in range(0, len(order), batch_size)
     )
     return teacher_confidence(teacher, batches, n_batches)
+
+
+def _finished_run(output_dir: str | Path, max_steps: int | None) -> Path | None:
+    """The summary of a run that already reached ``max_steps`` (HF Trainer would add one more step)."""
+    from leanlm.core.records import read_json
+
+    summary = Path(output_dir) / "train_summary.json"
+    if not max_steps or max_steps <= 0 or not summary.exists():
+        return None
+    done = read_json(summary)
+    return summary if done.get("steps", 0) >= max_steps and done.get("max_steps") == max_steps else None
 
 
 def train(
@@ -117,10 +132,16 @@ def train(
 ) -> dict[str, Any]:
     """Run KD-QAT; returns a summary (gamma, steps, losses, final folder)."""
     from leanlm.core.models import load_model, load_tokenizer
-    from leanlm.core.records import write_json
+    from leanlm.core.records import read_json, write_json
     from leanlm.core.sft import PaddingCollator
-    from leanlm.core.training import save_run_config, train_with_resume, training_arguments
+    from leanlm.core.training import last_checkpoint, save_run_config, train_with_resume, training_arguments
 
+    finished = _finished_run(output_dir, (overrides or {}).get("max_steps")) if resume else None
+    if finished is not None:
+        log.info(
+            "%s already reached max_steps; nothing to train (delete the folder to start again)", output_dir
+        )
+        return read_json(finished)
     rows = read_teacher_file(data)
     if max_samples:
         rows = rows[:max_samples]
@@ -145,7 +166,9 @@ def train(
         teacher.requires_grad_(False)
         teacher.config.use_cache = False
     if kd_loss_name == "cakld" and gamma is None:
-        gamma = compute_gamma(teacher, train_set, collator, args.per_device_train_batch_size, gamma_batches, seed)
+        gamma = compute_gamma(
+            teacher, train_set, collator, args.per_device_train_batch_size, gamma_batches, seed
+        )
         log.info("CAKLD gamma (teacher mean top-1 probability over %d batches) = %.4f", gamma_batches, gamma)
     kd_loss = build_loss(kd_loss_name, gamma)
 
@@ -169,6 +192,7 @@ def train(
         teacher=teacher,
         kd_loss=kd_loss,
     )
+    resumed_from = last_checkpoint(output_dir) if resume else None
     result = train_with_resume(trainer, resume)
     final = Path(output_dir) / "final"
     trainer.save_model(str(final))
@@ -182,6 +206,8 @@ def train(
         "first_loss": losses[0] if losses else None,
         "last_loss": losses[-1] if losses else None,
         "train_loss": getattr(result, "training_loss", None),
+        "resumed_from": resumed_from,
+        "max_steps": overrides.get("max_steps"),
     }
     write_json(Path(output_dir) / "train_summary.json", summary)
     return summary

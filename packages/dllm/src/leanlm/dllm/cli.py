@@ -90,7 +90,9 @@ def _instructs(value: Any) -> list[str]:
         try:
             value = ast.literal_eval(value) if value.strip().startswith("[") else [value]
         except (ValueError, SyntaxError):
-            raise UserError(f"--instructs must be a Python list of strings, e.g. \"['a', 'b']\"; got {value!r}") from None
+            raise UserError(
+                f"--instructs must be a Python list of strings, e.g. \"['a', 'b']\"; got {value!r}"
+            ) from None
     if isinstance(value, str | int | float):
         value = [str(value)]
     if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
@@ -138,7 +140,9 @@ def chat(
     out = generate(net, batch["input_ids"], batch["attention_mask"], max_new_tokens=max_new_tokens,
                    eos_token_id=tokenizer.eos_token_id, temperature=temperature, top_p=top_p, seed=seed)  # fmt: skip
     for q, toks, st in zip(questions, out.tokens, out.stats):
-        print(f"### Instruction:\n{q}\n\n### Response:\n{tokenizer.decode(toks, skip_special_tokens=True).strip()}")
+        print(
+            f"### Instruction:\n{q}\n\n### Response:\n{tokenizer.decode(toks, skip_special_tokens=True).strip()}"
+        )
         print(f"[exec ratio {st['exec_ratio']:.3f} | FLOPs ratio {st['flops_ratio']:.3f} | "
               f"KV ratio {st['kv_ratio']:.3f} | {st['new_tokens']} tokens]\n")  # fmt: skip
     print(f"decode: {out.decode_tokens_per_s:.1f} tokens/s")

@@ -60,7 +60,9 @@ def _fill(template: str, record: dict[str, Any], where: str) -> str:
     try:
         return template.format_map(values)
     except KeyError as e:
-        raise UserError(f"{where}: the prompt template needs field {e.args[0]!r}, which the record lacks") from None
+        raise UserError(
+            f"{where}: the prompt template needs field {e.args[0]!r}, which the record lacks"
+        ) from None
 
 
 def folder_examples(folder: str | Path, split: str, template: str | None = None) -> list[Example]:
@@ -152,7 +154,9 @@ def load_examples(
         examples = []
         for i, raw in enumerate(read_records(path)):
             r = _check(raw, REQUIRED["alpaca"], f"{path}: record {i}")
-            examples.append(Example(format_prompt("alpaca", r["instruction"], r.get("input") or None), str(r["output"])))
+            examples.append(
+                Example(format_prompt("alpaca", r["instruction"], r.get("input") or None), str(r["output"]))
+            )
     else:
         raise UserError(
             f"unknown data source {source!r}: pass a folder with train/test/prompt.json, a .json/.jsonl file, "

@@ -67,7 +67,9 @@ class GenerationOutput:
         return self.new_tokens / self.decode_seconds if self.decode_seconds > 0 else float("nan")
 
 
-def _sample(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator | None) -> torch.Tensor:
+def _sample(
+    logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator | None
+) -> torch.Tensor:
     """logits [B, V] -> token ids [B]: greedy when temperature == 0, else nucleus sampling."""
     if temperature <= 0:
         return logits.argmax(-1)
@@ -144,7 +146,7 @@ def generate(
     gen = torch.Generator(device="cpu").manual_seed(seed) if temperature > 0 else None
 
     # prefill: all prompt tokens computed, K/V kept only where the token executed
-    out = dllm(input_ids, mask.long(), return_kv=True)
+    out = dllm(input_ids, mask.long(), return_kv=True, last_only=True)
     for i, (k, v) in enumerate(out.kv):
         cache.k[i][:, :, :t], cache.v[i][:, :, :t] = k, v
         cache.valid[i, :, :t] = (out.execs[..., i] > 0.5) & mask
@@ -166,7 +168,9 @@ def generate(
                     active[r] = False
         if step == max_new_tokens - 1 or not bool(active.any()):
             break
-        logits, executed = _decode_step(dllm, cache, tok.to(device), pos.to(device), t + step, active.to(device))
+        logits, executed = _decode_step(
+            dllm, cache, tok.to(device), pos.to(device), t + step, active.to(device)
+        )
         step_execs.append(executed.cpu())
         step_active.append(active.clone())
         tok = _sample(logits, temperature, top_p, gen).cpu()
@@ -188,7 +192,9 @@ def generate(
         row["kv_ratio"] = float(cache.valid[:, r].sum()) / kv_slots
         row["new_tokens"] = len(tokens[r])
         decode_rows = [step_execs[s][r] for s in fed]
-        row["decode_exec_ratio"] = float(torch.stack(decode_rows).float().mean()) if decode_rows else float("nan")
+        row["decode_exec_ratio"] = (
+            float(torch.stack(decode_rows).float().mean()) if decode_rows else float("nan")
+        )
         stats.append(row)
     if was_training:
         dllm.train()
@@ -206,7 +212,7 @@ def reference_generate(
     mask = torch.ones_like(ids) if attention_mask is None else attention_mask.to(dllm.device)
     new = []
     for _ in range(max_new_tokens):
-        nxt = dllm(ids, mask).logits[:, -1].argmax(-1, keepdim=True)
+        nxt = dllm(ids, mask, last_only=True).logits[:, -1].argmax(-1, keepdim=True)
         new.append(nxt)
         ids = torch.cat([ids, nxt], dim=1)
         mask = torch.cat([mask, torch.ones_like(nxt)], dim=1)

@@ -31,14 +31,20 @@ def _mean_costs(rows: list[dict[str, float]]) -> dict[str, float]:
 
 def _batch_costs(cost: CostModel, execs: torch.Tensor, mask: torch.Tensor) -> list[dict[str, float]]:
     pos = position_ids_from_mask(mask)
-    return [request_costs(cost, execs[b][mask[b].bool()] > 0.5, pos[b][mask[b].bool()]) for b in range(len(mask))]
+    return [
+        request_costs(cost, execs[b][mask[b].bool()] > 0.5, pos[b][mask[b].bool()]) for b in range(len(mask))
+    ]
 
 
 @torch.no_grad()
-def choice_accuracy(dllm: DLLM, tokenizer: Any, examples: list[Example], batch_size: int = 8) -> dict[str, float]:
+def choice_accuracy(
+    dllm: DLLM, tokenizer: Any, examples: list[Example], batch_size: int = 8
+) -> dict[str, float]:
     examples = [e for e in examples if e.num_choices > 0]
     if not examples:
-        raise UserError("accuracy needs multiple-choice examples (piqa, boolq, social_i_qa, openbookqa, mmlu)")
+        raise UserError(
+            "accuracy needs multiple-choice examples (piqa, boolq, social_i_qa, openbookqa, mmlu)"
+        )
     dllm.eval()
     digit_ids = []
     for i in range(1, max(e.num_choices for e in examples) + 1):
@@ -51,7 +57,9 @@ def choice_accuracy(dllm: DLLM, tokenizer: Any, examples: list[Example], batch_s
         feats = [{"input_ids": tokenizer(e.prompt)["input_ids"]} for e in chunk]
         feats = [f | {"attention_mask": [1] * len(f["input_ids"])} for f in feats]
         batch = collate(feats)
-        out = dllm(batch["input_ids"].to(dllm.device), batch["attention_mask"].to(dllm.device))
+        out = dllm(
+            batch["input_ids"].to(dllm.device), batch["attention_mask"].to(dllm.device), last_only=True
+        )
         logp = torch.log_softmax(out.logits[:, -1].float(), -1)
         for row, e in enumerate(chunk):
             cand = logp[row, digit_ids[: e.num_choices]]
@@ -72,15 +80,15 @@ def response_perplexity(
     total_nll, total_tokens, costs = 0.0, 0, []
     for s in range(0, len(feats), batch_size):
         batch = collate(feats[s : s + batch_size])
-        out = dllm(batch["input_ids"].to(dllm.device), batch["attention_mask"].to(dllm.device))
-        labels = batch["labels"][:, 1:].to(dllm.device)
-        logp = torch.log_softmax(out.logits[:, :-1].float(), -1)
-        keep = labels != -100
-        picked = logp.gather(-1, labels.clamp(min=0)[..., None])[..., 0]
-        total_nll -= float(picked[keep].sum())
-        total_tokens += int(keep.sum())
+        labels = batch["labels"].to(dllm.device)
+        out = dllm(batch["input_ids"].to(dllm.device), batch["attention_mask"].to(dllm.device), labels)
+        n = int((labels[:, 1:] != -100).sum())
+        total_nll += float(out.ce_loss) * n
+        total_tokens += n
         costs += _batch_costs(cost, out.execs.cpu(), batch["attention_mask"])
-    return {"perplexity": math.exp(total_nll / max(total_tokens, 1)), "tokens": total_tokens} | _mean_costs(costs)
+    return {"perplexity": math.exp(total_nll / max(total_tokens, 1)), "tokens": total_tokens} | _mean_costs(
+        costs
+    )
 
 
 def text_perplexity(dllm: DLLM, tokenizer: Any, texts: str | list[str] = "text", seqlen: int = 256,

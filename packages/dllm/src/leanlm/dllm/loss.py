@@ -1,9 +1,9 @@
 """The D-LLM objective: response-only cross-entropy plus a per-token execution-ratio penalty.
 
-    r_t      = mean_l w[t, l]                     (layers below start_layer count as executed)
-    ratio    = sum_t |r_t - target| * m_t / sum_t m_t      (m: real tokens, reserved ones excluded)
-    loss     = CE(response tokens) + lambda(p) * ratio
-    lambda(p)= lambda_max * sin(pi/2 * clip(p, 0, 1))       (p: fraction of training done)
+r_t      = mean_l w[t, l]                     (layers below start_layer count as executed)
+ratio    = sum_t |r_t - target| * m_t / sum_t m_t      (m: real tokens, reserved ones excluded)
+loss     = CE(response tokens) + lambda(p) * ratio
+lambda(p)= lambda_max * sin(pi/2 * clip(p, 0, 1))       (p: fraction of training done)
 """
 
 from __future__ import annotations
@@ -22,7 +22,10 @@ def lambda_schedule(progress: float, lambda_max: float) -> float:
 
 
 def response_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Next-token CE; ``labels`` [B, T] are -100 on prompt and padding (no shift needed by the caller)."""
+    """Next-token CE. Either full logits [B, T, V] with labels [B, T] (-100 on prompt and padding;
+    shifted here), or logits [N, V] already gathered at the predicting positions with targets [N]."""
+    if logits.dim() == 2:
+        return F.cross_entropy(logits.float(), labels)
     return F.cross_entropy(
         logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX
     )
@@ -48,4 +51,4 @@ def dllm_loss(
     ce = response_ce(logits, labels)
     ratio = ratio_loss(execs, token_mask, target)
     total = ce + lam * ratio if dynamic else ce
-    return total, ce.detach(), ratio.detach()
+    return total, ce, ratio

@@ -38,7 +38,7 @@ LORA_FILE = "lora.safetensors"
 
 @dataclass
 class DLLMOutput:
-    logits: torch.Tensor  # [B, T, V]
+    logits: torch.Tensor  # [B, T, V]; [B, 1, V] with last_only; [N, V] at the labelled positions with labels
     execs: torch.Tensor  # [B, T, L] execute indicator per token and layer (fp32, differentiable in training)
     loss: torch.Tensor | None = None
     ce_loss: torch.Tensor | None = None
@@ -150,7 +150,7 @@ class DLLM(nn.Module):
         return self.lm.model.embed_tokens.weight.device
 
     def router(self, layer: int) -> Router | None:
-        return self.routers[str(layer)] if str(layer) in self.routers else None
+        return self.routers[str(layer)] if str(layer) in self.routers else None  # noqa: SIM401 (no ModuleDict.get)
 
     @property
     def lora_merged(self) -> bool:
@@ -185,16 +185,16 @@ class DLLM(nn.Module):
         exec_override: torch.Tensor | None = None,
         lambda_now: float | None = None,
         return_kv: bool = False,
+        last_only: bool = False,
         **_: Any,
     ) -> DLLMOutput:
         """Full-sequence pass. input_ids [B, T]; attention_mask [B, T] (left or right padding).
 
         ``exec_override`` (broadcastable to [B, T, L], 1 = execute) replaces every decision, routers and
         reserved tokens included: for ablations and static layer dropping. With ``labels`` the loss is
-        ``CE(response) + lambda_now * ratio_loss`` (``lambda_now`` defaults to ``config.lambda_max``).
+        ``CE(response) + lambda_now * ratio_loss`` (``lambda_now`` defaults to ``config.lambda_max``) and
+        ``logits`` holds only the [N, V] predicted positions. ``last_only``: logits of the last position.
         """
-        from leanlm.dllm.loss import dllm_loss
-
         b, t = input_ids.shape
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
@@ -229,16 +229,22 @@ class DLLM(nn.Module):
             execs.append(w)
             if return_kv:
                 kv.append((k, v))
-        logits = lm.lm_head(lm.model.norm(h))
+        h = lm.model.norm(h)
+        execs_t = torch.stack(execs, dim=-1)
         if self.recorder is not None:  # evaluation helpers collect decisions from forwards they do not own
-            self.recorder.append((torch.stack(execs, -1).detach().cpu(), attention_mask.detach().cpu()))
-        result = DLLMOutput(logits=logits, execs=torch.stack(execs, dim=-1), kv=kv if return_kv else None)
+            self.recorder.append((execs_t.detach().cpu(), attention_mask.detach().cpu()))
         if labels is not None:
+            # the LM head only where a label is predicted: with a 49k vocabulary it is most of the cost
+            from leanlm.dllm.loss import dllm_loss
+
+            predict = labels[:, 1:] != -100
+            logits = lm.lm_head(h[:, :-1][predict])  # [N, V]
             lam = self.config.lambda_max if lambda_now is None else lambda_now
-            result.loss, result.ce_loss, result.ratio_loss = dllm_loss(
-                logits, labels, result.execs, real & ~reserved, self.config.target, lam, dynamic=bool(self.routers)
-            )
-        return result
+            loss, ce, ratio = dllm_loss(logits, labels[:, 1:][predict], execs_t, real & ~reserved,
+                                        self.config.target, lam, dynamic=bool(self.routers))  # fmt: skip
+            return DLLMOutput(logits=logits, execs=execs_t, loss=loss, ce_loss=ce, ratio_loss=ratio)
+        logits = lm.lm_head(h[:, -1:] if last_only else h)
+        return DLLMOutput(logits=logits, execs=execs_t, kv=kv if return_kv else None)
 
     # ------------------------------------------------------------------ save / load
 
@@ -286,7 +292,9 @@ class DLLM(nn.Module):
 
         folder = Path(folder)
         if not (folder / CONFIG_FILE).exists():
-            raise UserError(f"{folder}: not a D-LLM folder (no {CONFIG_FILE}); pass the folder dllm-finetune wrote")
+            raise UserError(
+                f"{folder}: not a D-LLM folder (no {CONFIG_FILE}); pass the folder dllm-finetune wrote"
+            )
         meta = json.loads((folder / CONFIG_FILE).read_text())
         config = DLLMConfig.from_dict(meta["dllm"])
         if model is None or isinstance(model, str):

@@ -1,9 +1,9 @@
 """The per-block router: decides, per token, whether a transformer block runs.
 
-    logits = Linear(H -> R) -> RMSNorm(R) -> SiLU -> Linear(R -> 2)      # [..., 2], fp32
-    train:  w = straight-through Gumbel-softmax(logits, tau, hard)[..., 1]  (exactly 0/1 forward,
-            soft gradient backward)
-    eval:   w = 1 if logits[..., 1] >= logits[..., 0] else 0             (softmax >= 0.5 = argmax)
+logits = Linear(H -> R) -> RMSNorm(R) -> SiLU -> Linear(R -> 2)      # [..., 2], fp32
+train:  w = straight-through Gumbel-softmax(logits, tau, hard)[..., 1]  (exactly 0/1 forward,
+        soft gradient backward)
+eval:   w = 1 if logits[..., 1] >= logits[..., 0] else 0             (softmax >= 0.5 = argmax)
 """
 
 from __future__ import annotations
@@ -29,7 +29,9 @@ class Router(nn.Module):
         return self.up(F.silu(self.norm(self.down(x.to(self.down.weight.dtype)))))
 
     def flops_per_token(self) -> int:
-        return 2 * (self.down.in_features * self.down.out_features + self.up.in_features * self.up.out_features)
+        return 2 * (
+            self.down.in_features * self.down.out_features + self.up.in_features * self.up.out_features
+        )
 
 
 def decide(logits: torch.Tensor, training: bool, tau: float = 1.0) -> torch.Tensor:

@@ -46,7 +46,7 @@ class DLLMTrainer(Trainer):
         progress = self.state.global_step / max(self.state.max_steps, 1)
         lam = lambda_schedule(progress, model.config.lambda_max)
         out = model(**inputs, lambda_now=lam)
-        self._parts = {"ce": float(out.ce_loss), "ratio_loss": float(out.ratio_loss), "lambda": lam,
+        self._parts = {"ce": float(out.ce_loss.detach()), "ratio_loss": float(out.ratio_loss.detach()), "lambda": lam,
                        "exec_ratio": float(out.execs.detach().float().mean())}  # fmt: skip
         return (out.loss, out) if return_outputs else out.loss
 
@@ -58,7 +58,9 @@ class DLLMTrainer(Trainer):
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         folder = Path(output_dir or self.args.output_dir)
         folder.mkdir(parents=True, exist_ok=True)
-        torch.save({k: v.detach().cpu() for k, v in self.model.trainable_state().items()}, folder / TRAINABLE_FILE)
+        torch.save(
+            {k: v.detach().cpu() for k, v in self.model.trainable_state().items()}, folder / TRAINABLE_FILE
+        )
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
         model = model or self.model

@@ -118,11 +118,13 @@ def referee(
     attempts: int = 3,
     max_new_tokens: int = 512,
     temperature: float = 0.2,
+    referee_format: str = "auto",
 ) -> dict[str, Any]:
     """Referee marks for TEACHER vs STUDENT answers (matched by id), in both orders -> OUTPUT (JSONL).
 
     Each output line: id, instruction, input, teacher_output, student_output, ts and st (the two
-    (mark 1, mark 2) pairs, null when unparsable after ATTEMPTS tries).
+    (mark 1, mark 2) pairs, null when unparsable after ATTEMPTS tries). --referee_format forced (the
+    default for local hf/vllm referees) pre-writes the first score line so a small model only continues it.
     """
     t, s = _answers(teacher, "teacher"), _answers(student, "student")
     items = [
@@ -130,9 +132,14 @@ def referee(
     ]
     if not items:
         raise UserError(f"{teacher} and {student} share no instruction ids")
-    b = make_backend(_role(backend, model, base_url, api_key, concurrency, max_retries, timeout))
+    from leanlm.lion.iterate import referee_renderer
+
+    role = _role(backend, model, base_url, api_key, concurrency, max_retries, timeout)
+    render = referee_renderer(referee_format, role)
+    b = make_backend(role)
     params = SamplingParams(max_new_tokens=int(max_new_tokens), temperature=float(temperature))
-    scores, reviews, report = stages.referee_scores(items, b, _cache(output), params, attempts=int(attempts))
+    scores, reviews, report = stages.referee_scores(items, b, _cache(output), params, attempts=int(attempts),
+                                                    render=render)  # fmt: skip
     rows = []
     for it in items:
         sc = scores[it["id"]]
@@ -204,26 +211,51 @@ def train(
     data: str,
     output_dir: str,
     model: str = "default",
+    num_train_epochs: float = 3,
+    learning_rate: float = 2e-5,
+    lr_scheduler_type: str = "cosine",
+    warmup_ratio: float = 0.03,
+    weight_decay: float = 0.0,
+    per_device_train_batch_size: int = 2,
+    gradient_accumulation_steps: int = 8,
     max_length: int = 1024,
+    gradient_checkpointing: bool = False,
+    save_steps: int = 600,
+    logging_steps: int = 1,
     deepspeed: str | None = None,
     fsdp: bool = False,
     nproc: int | None = None,
     resume: bool = True,
     seed: int = 42,
-    **overrides: Any,
+    extra: dict | None = None,
 ) -> dict[str, Any]:
     """Instruction-tune MODEL on DATA (records with instruction, input, output) -> OUTPUT_DIR.
 
-    Paper defaults: 3 epochs, lr 2e-5 cosine, warmup 3%, batch 2 x 8 accumulation per device, seq 1024.
-    Any TrainingArguments field is a flag (--num_train_epochs 1 --learning_rate 1e-5 ...).
-    --deepspeed zero2|zero2_offload|zero3|zero3_offload|<config.json>, --fsdp (full shard, per layer),
-    --nproc N re-launches under torchrun.
+    Defaults are the paper's: 3 epochs, lr 2e-5 cosine, warmup 3%, batch 2 x 8 accumulation per device,
+    sequence 1024. --deepspeed zero2|zero2_offload|zero3|zero3_offload|<config.json>; --fsdp (full
+    shard, one unit per decoder layer); --nproc N re-launches itself under torchrun. Any other
+    TrainingArguments field: --extra '{"tf32": true, "save_total_limit": 2}'.
     """
     from leanlm.core.distributed import maybe_launch
     from leanlm.lion.train import train_student
 
     maybe_launch(nproc)
+    if extra is not None and not isinstance(extra, dict):
+        raise UserError(f"--extra must be a JSON object of TrainingArguments fields, got {extra!r}")
     records = read_records(data)
+    overrides = {
+        "num_train_epochs": float(num_train_epochs),
+        "learning_rate": float(learning_rate),
+        "lr_scheduler_type": lr_scheduler_type,
+        "warmup_ratio": float(warmup_ratio),
+        "weight_decay": float(weight_decay),
+        "per_device_train_batch_size": int(per_device_train_batch_size),
+        "gradient_accumulation_steps": int(gradient_accumulation_steps),
+        "gradient_checkpointing": parse_bool(gradient_checkpointing, "--gradient_checkpointing"),
+        "save_steps": int(save_steps),
+        "logging_steps": int(logging_steps),
+        **(extra or {}),
+    }
     metrics = train_student(model, records, output_dir, max_length=int(max_length), deepspeed=deepspeed,
                             fsdp=parse_bool(fsdp, "--fsdp"), resume=parse_bool(resume, "--resume"), seed=int(seed),
                             **overrides)  # fmt: skip
@@ -274,6 +306,7 @@ def iterate(
     referee_max_tokens: int = 512,
     generator_max_tokens: int = 256,
     review_attempts: int = 3,
+    referee_format: str = "auto",
     train: bool = True,
     epochs: float = 3,
     learning_rate: float = 2e-5,
@@ -320,6 +353,7 @@ def iterate(
         referee_max_tokens=int(referee_max_tokens),
         generator_max_tokens=int(generator_max_tokens),
         review_attempts=int(review_attempts),
+        referee_format=str(referee_format),
         train=parse_bool(train, "--train"),
         train_options={
             "num_train_epochs": float(epochs),

@@ -6,6 +6,11 @@ non-ASCII character. Then drop it if its ROUGE-L F-measure (``rouge-score``'s to
 stemming) with any instruction of the reference set (the cache pool plus everything accepted so far)
 is above 0.7.
 
+Tokens come from ``rouge_score.tokenize`` (lower case, alphanumeric runs, no stemming: exactly what
+``RougeScorer(["rougeL"], use_stemmer=False)`` uses). The LCS is a rolling-row DP here rather than
+``rouge_scorer._score_lcs``: importing ``rouge_scorer`` imports nltk, seconds of start-up for every
+command; the tests check the scores against ``RougeScorer`` itself.
+
 ROUGE-L F = 2 * LCS(a, b) / (|a| + |b|) and LCS(a, b) <= |bag(a) & bag(b)| (the multiset overlap), so
 ``2 * overlap / (|a| + |b|)`` bounds the score from above. The deduper computes the exact LCS only for
 pool items whose bound can still beat the best score found so far (branch and bound): the same
@@ -17,10 +22,10 @@ from __future__ import annotations
 import re
 import string
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from rouge_score import rouge_scorer
+from rouge_score import tokenize as rouge_tokenize
 
 from leanlm.lion.prompts import GENERATOR_MARKERS
 
@@ -57,6 +62,23 @@ def rule_rejection(text: str, truncated: bool = False) -> str | None:
     return None
 
 
+def rouge_tokens(text: str) -> list[str]:
+    return rouge_tokenize.tokenize(text, None)
+
+
+def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
+    """Length of the longest common subsequence (O(|a|*|b|) time, O(|b|) memory)."""
+    if len(b) > len(a):
+        a, b = b, a
+    prev = [0] * (len(b) + 1)
+    for x in a:
+        cur = [0]
+        for j, y in enumerate(b):
+            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
+        prev = cur
+    return prev[-1]
+
+
 @dataclass
 class Similarity:
     score: float  # max ROUGE-L F-measure over the reference set (0.0 when it is empty)
@@ -68,7 +90,6 @@ class RougeDeduper:
 
     def __init__(self, texts: Iterable[str] = (), threshold: float = ROUGE_THRESHOLD):
         self.threshold = threshold
-        self._tokenizer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)._tokenizer
         self.texts: list[str] = []
         self._tokens: list[list[str]] = []
         self._index: dict[str, list[tuple[int, int]]] = defaultdict(list)  # token -> [(doc, count)]
@@ -81,14 +102,14 @@ class RougeDeduper:
 
     def add(self, text: str) -> None:
         doc = len(self.texts)
-        tokens = self._tokenizer.tokenize(text)
+        tokens = rouge_tokens(text)
         self.texts.append(text)
         self._tokens.append(tokens)
         for tok, count in Counter(tokens).items():
             self._index[tok].append((doc, count))
 
     def similarity(self, text: str) -> Similarity:
-        tokens = self._tokenizer.tokenize(text)
+        tokens = rouge_tokens(text)
         if not tokens:
             return Similarity(0.0, None)
         overlap: dict[int, int] = defaultdict(int)
@@ -104,7 +125,8 @@ class RougeDeduper:
             if bound <= best:
                 break  # no remaining item can score higher
             self.lcs_calls += 1
-            f = rouge_scorer._score_lcs(self._tokens[doc], tokens).fmeasure
+            other = self._tokens[doc]
+            f = 2.0 * lcs_length(other, tokens) / (len(other) + n)
             if f > best:
                 best, best_doc = f, doc
         return Similarity(best, None if best_doc is None else self.texts[best_doc])
@@ -116,5 +138,7 @@ class RougeDeduper:
 
 def brute_force_max_rouge(text: str, references: Iterable[str]) -> float:
     """Reference implementation for tests: score every pair with ``rouge-score`` itself."""
+    from rouge_score import rouge_scorer
+
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
     return max((scorer.score(r, text)["rougeL"].fmeasure for r in references), default=0.0)

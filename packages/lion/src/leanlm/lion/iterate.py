@@ -45,6 +45,7 @@ from leanlm.lion.stages import (
     STUDENT_PARAMS,
     TEACHER_PARAMS,
     StageReport,
+    chat_renderer,
     generate_instructions,
     referee_scores,
     student_answers,
@@ -77,6 +78,7 @@ class IterateConfig:
     referee_max_tokens: int = REFEREE_PARAMS.max_new_tokens
     generator_max_tokens: int = GENERATOR_PARAMS.max_new_tokens
     review_attempts: int = 3
+    referee_format: str = "auto"  # review | forced | auto (forced for local hf/vllm referees)
     train: bool = True
     train_options: dict[str, Any] = field(default_factory=dict)  # TrainingArguments overrides + max_length
     deepspeed: str | None = None
@@ -99,6 +101,16 @@ class IterateConfig:
             if d[k] is not None:
                 d[k] = d[k].public()
         return d
+
+
+def referee_renderer(fmt: str, role: RoleConfig) -> Any:
+    """None (free review) or the chat renderer for the forced-format referee (see ``referee_scores``)."""
+    if fmt not in ("auto", "review", "forced"):
+        raise UserError(f"--referee_format must be auto, review or forced, got {fmt!r}")
+    local = role.backend in ("hf", "transformers", "vllm")
+    if fmt == "forced" and not local:
+        raise UserError("--referee_format forced needs a local referee (--backend hf or vllm)")
+    return chat_renderer(role.model) if (fmt == "forced" or (fmt == "auto" and local)) else None
 
 
 class _Lazy:
@@ -250,6 +262,7 @@ class LionRun:
                 it.dir / "referee.jsonl",
                 ref_params,
                 attempts=c.review_attempts,
+                render=referee_renderer(c.referee_format, c.roles()["referee"]),
             )
             write_jsonl(it.dir / "reviews.jsonl", reviews)
             return scores, report

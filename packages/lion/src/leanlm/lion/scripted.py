@@ -18,12 +18,60 @@ from typing import Any
 
 from leanlm.core.fake_servers import request_key
 
-_WORDS = (
-    "river mountain orchard lantern harbor meadow compass quartz violin glacier ember canyon falcon "
-    "pepper saddle thistle marble beacon cobalt prairie walnut tundra sparrow copper willow basalt "
-    "juniper coral anvil ribbon summit cedar pebble nectar harvest lagoon ivory maple raven velvet"
-).split()
-_VERBS = "Describe Explain Compare Summarize Plan Design Evaluate Outline Propose Analyze".split()
+_WORDS = [
+    "river",
+    "mountain",
+    "orchard",
+    "lantern",
+    "harbor",
+    "meadow",
+    "compass",
+    "quartz",
+    "violin",
+    "glacier",
+    "ember",
+    "canyon",
+    "falcon",
+    "pepper",
+    "saddle",
+    "thistle",
+    "marble",
+    "beacon",
+    "cobalt",
+    "prairie",
+    "walnut",
+    "tundra",
+    "sparrow",
+    "copper",
+    "willow",
+    "basalt",
+    "juniper",
+    "coral",
+    "anvil",
+    "ribbon",
+    "summit",
+    "cedar",
+    "pebble",
+    "nectar",
+    "harvest",
+    "lagoon",
+    "ivory",
+    "maple",
+    "raven",
+    "velvet",
+]
+_VERBS = [
+    "Describe",
+    "Explain",
+    "Compare",
+    "Summarize",
+    "Plan",
+    "Design",
+    "Evaluate",
+    "Outline",
+    "Propose",
+    "Analyze",
+]
 
 
 def _h(text: str) -> int:

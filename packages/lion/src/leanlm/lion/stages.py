@@ -185,7 +185,20 @@ def _unique(reqs: Sequence[GenerationRequest]) -> list[GenerationRequest]:
 
 # ------------------------------------------------------------------------------------ referee
 
-ORDERS = ("ts", "st")  # ts: (teacher, student) shown as answers 1, 2; st: swapped
+ORDERS = ("ts", "st")
+FORCED_PREFIX = "Reasons: (not asked).\nScore of answer 1:"
+
+
+def chat_renderer(model: str) -> Callable[[list[dict[str, str]]], str]:
+    """The raw prompt a local chat model sees for ``messages`` (its tokenizer's chat template)."""
+    from leanlm.core.models import load_tokenizer
+
+    tok = load_tokenizer(model)
+    if not getattr(tok, "chat_template", None):
+        raise UserError(f"{model}: the tokenizer has no chat template; use --referee_format review")
+    return lambda msgs: tok.apply_chat_template(
+        msgs, tokenize=False, add_generation_prompt=True
+    )  # ts: (teacher, student) shown as answers 1, 2; st: swapped
 
 
 def referee_scores(
@@ -195,6 +208,7 @@ def referee_scores(
     params: SamplingParams = REFEREE_PARAMS,
     attempts: int = 3,
     passes: int = 2,
+    render: Callable[[list[dict[str, str]]], str] | None = None,
 ) -> tuple[dict[str, dict[str, tuple[float, float] | None]], list[Record], StageReport]:
     """Both-order reviews of (teacher_output, student_output) for every item.
 
@@ -202,6 +216,10 @@ def referee_scores(
     with a new seed so that a deterministic referee can answer differently), up to ``attempts`` in all.
     Returns ``scores[id] = {"ts": (m1, m2) | None, "st": ...}``, the review records, and the report
     (``extra.unparsable`` lists the (id, order) pairs that never parsed).
+
+    ``render`` (for small local referees that do not keep to formats): turns the chat into the model's
+    raw prompt; the request then ends with the first closing line ``Score of answer 1:`` already
+    written, so the model only has to continue the format (reasons are skipped).
     """
     report = StageReport("referee", items=len(items))
     meter = _Meter(backend, report)
@@ -220,14 +238,19 @@ def referee_scores(
             a1, a2 = (it["teacher_output"], it["student_output"])[:: 1 if order == "ts" else -1]
             msgs = referee_messages(it["instruction"], it.get("input"), a1, a2)
             rid = f"{it['id']}:{order}:{attempt}:{messages_id(msgs)[:10]}"
-            reqs[(it["id"], order)] = GenerationRequest(id=rid, messages=msgs)
+            if render is None:
+                reqs[(it["id"], order)] = GenerationRequest(id=rid, messages=msgs)
+            else:
+                prompt = render(msgs) + FORCED_PREFIX
+                reqs[(it["id"], order)] = GenerationRequest(id=rid + ":f", prompt=prompt)
         results = run_requests(list(reqs.values()), backend, p, output, f"referee#{attempt}", passes, report)
         still = []
         for it, order in pending:
             r = results[reqs[(it["id"], order)].id]
-            parsed = parse_scores(r.text) if r.ok else None
+            text = r.text if render is None else FORCED_PREFIX + r.text
+            parsed = parse_scores(text) if r.ok else None
             reviews.append({"id": it["id"], "order": order, "attempt": attempt, "ok": r.ok, "scores": parsed,
-                            "review": r.text, "error": r.error})  # fmt: skip
+                            "review": text, "error": r.error})  # fmt: skip
             if parsed is None:
                 still.append((it, order))
             else:

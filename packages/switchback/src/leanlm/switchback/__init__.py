@@ -1,7 +1,7 @@
 """leanlm.switchback: int8 training layers (SwitchBack), model surgery, fine-tuning, benchmark, statistics.
 
-    from leanlm.switchback import SwitchBackLinear, swap_linear_layers
-    swapped = swap_linear_layers(model)          # int8 forward/grad-input; lm_head, k_proj, v_proj kept
+from leanlm.switchback import SwitchBackLinear, swap_linear_layers
+swapped = swap_linear_layers(model)          # int8 forward/grad-input; lm_head, k_proj, v_proj kept
 """
 
 from leanlm.switchback.layers import (

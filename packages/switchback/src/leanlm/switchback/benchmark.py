@@ -106,7 +106,7 @@ def _train_step(model: nn.Module, opt: torch.optim.Optimizer, ids: torch.Tensor)
         loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
         opt.step()
-        return float(loss)
+        return float(loss.detach())
 
     return step
 
@@ -270,21 +270,23 @@ def plot_layers(rows: list[dict[str, Any]], path: Any) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(8, 4.5))
     base = {(r["width"], r["tokens"]): r.get("ms") for r in rows if r["mode"] == "linear-bf16"}
-    for mode in dict.fromkeys(r["mode"] for r in rows):
-        if mode == "linear-bf16":
-            continue
-        for n in sorted({r["tokens"] for r in rows}):
+    token_counts = sorted({r["tokens"] for r in rows})
+    styles = ["-", "--", ":", "-."]
+    modes = [m for m in dict.fromkeys(r["mode"] for r in rows) if m != "linear-bf16"]
+    for i, mode in enumerate(modes):  # one colour per mode, one line style per token count
+        for j, n in enumerate(token_counts):
             pts = [(r["width"], base[(r["width"], n)] / r["ms"]) for r in rows
                    if r["mode"] == mode and r["tokens"] == n and r.get("ms") and base.get((r["width"], n))]  # fmt: skip
             if pts:
-                ax.plot(*zip(*sorted(pts)), marker="o", label=f"{mode}, {n} tokens")
+                ax.plot(*zip(*sorted(pts)), marker="o", color=f"C{i % 10}", ls=styles[j % len(styles)],
+                        label=f"{mode}, {n} tokens")  # fmt: skip
     ax.axhline(1.0, color="gray", lw=0.8)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("layer width")
     ax.set_ylabel("speed-up over bf16 nn.Linear (fwd+bwd)")
-    ax.legend(fontsize=6, ncol=2)
+    ax.legend(fontsize=6, ncol=2, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

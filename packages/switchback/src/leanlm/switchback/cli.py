@@ -25,7 +25,8 @@ def finetune_command(*args: Any, **kwargs: Any) -> str:
 def evaluate_command(*args: Any, **kwargs: Any) -> str:
     results = evaluate(*args, **kwargs)
     return "\n".join(
-        f"{task}: " + ", ".join(f"{k}={v:.4f}" for k, v in m.items() if k in {"acc", "acc_norm", "exact_match"})
+        f"{task}: "
+        + ", ".join(f"{k}={v:.4f}" for k, v in m.items() if k in {"acc", "acc_norm", "exact_match"})
         for task, m in results.items()
     )
 

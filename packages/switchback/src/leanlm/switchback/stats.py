@@ -181,7 +181,13 @@ def compare_logs(file1: str, file2: str, alpha: float = 0.05, output_dir: str = 
     if unit1 != unit2:
         raise UserError(f"{file1} holds {unit1} and {file2} holds {unit2}: compare logs of the same kind")
     result = welch_test(a, b, float(alpha), unit=unit1)
-    labels = (Path(file1).stem, Path(file2).stem)
+    p1, p2 = Path(file1), Path(file2)
+    # switchback-finetune names every log finetune_log.jsonl: then the folder tells them apart
+    labels = (
+        (p1.stem, p2.stem)
+        if p1.stem != p2.stem
+        else (f"{p1.parent.name}/{p1.stem}", f"{p2.parent.name}/{p2.stem}")
+    )
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "statistical_results.json", {**asdict(result), "file1": str(file1), "file2": str(file2),

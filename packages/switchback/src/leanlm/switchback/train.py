@@ -106,6 +106,7 @@ def finetune(
     gradient_checkpointing: bool | str = False,
     seed: int = 0,
     save_model: bool | str = True,
+    threads: int | None = None,
 ) -> list[dict[str, Any]]:
     """Fine-tune ``model`` on ``dataset`` ``num_runs`` times, with SwitchBack layers or plain nn.Linear.
 
@@ -127,9 +128,14 @@ def finetune(
         gradient_checkpointing: trade compute for activation memory.
         seed: training seed (the same for every run: runs differ only in timing noise).
         save_model: save the last run's model (plain nn.Linear layers) to OUTPUT_DIR/model.
+        threads: torch CPU threads (default: torch's choice; 1 gives steadier timings on a busy machine).
     """
+    import torch
+
     from leanlm.core.models import load_model, load_tokenizer
 
+    if threads:
+        torch.set_num_threads(int(threads))
     use_switchback = parse_bool(switchback, "--switchback")
     if int(num_runs) < 1:
         raise UserError(f"--num-runs must be at least 1, got {num_runs}")

@@ -87,7 +87,9 @@ def _openbookqa(r: Doc) -> Doc:
 
 
 def _siqa(r: Doc) -> Doc:
-    return _mc(f"{r['context'].strip()}\nQuestion: {r['question'].strip()}\nAnswer:", r["choices"], r["label"])
+    return _mc(
+        f"{r['context'].strip()}\nQuestion: {r['question'].strip()}\nAnswer:", r["choices"], r["label"]
+    )
 
 
 def _winogrande(r: Doc) -> Doc:
@@ -156,9 +158,16 @@ TASKS: dict[str, TaskSpec] = {
         TaskSpec("piqa", "piqa", _qa, _mc_config()),
         TaskSpec("hellaswag", "hellaswag", _hellaswag, _mc_config()),
         TaskSpec(
-            "winogrande", "winogrande", _winogrande,
-            {"output_type": "multiple_choice", "doc_to_text": "label", "doc_to_choice": "contexts",
-             "doc_to_target": "continuation", "fewshot_split": "test"},
+            "winogrande",
+            "winogrande",
+            _winogrande,
+            {
+                "output_type": "multiple_choice",
+                "doc_to_text": "label",
+                "doc_to_choice": "contexts",
+                "doc_to_target": "continuation",
+                "fewshot_split": "test",
+            },
             notes="partial scoring: the continuation after the blank is scored under each option",
         ),  # fmt: skip
         TaskSpec("arc_challenge", "arc_challenge", _qa, _mc_config()),
@@ -166,13 +175,21 @@ TASKS: dict[str, TaskSpec] = {
         TaskSpec("social_i_qa", "social_i_qa", _siqa, _mc_config()),
         TaskSpec("openbookqa", "openbookqa", _openbookqa, _mc_config()),
         TaskSpec(
-            "gsm8k", "gsm8k", _gsm8k, GSM8K_CONFIG, num_fewshot=5,
+            "gsm8k",
+            "gsm8k",
+            _gsm8k,
+            GSM8K_CONFIG,
+            num_fewshot=5,
             extra_splits=lambda: {"fewshot": [dict(d) for d in GSM8K_EXEMPLARS]},
             metrics=[{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}],
             notes="greedy generation; answer extracted by extract_gsm8k_answer; exact match",
         ),  # fmt: skip
         TaskSpec(
-            "mmlu", "mmlu", _mmlu, {}, num_fewshot=5,
+            "mmlu",
+            "mmlu",
+            _mmlu,
+            {},
+            num_fewshot=5,
             metrics=[{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
             notes="one subtask per subject, 5-shot from mmlu_dev (first five), size-weighted group acc",
         ),

@@ -126,7 +126,10 @@ def perplexity(
         with torch.inference_mode():
             for start in range(0, n_chunks, batch_size):
                 batch = chunks[start : start + batch_size].to(device)  # [B, seqlen]
-                logits = model(input_ids=batch, use_cache=False).logits  # [B, seqlen, V]
+                # an explicit all-ones mask: same result for HF models, and wrappers that record
+                # per-token decisions (D-LLM) get a mask to weigh them with
+                mask = torch.ones_like(batch)
+                logits = model(input_ids=batch, attention_mask=mask, use_cache=False).logits  # [B, seqlen, V]
                 # float32 log-softmax: bf16 logits lose ~2 digits of the NLL otherwise
                 total += F.cross_entropy(
                     logits[:, :-1].flatten(0, 1).float(), batch[:, 1:].flatten(), reduction="sum"

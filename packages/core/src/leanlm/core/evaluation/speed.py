@@ -59,7 +59,9 @@ def _stats(ids: list[str], run: Mapping[str, Mapping[str, Any]], base: Mapping[s
     fwd = [_forwards(run[i]) for i in ids]
     speeds = [int(run[i]["new_tokens"]) / float(run[i]["seconds"]) for i in ids]
     base_speeds = [int(base[i]["new_tokens"]) / float(base[i]["seconds"]) for i in ids]
-    comparable = [i for i in ids if run[i].get("output_ids") is not None and base[i].get("output_ids") is not None]
+    comparable = [
+        i for i in ids if run[i].get("output_ids") is not None and base[i].get("output_ids") is not None
+    ]
     equal = sum(list(run[i]["output_ids"]) == list(base[i]["output_ids"]) for i in comparable)
     mean_base_speed = sum(base_speeds) / len(ids)
     return {
@@ -112,7 +114,12 @@ def render_markdown(report: Mapping[str, Any], title: str = "Decoding speed") ->
     """Two Markdown tables: speedup per category (Spec-Bench's main table) and overall details."""
     cats = list(report["categories"])
     methods = report["methods"]
-    lines = [f"## {title}", "", f"Baseline: `{report['baseline']}`. Speedup = baseline total time / method total time.", ""]
+    lines = [
+        f"## {title}",
+        "",
+        f"Baseline: `{report['baseline']}`. Speedup = baseline total time / method total time.",
+        "",
+    ]
     lines.append("| method | " + " | ".join(cats) + " | overall | mean accepted | tokens/s |")
     lines.append("|---" * (len(cats) + 4) + "|")
     for m, r in methods.items():
@@ -122,7 +129,10 @@ def render_markdown(report: Mapping[str, Any], title: str = "Decoding speed") ->
             f"| {m} | " + " | ".join(cells) + f" | {_fmt(o['speedup'], '.2f', 'x')} | "
             f"{_fmt(o['mean_accepted'], '.2f')} | {_fmt(o['tokens_per_s'], '.1f')} |"
         )
-    lines += ["", "| method | questions | new tokens | seconds | tokens/s | speedup | mean accepted | output = baseline |"]
+    lines += [
+        "",
+        "| method | questions | new tokens | seconds | tokens/s | speedup | mean accepted | output = baseline |",
+    ]
     lines.append("|---" * 8 + "|")
     for m, r in methods.items():
         o = r["overall"]
@@ -134,7 +144,9 @@ def render_markdown(report: Mapping[str, Any], title: str = "Decoding speed") ->
     return "\n".join(lines) + "\n"
 
 
-def write_report(path_stem: str | Path, report: Mapping[str, Any], title: str = "Decoding speed") -> tuple[Path, Path]:
+def write_report(
+    path_stem: str | Path, report: Mapping[str, Any], title: str = "Decoding speed"
+) -> tuple[Path, Path]:
     """Write ``<stem>.json`` and ``<stem>.md`` atomically; returns both paths."""
     stem = Path(path_stem)
     json_path, md_path = stem.with_name(stem.name + ".json"), stem.with_name(stem.name + ".md")

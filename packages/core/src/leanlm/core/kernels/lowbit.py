@@ -136,11 +136,17 @@ def unpack(packed: torch.Tensor, bits: int, k: int) -> torch.Tensor:
     """Inverse of ``pack``: ``int32 [..., K*bits/32]`` -> ``uint8 [..., K]``."""
     n_words = packed_words(k, bits)
     if packed.shape[-1] != n_words:
-        raise ValueError(f"packed rows have {packed.shape[-1]} words; {k} codes of {bits} bits need {n_words}")
+        raise ValueError(
+            f"packed rows have {packed.shape[-1]} words; {k} codes of {bits} bits need {n_words}"
+        )
     if use_triton(packed):
         from leanlm.core.kernels import triton_lowbit
 
         return triton_lowbit.unpack(packed, bits, k)
+    if 32 % bits == 0:  # 2 and 4 bits: codes never straddle words, so shifts alone unpack them (fast)
+        shifts = torch.arange(0, 32, bits, device=packed.device, dtype=torch.int32)
+        codes = (packed.unsqueeze(-1) >> shifts) & (2**bits - 1)
+        return codes.to(torch.uint8).reshape(*packed.shape[:-1], k)
     p = packed.reshape(-1, n_words).to(torch.int64) & _U32
     p = torch.cat([p, torch.zeros_like(p[:, :1])], dim=1)  # a zero word so word + 1 always exists
     word, off = _stream_positions(k, bits, p.device)
@@ -183,7 +189,9 @@ def lowbit_matmul(
         raise ValueError(f"packed weight {tuple(packed.shape)} does not match input size {k} at {bits} bits")
     n_groups = check_group(k, group_size)
     if tuple(scales.shape) != (n, n_groups) or tuple(zeros.shape) != (n, n_groups):
-        raise ValueError(f"scales/zeros must be [{n}, {n_groups}], got {tuple(scales.shape)}, {tuple(zeros.shape)}")
+        raise ValueError(
+            f"scales/zeros must be [{n}, {n_groups}], got {tuple(scales.shape)}, {tuple(zeros.shape)}"
+        )
     if use_triton(x):
         from leanlm.core.kernels import triton_lowbit
 

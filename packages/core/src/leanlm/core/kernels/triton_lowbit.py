@@ -60,7 +60,11 @@ def quantize_asym(
         BLOCK_R=block_r, BLOCK_G=triton.next_power_of_2(group_size),
     )  # fmt: skip
     lead = w.shape[:-1]
-    return codes.reshape(w.shape), scales.reshape(*lead, k // group_size), zeros.reshape(*lead, k // group_size)
+    return (
+        codes.reshape(w.shape),
+        scales.reshape(*lead, k // group_size),
+        zeros.reshape(*lead, k // group_size),
+    )
 
 
 @triton.jit
@@ -88,7 +92,9 @@ def pack(codes: torch.Tensor, bits: int, n_words: int) -> torch.Tensor:
     flat = codes.contiguous().reshape(-1, k)
     out = torch.empty(flat.shape[0], n_words, dtype=torch.int32, device=codes.device)
     block_w = min(64, triton.next_power_of_2(n_words))
-    _pack_kernel[(flat.shape[0], triton.cdiv(n_words, block_w))](flat, out, k, n_words, BITS=bits, BLOCK_W=block_w)
+    _pack_kernel[(flat.shape[0], triton.cdiv(n_words, block_w))](
+        flat, out, k, n_words, BITS=bits, BLOCK_W=block_w
+    )
     return out.reshape(*codes.shape[:-1], n_words)
 
 
@@ -119,7 +125,9 @@ def unpack(packed: torch.Tensor, bits: int, k: int) -> torch.Tensor:
     flat = packed.contiguous().reshape(-1, n_words)
     out = torch.empty(flat.shape[0], k, dtype=torch.uint8, device=packed.device)
     block_k = min(256, triton.next_power_of_2(k))
-    _unpack_kernel[(flat.shape[0], triton.cdiv(k, block_k))](flat, out, k, n_words, BITS=bits, BLOCK_K=block_k)
+    _unpack_kernel[(flat.shape[0], triton.cdiv(k, block_k))](
+        flat, out, k, n_words, BITS=bits, BLOCK_K=block_k
+    )
     return out.reshape(*packed.shape[:-1], k)
 
 
@@ -153,7 +161,11 @@ def _dequant_matmul_kernel(
     if HAS_BIAS:
         acc += tl.load(b_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
     o_mask = (rm[:, None] < M) & (rn[None, :] < N)
-    tl.store(out_ptr + rm[:, None] * stride_om + rn[None, :] * stride_on, acc.to(out_ptr.dtype.element_ty), mask=o_mask)
+    tl.store(
+        out_ptr + rm[:, None] * stride_om + rn[None, :] * stride_on,
+        acc.to(out_ptr.dtype.element_ty),
+        mask=o_mask,
+    )
 
 
 def lowbit_matmul(

@@ -1,0 +1,155 @@
+"""BiTA benchmark on CPU: self-distilled data -> adapter training -> Spec-Bench speed vs greedy and PLD.
+
+    uv run python packages/bita/bench/bench_bita.py --out packages/bita/bench/out \
+        --train-prompts 48 --gen-tokens 96 --steps 60 --per-category 2 --eval-tokens 64
+
+1. prompts from ``load_records("instructions")`` (alpaca-style, disjoint from Spec-Bench) in the
+   embedded model's chat template; greedy answers through ``leanlm.core.generation`` (hf backend);
+2. a BiTA adapter (M=3, P=16 by default) trained with HF Trainer on CPU;
+3. ``bita-eval``'s measurement on a fixed Spec-Bench subset (the first ``--per-category``
+   questions of each of the 13 categories, first turn): greedy ``generate`` with KV cache (the
+   baseline), HF prompt-lookup decoding, and BiTA for every ``--trees`` shape, interleaved per question.
+
+Writes results.json + results.md (and the eval's speed.json/speed.md/runs.json) under ``--out``.
+Every stage is resumable: generated answers and the trained adapter are reused on a re-run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SPEC_BENCH = HERE.parents[2] / ".." / "shared" / "data" / "spec_bench" / "question.jsonl"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=str(HERE / "out"))
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--questions", default=str(SPEC_BENCH.resolve()))
+    ap.add_argument("--train-prompts", type=int, default=48)
+    ap.add_argument("--gen-tokens", type=int, default=96)
+    ap.add_argument("--num-masks", type=int, default=3)
+    ap.add_argument("--num-prefix", type=int, default=16)
+    ap.add_argument("--max-groups", type=int, default=24)
+    ap.add_argument("--cutoff", type=int, default=384)
+    ap.add_argument("--resample", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--batch-size", type=int, default=2)
+    ap.add_argument("--lr", type=float, default=3e-2)
+    ap.add_argument("--per-category", type=int, default=2)
+    ap.add_argument("--eval-tokens", type=int, default=64)
+    ap.add_argument("--trees", default="5;3,2,1;2,1,1;1,1,1;2,1;1,1")
+    ap.add_argument("--pld-tokens", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (the CPU is shared)")
+    args = ap.parse_args()
+
+    import torch
+
+    from leanlm.bita.evaluate import evaluate_speed, load_eval_prompts
+    from leanlm.bita.model import BiTAConfig, BiTAModel, describe, load_bita
+    from leanlm.bita.prompts import generate_outputs, make_prompts, training_records
+    from leanlm.bita.train import train_adapter
+    from leanlm.core.cli import setup_logging
+    from leanlm.core.datasets import load_records
+    from leanlm.core.evaluation.speed import render_markdown
+    from leanlm.core.generation import get_backend
+    from leanlm.core.models import load_model, load_tokenizer
+    from leanlm.core.records import read_jsonl, write_json, write_jsonl, write_text
+
+    setup_logging()
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    tok = load_tokenizer(args.model)
+    base = load_model(args.model, device="cpu")
+
+    # 1. self-distillation data (prompts disjoint from Spec-Bench)
+    t0 = time.time()
+    instructions = load_records("instructions", limit=args.train_prompts, seed=0)
+    prompts = make_prompts(instructions, tok, "chat", "short")
+    write_jsonl(out / "prompts.jsonl", prompts)
+    backend = get_backend("hf", model=base, tokenizer=tok, batch_size=8)
+    generate_outputs(prompts, out / "data.jsonl", backend, max_new_tokens=args.gen_tokens)
+    records = training_records(read_jsonl(out / "data.jsonl"))
+    timings["generate_data_s"] = time.time() - t0
+
+    # 2. train the adapter (reused when present)
+    t0 = time.time()
+    adapter = out / "adapter"
+    summary = {}
+    if (adapter / "adapter.safetensors").exists():
+        bita = load_bita(adapter, base=base)
+        logging.info("reusing the trained adapter in %s", adapter)
+        run = out / "adapter" / "leanlm_run.json"
+        summary = json.loads(run.read_text())["data"] if run.exists() else {}
+    else:
+        bita = BiTAModel(
+            base, BiTAConfig(num_masks=args.num_masks, num_prefix=args.num_prefix, base_model=args.model)
+        )
+        summary = train_adapter(
+            bita,
+            tok,
+            records,
+            adapter,
+            max_groups=args.max_groups,
+            cutoff=args.cutoff,
+            resample=args.resample,
+            max_steps=args.steps,
+            per_device_train_batch_size=args.batch_size,
+            gradient_accumulation_steps=1,
+            learning_rate=args.lr,
+            logging_steps=5,
+            save_steps=10_000,
+            warmup_ratio=0.05,
+        )
+        timings["train_s"] = time.time() - t0
+    logging.info(describe(bita))
+
+    # 3. speed on the Spec-Bench subset
+    t0 = time.time()
+    questions = load_eval_prompts(args.questions, tok, "chat", per_category=args.per_category)
+    trees = [t for t in args.trees.split(";") if t.strip()]
+    report = evaluate_speed(
+        bita,
+        tok,
+        questions,
+        out,
+        max_new_tokens=args.eval_tokens,
+        trees=trees,
+        pld_tokens=args.pld_tokens,
+        title="BiTA on Spec-Bench (CPU, embedded SmolLM2-135M)",
+    )
+    timings["eval_s"] = time.time() - t0
+    settings = vars(args) | {
+        "train_records": len(records),
+        "questions": len(questions),
+        "torch_threads": torch.get_num_threads(),
+    }
+    results = {"settings": settings, "timings": timings, "training": summary, "report": report}
+    write_json(out / "results.json", results)
+    methods = report["methods"]
+    best = max((m for m in methods if m.startswith("bita")), key=lambda m: methods[m]["overall"]["speedup"])
+    lines = [
+        render_markdown(report, "BiTA on Spec-Bench (CPU, embedded SmolLM2-135M)"),
+        f"Fastest tree here: `{best}` ({methods[best]['overall']['speedup']:.2f}x, "
+        f"mean accepted {methods[best]['overall']['mean_accepted']:.2f}).",
+        "",
+        f"Settings: {json.dumps(settings)}",
+        f"Timings (s): {json.dumps({k: round(v, 1) for k, v in timings.items()})}",
+        f"Training: {json.dumps({k: v for k, v in summary.items() if k != 'losses'})}",
+        f"Loss curve (every 5 steps): {[round(x, 3) for x in summary.get('losses', [])]}",
+    ]
+    write_text(out / "results.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    main()

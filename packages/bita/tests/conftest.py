@@ -1,0 +1,28 @@
+import copy
+
+import pytest
+import torch
+
+# The CPU is shared: one intra-op thread avoids oversubscription stalls (20x on tiny shapes here).
+torch.set_num_threads(1)
+
+pytest_plugins = ["leanlm.core.testing"]
+
+
+@pytest.fixture(scope="session")
+def tiny_bita(tiny_model):
+    """An untrained (initialised) adapter on a private copy of tiny_llama, M=3, P=4, no dropout."""
+    from leanlm.bita.model import BiTAConfig, BiTAModel
+
+    return BiTAModel(
+        copy.deepcopy(tiny_model), BiTAConfig(num_masks=3, num_prefix=4, prefix_dropout=0.0)
+    ).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_model, tokenizer, tmp_path_factory):
+    """tiny_llama saved as an HF folder, so console scripts can load it with --model PATH."""
+    folder = tmp_path_factory.mktemp("tiny_llama")
+    tiny_model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -1,0 +1,114 @@
+"""Packed training layout: hand-computed mask, labels, positions, truncation, and the packed loss
+equal to running every group on its own."""
+
+import random
+
+import pytest
+import torch
+
+from leanlm.bita.data import IGNORE, PackedCollator, build_dataset, build_example, packed_masks
+
+V = 1000  # vocab size: mask ids are 1000, 1001
+SRC = [10, 11]
+TGT = [20, 21, 22, 23, 24, 25]
+
+# rows/cols: 5 real tokens (src + tgt[:3]), then 4 groups of 2 masks
+EXPECTED_VISIBLE = """
+1000000000000
+1100000000000
+1110000000000
+1111000000000
+1111100000000
+1100010000000
+1100011000000
+1110000100000
+1110000110000
+1111000001000
+1111000001100
+1111100000010
+1111100000011
+"""
+
+
+def test_example_layout_and_labels():
+    ex = build_example(SRC, TGT, num_masks=2, vocab_size=V, max_groups=4, cutoff=64)
+    assert ex["input_ids"] == [10, 11, 20, 21, 22] + [1000, 1001] * 4
+    assert ex["labels"] == [IGNORE] * 5 + [21, 22, 22, 23, 23, 24, 24, 25]
+    assert (ex["freeze_len"], ex["num_groups"], ex["seq_len"]) == (5, 4, 13)
+
+
+def test_attention_mask_hand_computed():
+    visible, prefix, pos = packed_masks(torch.tensor([5]), torch.tensor([4]), torch.tensor([13]), 2, T=13)
+    expected = torch.tensor([[int(c) for c in row] for row in EXPECTED_VISIBLE.split()], dtype=torch.bool)
+    assert torch.equal(visible[0], expected)
+    assert prefix[0].tolist() == [False] * 5 + [True] * 8
+    assert pos[0].tolist() == [0, 1, 2, 3, 4, 2, 3, 3, 4, 4, 5, 5, 6]
+
+
+def test_padding_rows_and_columns():
+    a = build_example(SRC, TGT, num_masks=2, vocab_size=V, max_groups=4, cutoff=64)
+    b = build_example(SRC, TGT[:4], num_masks=2, vocab_size=V, max_groups=4, cutoff=64)
+    batch = PackedCollator(pad_token_id=0)([a, b])
+    assert batch["input_ids"].shape == (2, 16)  # 13 padded to a multiple of 4
+    assert batch["labels"][1, b["seq_len"] :].eq(IGNORE).all()
+    vis, prefix, _ = packed_masks(batch["freeze_len"], batch["num_groups"], batch["seq_len"], 2, T=16)
+    n = b["seq_len"]
+    assert not vis[1, :n, n:].any()  # nobody sees padding
+    assert torch.equal(vis[1, n:, :], torch.eye(16, dtype=torch.bool)[n:])  # padding sees itself only
+    assert not prefix[1, n:].any()
+
+
+def test_random_windows_and_resampling():
+    tgt = list(range(100, 300))
+    ex = build_example(
+        [1, 2, 3], tgt, num_masks=3, vocab_size=V, max_groups=64, cutoff=2048, rng=random.Random(5)
+    )
+    G, F = ex["num_groups"], ex["freeze_len"]
+    assert G == 64
+    s_last = F - 3
+    s0 = s_last - G + 1
+    labels = [t for t in ex["labels"] if t != IGNORE]
+    assert labels == [t for j in range(G) for t in tgt[s0 + j + 1 : s0 + j + 4]]
+    data = build_dataset([([1, 2, 3], tgt)], num_masks=3, vocab_size=V, resample=4, seed=0)
+    assert len(data) == 4 and len({d["freeze_len"] for d in data}) > 1  # fresh windows per copy
+
+
+def test_truncation_leaves_room_for_targets():
+    src = list(range(1, 101))  # longer than the cutoff: the original kept no target at all
+    tgt = list(range(200, 250))
+    ex = build_example(src, tgt, num_masks=3, vocab_size=V, max_groups=64, cutoff=64)
+    assert ex is not None and ex["seq_len"] <= 64
+    assert ex["input_ids"][:32] == src[-32:]  # cut from the left to half the cutoff
+    assert ex["num_groups"] >= 1 and sum(t != IGNORE for t in ex["labels"]) == 3 * ex["num_groups"]
+    assert build_example([1, 2], [5, 6, 7], num_masks=3, vocab_size=V) is None  # no full window
+    with pytest.raises(ValueError):
+        build_example(src, tgt, num_masks=3, vocab_size=V, cutoff=6)
+
+
+def test_packed_loss_equals_groups_run_separately(tiny_bita):
+    """The packed forward's loss equals the mean CE of every group run as its own sequence."""
+    from leanlm.bita.decoding import BiTADecoder
+
+    m = tiny_bita
+    Vm = m.vocab_size
+    src, tgt = [5, 17, 99, 4], [301, 302, 303, 304, 305, 306, 307, 308]
+    ex = build_example(src, tgt, num_masks=3, vocab_size=Vm, max_groups=64, cutoff=128)
+    ex2 = build_example(src[:2], tgt[:6], num_masks=3, vocab_size=Vm, max_groups=64, cutoff=128)
+    batch = PackedCollator(0)([ex, ex2])
+    with torch.no_grad():
+        packed = m(**batch)["loss"]
+    dec = BiTADecoder(m, "1,1,1")
+    ce = []
+    for s, t in [(src, tgt), (src[:2], tgt[:6])]:
+        for j in range(len(t) - 3):
+            ctx = torch.tensor(s + t[:j])
+            cache = m.prefix_cache(1)
+            with torch.no_grad():
+                h = dec._forward(
+                    cache, 0, ctx[:-1], int(ctx[-1]), torch.zeros(0, dtype=torch.long), dec.prefill_layout
+                )
+                logits = m.logits(h[dec.prefill_layout.group_rows(0)])
+            ce.append(
+                torch.nn.functional.cross_entropy(logits, torch.tensor(t[j + 1 : j + 4]), reduction="none")
+            )
+    assert torch.allclose(packed, torch.cat(ce).mean(), atol=1e-5)

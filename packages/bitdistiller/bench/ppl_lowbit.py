@@ -1,0 +1,205 @@
+"""BitDistiller benchmark on the embedded SmolLM2-135M: perplexity of FP / RTN / clip / clip+KD-QAT, peers, size, speed.
+
+    python packages/bitdistiller/bench/ppl_lowbit.py            # reduced scale (defaults), ~10 min on a shared CPU
+    python packages/bitdistiller/bench/ppl_lowbit.py --qat-steps 200 --teacher-samples 512 ...   # larger
+
+Perplexity: GPTQ style on the fixed held-out "test" split of the offline Shakespeare text; calibration
+and teacher prompts come from the disjoint "calib" side. Peers: HQQ (HQQLinear) and optimum-quanto
+(qint2/qint4 weights; no 3-bit type) at the same bits and group size. Writes results.json and results.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+HERE = Path(__file__).parent
+
+
+def quantize_peer(fp: nn.Module, peer: str, bits: int, group: int) -> nn.Module:
+    m = copy.deepcopy(fp)
+    if peer == "hqq":
+        from hqq.core.quantize import BaseQuantizeConfig, HQQLinear
+
+        cfg = BaseQuantizeConfig(nbits=bits, group_size=group)
+        for name, lin in list(m.named_modules()):
+            if isinstance(lin, nn.Linear) and not name.endswith("lm_head"):
+                parent, _, child = name.rpartition(".")
+                q = HQQLinear(lin, quant_config=cfg, compute_dtype=torch.float32, device="cpu")
+                setattr(m.get_submodule(parent), child, q)
+        return m
+    from optimum.quanto import freeze, qint2, qint4, quantize
+
+    wtype = {2: qint2, 4: qint4}.get(bits)
+    if wtype is None:
+        raise ValueError(f"optimum-quanto has no {bits}-bit weight type (qint2, qint4, qint8 only)")
+    # quanto's group size is fixed per type (no argument): the result is reported with that caveat
+    quantize(m, weights=wtype, exclude=["lm_head"])
+    freeze(m)
+    return m
+
+
+def tokens_per_second(model: nn.Module, tok: Any, new_tokens: int) -> float:
+    ids = tok("To be, or not to be, that is the question:", return_tensors="pt")
+    with torch.inference_mode():
+        model.generate(**ids, max_new_tokens=4, do_sample=False)  # warm-up
+        t = time.perf_counter()
+        out = model.generate(**ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+        dt = time.perf_counter() - t
+    return (out.shape[1] - ids["input_ids"].shape[1]) / dt
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--configs", default="int2,int3,nf3", help="comma list of int2,int3,int4,nf3")
+    p.add_argument("--group-size", type=int, default=64)
+    p.add_argument("--calib-samples", type=int, default=8)
+    p.add_argument("--calib-seqlen", type=int, default=256)
+    p.add_argument("--n-grid", type=int, default=10)
+    p.add_argument("--teacher-samples", type=int, default=32)
+    p.add_argument("--teacher-tokens", type=int, default=96)
+    p.add_argument("--qat-steps", type=int, default=16)
+    p.add_argument("--qat-configs", default="int2", help="configs that also get KD-QAT")
+    p.add_argument("--qat-batch", type=int, default=4)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--lr", type=float, default=2e-5)
+    p.add_argument("--ppl-seqlen", type=int, default=256)
+    p.add_argument("--ppl-chunks", type=int, default=16)
+    p.add_argument("--speed-tokens", type=int, default=32)
+    p.add_argument("--out", default=str(HERE))
+    p.add_argument("--work", default=str(HERE / ".work"))
+    a = p.parse_args()
+
+    from leanlm.bitdistiller.checkpoint import load_model_for_eval
+    from leanlm.bitdistiller.clip import apply_clip, calibration_blocks, run_clip_search, save_clip
+    from leanlm.bitdistiller.export import export_packed, load_packed, packed_sizes
+    from leanlm.bitdistiller.modules import quantize_model
+    from leanlm.bitdistiller.quant import QuantSpec
+    from leanlm.bitdistiller.teacher import generate_teacher_data
+    from leanlm.bitdistiller.train import train
+    from leanlm.core.evaluation import heldout_texts, perplexity
+    from leanlm.core.models import load_model, load_tokenizer
+    from leanlm.core.records import write_json, write_jsonl, write_text
+
+    t_start = time.time()
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    fp, tok = load_model("default", device="cpu"), load_tokenizer("default")
+    test_texts = heldout_texts("text", "test")
+    calib_texts = heldout_texts("text", "calib")
+
+    def ppl(m: nn.Module) -> float:
+        value = round(perplexity(m, tok, test_texts, seqlen=a.ppl_seqlen, max_chunks=a.ppl_chunks)["ppl"], 2)
+        write_json(Path(a.out) / "results.json", results)  # partial results survive an interrupted run
+        return value
+
+    results: dict[str, Any] = {"scale": vars(a), "rows": [], "notes": []}
+    rows = results["rows"]
+    rows.append({"config": "fp32", "method": "full precision", "ppl": ppl(fp)})
+    # teacher prompts from the calib side only (the held-out test texts never reach training)
+    prompts = work / "teacher_prompts.jsonl"
+    write_jsonl(prompts, [{"id": f"c{i}", "text": t} for i, t in enumerate(calib_texts) if len(t) > 512])
+    teacher = None
+    blocks = calibration_blocks(tok, calib_texts, a.calib_samples, a.calib_seqlen)
+    for cfg in a.configs.split(","):
+        qt, bits = ("nf3", 3) if cfg == "nf3" else ("int", int(cfg[3:]))
+        spec = QuantSpec(qt, bits, a.group_size)
+        rtn = quantize_model(copy.deepcopy(fp), spec)
+        rows.append({"config": spec.name, "method": "RTN", "ppl": ppl(rtn)})
+        del rtn
+        t = time.time()
+        clip_path = work / f"clip_{spec.name}.pt"
+        if not clip_path.exists():  # reused on a re-run with the same --work folder
+            save_clip(clip_path, run_clip_search(copy.deepcopy(fp), blocks, spec, n_grid=a.n_grid), spec, fp)
+        clipped = quantize_model(copy.deepcopy(fp), spec)
+        apply_clip(clipped, clip_path, spec)
+        rows.append(
+            {"config": spec.name, "method": "clip", "ppl": ppl(clipped), "seconds": round(time.time() - t)}
+        )
+        del clipped
+        if cfg in a.qat_configs.split(","):
+            if teacher is None:
+                t = time.time()
+                teacher = generate_teacher_data("default", str(prompts), out=work / "teacher.jsonl",
+                                                max_sample=a.teacher_samples, max_new_tokens=a.teacher_tokens,
+                                                batch_size=16)  # fmt: skip
+                results["teacher_seconds"] = round(time.time() - t)
+            t = time.time()
+            summary = train("default", teacher["path"], work / f"qat_{spec.name}", spec, clip=clip_path,
+                            max_length=a.max_length, gamma_batches=4, dtype="fp32",
+                            overrides={"max_steps": a.qat_steps, "per_device_train_batch_size": a.qat_batch,
+                                       "gradient_accumulation_steps": 1, "learning_rate": a.lr,
+                                       "save_steps": a.qat_steps, "logging_steps": 1})  # fmt: skip
+            qat, _, _ = load_model_for_eval(summary["final"], device="cpu")
+            rows.append({"config": spec.name, "method": f"clip + KD-QAT (CAKLD, {summary['steps']} steps)",
+                         "ppl": ppl(qat), "seconds": round(time.time() - t), "gamma": round(summary["gamma"], 4)})  # fmt: skip
+            if qt == "int":
+                sizes = export_packed(qat, tok, work / f"packed_{spec.name}", spec)
+                packed, _ = load_packed(work / f"packed_{spec.name}", device="cpu")
+                rows.append({"config": spec.name, "method": "packed export of the QAT model (dequant-matmul)",
+                             "ppl": ppl(packed)})  # fmt: skip
+                fp_sizes = packed_sizes(fp)
+                lin_fp = sum(m.weight.numel() * 4 for n, m in fp.named_modules()
+                             if isinstance(m, nn.Linear) and not n.endswith("lm_head"))  # fmt: skip
+                results["size"] = {"fp32_total_bytes": fp_sizes["total_bytes"], "fp32_linear_bytes": lin_fp,
+                                   "fp16_linear_bytes": lin_fp // 2, **sizes}  # fmt: skip
+                results["speed"] = {"fp32_tok_s": round(tokens_per_second(fp, tok, a.speed_tokens), 2),
+                                    f"packed_{spec.name}_tok_s": round(tokens_per_second(packed, tok, a.speed_tokens), 2)}  # fmt: skip
+                del packed
+            del qat
+        for peer in ("hqq", "quanto"):
+            t = time.time()
+            try:
+                m = quantize_peer(fp, peer, bits, a.group_size) if qt == "int" else None
+                if m is None:
+                    raise ValueError(f"{peer} has no NF3 format")
+                rows.append(
+                    {"config": spec.name, "method": peer, "ppl": ppl(m), "seconds": round(time.time() - t)}
+                )
+                del m
+            except Exception as e:  # noqa: BLE001 - a peer failing is a result to report
+                rows.append(
+                    {
+                        "config": spec.name,
+                        "method": peer,
+                        "ppl": None,
+                        "error": f"{type(e).__name__}: {e}"[:200],
+                    }
+                )
+        write_json(Path(a.out) / "results.json", results)  # partial results survive an interrupted run
+    results["wall_seconds"] = round(time.time() - t_start)
+    results["threads"] = torch.get_num_threads()
+    write_json(Path(a.out) / "results.json", results)
+    fp_ppl = rows[0]["ppl"]
+    md = ["| config | method | ppl | ppl / FP |", "|---|---|---|---|"]
+    for r in rows:
+        ratio = f"{r['ppl'] / fp_ppl:.2f}" if r.get("ppl") else "-"
+        md.append(
+            f"| {r['config']} | {r['method']} | {r['ppl'] if r.get('ppl') else 'failed: ' + r.get('error', '')} | {ratio} |"
+        )
+    if "size" in results:
+        s = results["size"]
+        md += ["", f"Packed int2 linear layers: {s['packed_linear_bytes'] / 2**20:.1f} MiB vs {s['fp16_linear_bytes'] / 2**20:.1f} MiB "
+               f"fp16 ({s['fp16_linear_bytes'] / s['packed_linear_bytes']:.1f}x smaller); whole file {s['file_bytes'] / 2**20:.1f} MiB "
+               f"(embeddings stay fp32) vs {s['fp32_total_bytes'] / 2**20:.1f} MiB fp32."]  # fmt: skip
+    if "speed" in results:
+        md += [
+            "",
+            "CPU greedy decoding (batch 1): " + ", ".join(f"{k} {v}" for k, v in results["speed"].items()),
+        ]
+    md += ["", f"Scale: {json.dumps(vars(a))}; wall {results['wall_seconds']} s, torch threads {results['threads']}, "
+           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}."]  # fmt: skip
+    write_text(Path(a.out) / "results.md", "\n".join(md) + "\n")
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()

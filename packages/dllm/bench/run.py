@@ -1,0 +1,194 @@
+"""D-LLM benchmark: one offline task, three fine-tunes on the same data, all in one run.
+
+    uv run python packages/dllm/bench/run.py --task piqa --train 128 --steps 16 --test 100
+
+1. D-LLM (routers + LoRA, target execution ratio 0.5) -> accuracy, execution / FLOPs ratio.
+2. Dense LoRA fine-tune (same data, steps, LoRA) -> accuracy at FLOPs ratio 1.
+3. Static layer dropping at the same compute (Shortened-LLaMA PPL criterion on calibration
+   batches: drop the blocks whose removal raises the loss least), then the same LoRA fine-tune.
+4. Batch-1 greedy decode tokens/s of each model through the same decode loop (plus HF generate).
+Writes results.json and results.md next to this file (or --out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from leanlm.core.models import load_model, load_tokenizer
+from leanlm.core.records import write_json, write_text
+from leanlm.core.sft import PaddingCollator
+from leanlm.dllm import DLLM, DLLMConfig, generate
+from leanlm.dllm.data import load_examples, tokenize
+from leanlm.dllm.evaluate import choice_accuracy
+from leanlm.dllm.static import drop_layers, keep_for_ratio, layer_importance
+from leanlm.dllm.train import finetune
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def train(net: DLLM, tok, feats, args, out: Path, router_lr: float | None = None) -> dict:
+    return finetune(net, tok, feats, out, epochs=1, batch_size=args.batch, max_steps=args.steps, lr=args.lr,
+                    router_lr=router_lr, warmup_ratio=0.1, logging_steps=max(1, args.steps // 4),
+                    save_steps=10**6, resume=False)  # fmt: skip
+
+
+def decode_speed(net: DLLM, tok, prompts: list[str], new_tokens: int) -> dict:
+    total_tokens, total_s, ratios = 0, 0.0, []
+    for p in prompts:
+        ids = tok(p, return_tensors="pt")["input_ids"]
+        out = generate(net, ids, max_new_tokens=new_tokens)  # no EOS: every run decodes the same length
+        total_tokens += out.new_tokens - 1  # the first token comes from the prefill
+        total_s += out.decode_seconds
+        ratios.append(out.stats[0])
+    keys = ("exec_ratio", "decode_exec_ratio", "flops_ratio", "kv_ratio")
+    return {"tokens_per_s": total_tokens / total_s} | {
+        k: sum(r[k] for r in ratios) / len(ratios) for k in keys
+    }
+
+
+def hf_speed(model, tok, prompts: list[str], new_tokens: int) -> float:
+    n, s = 0, 0.0
+    for p in prompts:
+        ids = tok(p, return_tensors="pt")["input_ids"]
+        t0 = time.perf_counter()
+        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                       do_sample=False, pad_token_id=tok.pad_token_id)  # fmt: skip
+        s += time.perf_counter() - t0
+        n += new_tokens
+    return n / s
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--task", default="piqa")
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--train", type=int, default=128, help="training examples")
+    ap.add_argument("--test", type=int, default=100, help="held-out test examples")
+    ap.add_argument("--steps", type=int, default=16)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=1e-3, help="LoRA learning rate")
+    ap.add_argument("--router_lr", type=float, default=5e-2)
+    ap.add_argument("--target", type=float, default=0.5)
+    ap.add_argument("--max_seq_len", type=int, default=192)
+    ap.add_argument("--calib_batches", type=int, default=2)
+    ap.add_argument("--decode_prompts", type=int, default=3)
+    ap.add_argument("--decode_tokens", type=int, default=48)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    ap.add_argument("--skip_base", action="store_true", help="skip the zero-shot base-model row")
+    ap.add_argument("--out", default=str(Path(__file__).parent))
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    work = out / "work"
+    t_start = time.time()
+    torch.manual_seed(0)
+
+    tok = load_tokenizer(args.model)
+    base = load_model(args.model, device="cpu")
+    n_layers = len(base.model.layers)
+    train_ex = load_examples(args.task, "train", limit=args.train, test_size=args.test)
+    test_ex = load_examples(args.task, "test", test_size=args.test)
+    feats = tokenize(tok, train_ex, args.max_seq_len)
+    results: dict = {"args": vars(args), "layers": n_layers, "torch_threads": torch.get_num_threads()}
+
+    def save() -> None:  # after every phase: a run cut short still reports what it measured
+        results["seconds"] = time.time() - t_start
+        write_json(out / "results.json", results)
+        write_text(out / "results.md", render(results))
+
+    plain = DLLM(copy.deepcopy(base), DLLMConfig(dynamic=False, lora_rank=0)).eval()
+    prompts = [e.prompt for e in test_ex[: args.decode_prompts]]
+    log("D-LLM fine-tune")
+    dllm = DLLM(copy.deepcopy(base), DLLMConfig(target=args.target))
+    results["dllm_train"] = train(dllm, tok, feats, args, work / "dllm", router_lr=args.router_lr)
+    dllm.merge_lora().eval()
+    results["dllm"] = choice_accuracy(dllm, tok, test_ex)
+    flops = results["dllm"]["flops_ratio"]
+    log("decode speed (batch 1, greedy): D-LLM vs dense (LoRA merged or not, dense costs the same)")
+    results["speed"] = {
+        "dllm": decode_speed(dllm, tok, prompts, args.decode_tokens),
+        "dense": decode_speed(plain, tok, prompts, args.decode_tokens),
+        "hf_generate_dense": {"tokens_per_s": hf_speed(base, tok, prompts, args.decode_tokens)},
+    }
+    save()
+
+    log("dense LoRA fine-tune")
+    dense = DLLM(copy.deepcopy(base), DLLMConfig(dynamic=False))
+    results["dense_train"] = train(dense, tok, feats, args, work / "dense")
+    dense.merge_lora().eval()
+    results["dense"] = choice_accuracy(dense, tok, test_ex)
+    save()
+
+    log("static layer dropping at equal compute")
+    collate = PaddingCollator(tok.pad_token_id)
+    calib = [collate(feats[i * args.batch : (i + 1) * args.batch]) for i in range(args.calib_batches)]
+    scores = layer_importance(plain, calib)
+    keep_n = keep_for_ratio(n_layers, flops)
+    keep = sorted(sorted(range(n_layers), key=lambda i: -scores[i])[:keep_n])
+    static = DLLM(drop_layers(copy.deepcopy(base), keep), DLLMConfig(dynamic=False))
+    results["static_train"] = train(static, tok, feats, args, work / "static")
+    static.merge_lora().eval()
+    results["static"] = choice_accuracy(static, tok, test_ex) | {"flops_ratio": keep_n / n_layers,
+                                                                 "exec_ratio": keep_n / n_layers}  # fmt: skip
+    results["static_layers_kept"] = keep
+    results["layer_importance"] = scores
+    results["speed"]["static"] = decode_speed(static, tok, prompts, args.decode_tokens)
+    save()
+
+    if not args.skip_base:
+        log("zero-shot base model")
+        results["base"] = choice_accuracy(plain, tok, test_ex)
+        save()
+    print(render(results))
+
+
+def render(r: dict) -> str:
+    sp = r["speed"]
+    dense_tps = sp["dense"]["tokens_per_s"]
+    a = r["args"]
+    rows = []
+    if "base" in r:
+        rows.append(("base model, no fine-tune", r["base"], 1.0, 1.0, None))
+    if "dense" in r:
+        rows.append(("dense LoRA fine-tune", r["dense"], 1.0, 1.0, dense_tps))
+    if "static" in r:
+        rows.append((f"static drop ({len(r['static_layers_kept'])}/{r['layers']} layers) + LoRA", r["static"],
+                     r["static"]["exec_ratio"], r["static"]["flops_ratio"], sp["static"]["tokens_per_s"]))  # fmt: skip
+    rows.append((f"D-LLM target {a['target']}", r["dllm"], r["dllm"]["exec_ratio"], r["dllm"]["flops_ratio"],
+                 sp["dllm"]["tokens_per_s"]))  # fmt: skip
+    lines = [
+        f"Task {a['task']}: {a['train']} training examples, {a['steps']} steps x batch {a['batch']}, "
+        f"{r['dllm']['examples']} test examples; model {a['model']} ({r['layers']} layers); "
+        f"{r['seconds'] / 60:.1f} min total on a shared CPU ({r['torch_threads']} torch threads).",
+        "",
+        "| model | accuracy | answer NLL | exec ratio | FLOPs ratio (blocks) | decode tok/s | speed vs dense |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, m, ex, fl, tps in rows:
+        speed = f"{tps:.1f}" if tps else "-"
+        rel = f"{tps / dense_tps:.2f}x" if tps else "-"
+        lines.append(
+            f"| {name} | {m['accuracy']:.3f} | {m['answer_nll']:.3f} | {ex:.3f} | {fl:.3f} | {speed} | {rel} |"
+        )
+    d = sp["dllm"]
+    lines += [
+        "",
+        f"D-LLM decode: executed-layer ratio {d['decode_exec_ratio']:.3f} on generated tokens, "
+        f"FLOPs ratio {d['flops_ratio']:.3f} (routers included, prompt + generated tokens), KV-entries ratio "
+        f"{d['kv_ratio']:.3f}; dense decode loop {dense_tps:.1f} tok/s; HF generate (dense) "
+        f"{sp['hf_generate_dense']['tokens_per_s']:.1f} tok/s.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
