@@ -1,10 +1,6 @@
 import copy
 
 import pytest
-import torch
-
-# The CPU is shared: one intra-op thread avoids oversubscription stalls (20x on tiny shapes here).
-torch.set_num_threads(1)
 
 pytest_plugins = ["leanlm.core.testing"]
 

@@ -235,3 +235,9 @@ def test_openai_body_parsing_rejects_wrong_shapes():
     for bad in ({}, {"choices": []}, "<html>oops</html>", {"choices": [{"text": None}]}, {"choices": [{}]}):
         with pytest.raises(MalformedResponse):
             _parse(bad, chat=False)
+
+
+def test_openai_finish_reason_reaches_meta():
+    with FakeServer(responder) as server:
+        results = generate(reqs(3), make("openai", server), SamplingParams(max_new_tokens=8), progress=False)
+    assert [r.meta.get("finish_reason") for r in results] == ["stop"] * 3

@@ -28,3 +28,10 @@ def test_collator_pads_right_and_left():
     left = PaddingCollator(pad_token_id=0, side="left", pad_to_multiple_of=4)(feats)
     assert left["input_ids"].tolist() == [[0, 5, 6, 7], [0, 0, 0, 8]]
     assert left["input_ids"].dtype == torch.long
+
+
+def test_collator_stacks_scalar_fields():
+    feats = [{"input_ids": [5, 6], "group_count": 2}, {"input_ids": [7], "group_count": 1}]
+    batch = PaddingCollator(pad_token_id=0)(feats)
+    assert batch["group_count"].tolist() == [2, 1]
+    assert batch["input_ids"].tolist() == [[5, 6], [7, 0]]

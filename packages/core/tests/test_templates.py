@@ -13,6 +13,11 @@ def test_alpaca_with_and_without_input():
     assert with_input.endswith("### Instruction:\nTranslate.\n\n### Input:\nbonjour\n\n### Response:\n")
 
 
+def test_alpaca_system_override_and_empty():
+    assert format_prompt("alpaca", "Hi", system="") == "### Instruction:\nHi\n\n### Response:\n"
+    assert format_prompt("alpaca", "Hi", system="Be terse.").startswith("Be terse.\n\n### Instruction:")
+
+
 def test_instruction_response():
     assert (
         format_prompt("instruction_response", "Add 2 and 3.")

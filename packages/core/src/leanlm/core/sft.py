@@ -62,10 +62,10 @@ class PaddingCollator:
             length = (length + m - 1) // m * m
         batch: dict[str, torch.Tensor] = {}
         for key in features[0]:
-            values = [list(f[key]) for f in features]
-            if not isinstance(values[0], list):
-                batch[key] = torch.tensor(values)
+            if not isinstance(features[0][key], (list, tuple)):
+                batch[key] = torch.tensor([f[key] for f in features])  # scalar fields: stack as they are
                 continue
+            values = [list(f[key]) for f in features]
             pad = {"input_ids": self.pad_token_id, "labels": IGNORE_INDEX}.get(key, 0)
             rows = []
             for v in values:

@@ -43,12 +43,14 @@ class Template:
 
 
 def _alpaca(instruction: str, input: str, system: str | None, tokenizer: Any) -> str:
+    # system=None: the standard preamble; system="": no preamble at all; otherwise the given text
+    if system is None:
+        header = ALPACA_INPUT_HEADER if input else ALPACA_HEADER
+    else:
+        header = system + "\n\n" if system else ""
     if input:
-        return (
-            f"{system + chr(10) * 2 if system else ALPACA_INPUT_HEADER}### Instruction:\n{instruction}\n\n"
-            f"### Input:\n{input}\n\n### Response:\n"
-        )
-    return f"{system + chr(10) * 2 if system else ALPACA_HEADER}### Instruction:\n{instruction}\n\n### Response:\n"
+        return f"{header}### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+    return f"{header}### Instruction:\n{instruction}\n\n### Response:\n"
 
 
 def _instruction_response(instruction: str, input: str, system: str | None, tokenizer: Any) -> str:

@@ -14,6 +14,15 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # inherited by subprocesses the tests start
+
+
+def pytest_configure(config: Any) -> None:
+    import torch
+
+    # Small test shapes gain nothing from intra-op threads, and on a busy 2-core machine every
+    # OpenMP barrier waits for a descheduled thread (measured: 10-40x slower). One thread, always.
+    torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:

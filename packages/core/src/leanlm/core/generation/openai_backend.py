@@ -37,8 +37,8 @@ def _retry_after(error: Any) -> float | None:
     return None
 
 
-def _parse(data: Any, chat: bool) -> tuple[str, dict[str, Any]]:
-    """(text, usage) from a completions or chat-completions JSON body; ``MalformedResponse`` otherwise."""
+def _parse(data: Any, chat: bool) -> tuple[str, dict[str, Any], str | None]:
+    """(text, usage, finish_reason) from a completions or chat-completions JSON body; ``MalformedResponse`` otherwise."""
     try:
         choice = data["choices"][0]
         text = choice["message"]["content"] if chat else choice["text"]
@@ -47,7 +47,7 @@ def _parse(data: Any, chat: bool) -> tuple[str, dict[str, Any]]:
     if not isinstance(text, str):
         raise MalformedResponse(f"response text is {type(text).__name__}, expected a string")
     usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
-    return text, usage
+    return text, usage, choice.get("finish_reason") if isinstance(choice, dict) else None
 
 
 class OpenAIBackend(RemoteBackend):
@@ -128,13 +128,16 @@ class OpenAIBackend(RemoteBackend):
         else:
             body["prompt"] = request.prompt
             data = await self._client.post("/completions", cast_to=object, body=body)
-        text, usage = _parse(data, chat=request.messages is not None)
+        text, usage, finish_reason = _parse(data, chat=request.messages is not None)
+        meta = dict(request.meta)
+        if finish_reason is not None:  # "length" tells callers the answer was cut at max_new_tokens
+            meta["finish_reason"] = finish_reason
         return GenerationResult(
             id=request.id,
             text=text,
             prompt_tokens=usage.get("prompt_tokens"),
             completion_tokens=usage.get("completion_tokens"),
-            meta=dict(request.meta),
+            meta=meta,
         )
 
     def _classify(self, error: BaseException) -> tuple[Verdict, str, float | None]:
