@@ -17,13 +17,13 @@ format ``[[prompt, response]]``.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from pathlib import Path
 from typing import Any
 
 from leanlm.core.errors import RecordError, UserError
+from leanlm.core.records import iter_jsonl_numbered
 
 log = logging.getLogger(__name__)
 
@@ -108,26 +108,19 @@ def read_teacher_file(path: str | Path) -> list[dict[str, str]]:
     if not p.is_file():
         raise UserError(f"{p}: no such teacher data file")
     out, skipped = [], 0
-    with p.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise RecordError(p, lineno, f"invalid JSON ({e.msg} at column {e.colno})") from None
-            pair = _pair(item, p, lineno)
-            if pair is None:
-                skipped += 1
-                continue
-            rid = item.get("id") if isinstance(item, dict) else None
-            out.append(
-                {
-                    "id": str(rid if rid is not None else f"{p.stem}-{lineno}"),
-                    "prompt": pair[0],
-                    "response": pair[1],
-                }
-            )
+    for lineno, item in iter_jsonl_numbered(p, require_objects=False):
+        pair = _pair(item, p, lineno)
+        if pair is None:
+            skipped += 1
+            continue
+        rid = item.get("id") if isinstance(item, dict) else None
+        out.append(
+            {
+                "id": str(rid if rid is not None else f"{p.stem}-{lineno}"),
+                "prompt": pair[0],
+                "response": pair[1],
+            }
+        )
     if skipped:
         log.warning(
             "%s: skipped %d failed generations (re-run bitdistiller-generate to retry them)", p, skipped

@@ -29,8 +29,10 @@ def _existing(path: str | os.PathLike) -> Path:
     return p
 
 
-def iter_jsonl(path: str | os.PathLike, *, require_objects: bool = True) -> Iterator[Record]:
-    """Yield the records of a JSONL file; blank lines are skipped, bad lines raise ``RecordError``."""
+def iter_jsonl_numbered(
+    path: str | os.PathLike, *, require_objects: bool = True
+) -> Iterator[tuple[int, Any]]:
+    """Yield ``(line_number, value)`` for each non-blank line, so callers can name the line in later checks."""
     p = _existing(path)
     with p.open("r", encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
@@ -42,7 +44,13 @@ def iter_jsonl(path: str | os.PathLike, *, require_objects: bool = True) -> Iter
                 raise RecordError(p, lineno, f"invalid JSON ({e.msg} at column {e.colno})") from None
             if require_objects and not isinstance(record, dict):
                 raise RecordError(p, lineno, f"expected a JSON object, got {type(record).__name__}")
-            yield record
+            yield lineno, record
+
+
+def iter_jsonl(path: str | os.PathLike, *, require_objects: bool = True) -> Iterator[Record]:
+    """Yield the records of a JSONL file; blank lines are skipped, bad lines raise ``RecordError``."""
+    for _, record in iter_jsonl_numbered(path, require_objects=require_objects):
+        yield record
 
 
 def read_jsonl(path: str | os.PathLike, *, require_objects: bool = True) -> list[Record]:

@@ -13,14 +13,13 @@ per run), or text logs with the seed's ``... TIME SPENT: <minutes> ...`` lines.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from leanlm.core.errors import RecordError, UserError
-from leanlm.core.records import write_json, write_text
+from leanlm.core.records import iter_jsonl_numbered, write_json, write_text
 
 _TIME_SPENT = re.compile(r"TIME SPENT:\s*([-+]?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)")
 
@@ -52,13 +51,7 @@ def parse_durations(path: str | Path) -> tuple[list[float], str]:
     values: list[float] = []
     unit = "s"
     if text.lstrip().startswith("{"):
-        for lineno, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise RecordError(p, lineno, f"invalid JSON ({e.msg})") from None
+        for lineno, record in iter_jsonl_numbered(p, require_objects=False):
             if not isinstance(record, dict) or "seconds" not in record:
                 raise RecordError(p, lineno, "a run record needs a 'seconds' field")
             values.append(float(record["seconds"]))
