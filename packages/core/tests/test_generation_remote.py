@@ -59,7 +59,8 @@ def test_faults_are_retried_until_answered(kind, tmp_path):
         assert [r.id for r in results] == [f"r{i}" for i in range(8)]
         for i, r in enumerate(results):
             assert r.ok, r.error
-            assert r.text == f"answer to q{i} is Q{i}" and r.meta == {"i": i}
+            meta = {k: v for k, v in r.meta.items() if k != "finish_reason"}  # openai adds it
+            assert r.text == f"answer to q{i} is Q{i}" and meta == {"i": i}
             assert r.completion_tokens == 5  # the fake server counts words
         assert backend.stats.retries == 7 and backend.stats.failed == 0
         assert backend.stats.requests == len(server.posts()) == 15
@@ -227,11 +228,15 @@ def test_openai_body_parsing_rejects_wrong_shapes():
     from leanlm.core.generation.openai_backend import _parse
     from leanlm.core.generation.remote import MalformedResponse
 
-    text, usage = _parse(
-        {"choices": [{"message": {"content": "hi"}}], "usage": {"prompt_tokens": 3}}, chat=True
+    text, usage, finish = _parse(
+        {
+            "choices": [{"message": {"content": "hi"}, "finish_reason": "length"}],
+            "usage": {"prompt_tokens": 3},
+        },
+        chat=True,
     )
-    assert text == "hi" and usage == {"prompt_tokens": 3}
-    assert _parse({"choices": [{"text": "yo"}]}, chat=False) == ("yo", {})
+    assert text == "hi" and usage == {"prompt_tokens": 3} and finish == "length"
+    assert _parse({"choices": [{"text": "yo"}]}, chat=False) == ("yo", {}, None)
     for bad in ({}, {"choices": []}, "<html>oops</html>", {"choices": [{"text": None}]}, {"choices": [{}]}):
         with pytest.raises(MalformedResponse):
             _parse(bad, chat=False)
