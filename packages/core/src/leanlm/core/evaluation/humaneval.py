@@ -12,9 +12,10 @@ estimate ``c / n`` (Chen et al. 2021 with k = 1); the score is the mean over pro
 from __future__ import annotations
 
 import inspect
+import multiprocessing as mp
 import re
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 from leanlm.core.errors import UserError
@@ -79,9 +80,19 @@ def humaneval_pass_at_1(
             raise UserError(f"humaneval_pass_at_1: {task_id} has an empty list of completions")
         jobs += [(task_id, i, s) for i, s in enumerate(samples)]
 
-    # each check spawns its own process; threads only wait on them
-    with ThreadPoolExecutor(max_workers=max(1, n_workers)) as pool:
-        results = list(pool.map(lambda j: check_correctness(table[j[0]], j[2], timeout, j[1]), jobs))
+    # check_correctness forks a child per program. Forking from several threads of one process at
+    # once trips filelock's fork guard (and is unsafe in general), so the checks run in spawned
+    # single-threaded worker processes: each forks its own children one at a time.
+    with ProcessPoolExecutor(max_workers=max(1, n_workers), mp_context=mp.get_context("spawn")) as pool:
+        results = list(
+            pool.map(
+                check_correctness,
+                [table[t] for t, _, _ in jobs],
+                [s for _, _, s in jobs],
+                [timeout] * len(jobs),
+                [i for _, i, _ in jobs],
+            )
+        )
 
     per_task: dict[str, dict[str, Any]] = {}
     for (task_id, _, _), res in zip(jobs, results):
