@@ -8,6 +8,7 @@ import torch
 
 from leanlm.bita.decoding import BiTADecoder, TreeSpec, greedy_reference
 from leanlm.bita.model import BiTAConfig, BiTAModel
+from leanlm.core.testing import DEVICES
 
 PROMPTS = [
     "Hello",
@@ -23,13 +24,15 @@ def ids_of(tokenizer, text):
     return tokenizer(text, add_special_tokens=True)["input_ids"]
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("tree", TREES)
-def test_random_tiny_llama_untrained_adapter(tiny_bita, tokenizer, tree):
-    dec = BiTADecoder(tiny_bita, tree)
+def test_random_tiny_llama_untrained_adapter(tiny_bita, tokenizer, tree, device):
+    model = tiny_bita if device == "cpu" else copy.deepcopy(tiny_bita).to(device)
+    dec = BiTADecoder(model, tree)
     for i, text in enumerate(PROMPTS):
         ids = ids_of(tokenizer, text)
         n = [1, 7, 33, 48, 20][i]
-        ref = greedy_reference(tiny_bita.base, ids, n)
+        ref = greedy_reference(model.base, ids, n)
         out = dec.generate(ids, n)
         assert out.tokens == ref, (tree, text)
         assert len(out.tokens) == n

@@ -20,15 +20,14 @@ import json
 import multiprocessing as mp
 import os
 import platform
-import re
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
+from leanlm.core.bench_report import save_section
 from leanlm.core.fake_servers import FakeServer
 from leanlm.core.generation import GenerationRequest, SamplingParams, generate, get_backend
-from leanlm.core.records import write_json, write_text
 
 HERE = Path(__file__).resolve().parent
 
@@ -132,14 +131,9 @@ def main() -> None:
 
 def save(folder: Path, result: dict[str, Any]) -> None:
     """Merge into results.json (key ``generation``) and replace this bench's section of results.md."""
-    path = folder / "results.json"
-    data = json.loads(path.read_text()) if path.exists() else {}
-    data["generation"] = result
-    write_json(path, data)
     r = result
     section = "\n".join(
         [
-            "<!-- generation:start -->",
             "## generation: openai backend vs a loopback server with injected latency",
             "",
             f"{r['requests']} requests, concurrency {r['concurrency']}, {r['latency_s'] * 1000:g} ms per request "
@@ -160,16 +154,9 @@ def save(folder: Path, result: dict[str, Any]) -> None:
             "them one after another on one event loop (as the server's threads do), so each round costs "
             "latency + 16 x (client + server CPU per request); on a CPU shared with other work each of "
             "those milliseconds stretches.",
-            "<!-- generation:end -->",
         ]
     )
-    md = folder / "results.md"
-    text = md.read_text() if md.exists() else "# leanlm-core benchmarks\n"
-    pattern = re.compile(r"<!-- generation:start -->.*?<!-- generation:end -->", re.S)
-    text = (
-        pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
-    )
-    write_text(md, text.rstrip("\n") + "\n")
+    save_section(folder, "generation", result, section)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,8 @@ def test_quantize_rowwise_matches_formula():
     assert q.dtype == torch.int8 and q.shape == (7, 33) and s.dtype == torch.float32 and s.shape == (7,)
     absmax = x.abs().amax(dim=1)
     torch.testing.assert_close(s, absmax, rtol=0, atol=0)
-    expected = torch.round(x * (127.0 / absmax)[:, None])
+    # 127 / s correctly rounded to fp32 (fp64 division then one rounding is exact for fp32 operands)
+    expected = torch.round(x * (127.0 / absmax.double()).float()[:, None])
     assert torch.equal(q.to(torch.float32), expected)
     assert int(q.abs().amax(dim=1).min()) == 127  # every row reaches the full range
 
@@ -65,7 +66,7 @@ def test_global_and_global_transpose():
     x = _x(6, 10, seed=2)
     q, s = int8.quantize_global(x)
     assert s.dim() == 0 and float(s) == float(x.abs().max())
-    assert torch.equal(q.float(), torch.round(x * (127.0 / x.abs().max())))
+    assert torch.equal(q.float(), torch.round(x * (127.0 / x.abs().max().double()).float()))
     qt, st = int8.quantize_global_transpose(x)
     assert torch.equal(qt, q.t()) and qt.is_contiguous() and torch.equal(st, s)
 
@@ -197,6 +198,11 @@ def _compare_triton_with_torch() -> dict:
     bmat = torch.randint(-127, 128, (77, 140), dtype=torch.int8)
     sa, sb = torch.rand(130) + 0.5, torch.rand(140) + 0.5
     report["matmul_rowwise/multi_tile"] = diff(*both(int8.int8_matmul_rowwise_dequantize, a, bmat, sa, sb))
+    # big enough for the 128 x 128 x 128 pipelined tiles, with ragged edges in M, N and K
+    a = torch.randint(-127, 128, (260, 300), dtype=torch.int8)
+    bmat = torch.randint(-127, 128, (270, 300), dtype=torch.int8).t()
+    sa, sb = torch.rand(260) + 0.5, torch.rand(())
+    report["matmul_global/big_tiles"] = diff(*both(int8.int8_matmul_global_dequantize, a, bmat, sa, sb))
     return report
 
 
@@ -238,7 +244,7 @@ def test_triton_dequantize(triton_report, dtype):
 @pytest.mark.parametrize(
     "key",
     [f"matmul_{kind}/{dtype}/{bias}" for kind in ("rowwise", "global") for dtype in ("float32", "bfloat16")
-     for bias in ("bias", "nobias")] + ["matmul_rowwise/multi_tile"],
+     for bias in ("bias", "nobias")] + ["matmul_rowwise/multi_tile", "matmul_global/big_tiles"],
 )  # fmt: skip
 def test_triton_matmul_close(triton_report, key):
     r = triton_report[key]

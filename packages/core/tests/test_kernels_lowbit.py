@@ -125,6 +125,18 @@ TRITON_SCRIPT = textwrap.dedent(
         qweight, scales_t, zeros_t = rp.t().contiguous(), rq.scales.t().contiguous(), rq.zeros.t().contiguous()
         (tg, _) = both(lambda: lowbit.lowbit_matmul(x, qweight.t(), scales_t.t(), zeros_t.t(), bits, 32, None))
         report[f"gptq{bits}"] = float((tg + bias - rm).abs().max())
+        # one row (decoding): the GEMV kernel
+        x1 = torch.randn(1, 64, generator=g)
+        (t1, r1) = both(lambda: lowbit.lowbit_matmul(x1, rp, rq.scales, rq.zeros, bits, 32, bias))
+        report[f"matmul_rows1_{bits}"] = float((t1 - r1).abs().max())
+        (tg1, _) = both(lambda: lowbit.lowbit_matmul(x1, qweight.t(), scales_t.t(), zeros_t.t(), bits, 32, None))
+        report[f"gptq_rows1_{bits}"] = float((tg1 + bias - r1).abs().max())
+        # more rows than the GEMV kernel takes: dequantize once (Triton), then a plain matmul
+        x20 = torch.randn(20, 64, generator=g)
+        (tb, rb) = both(lambda: lowbit.lowbit_matmul(x20, rp, rq.scales, rq.zeros, bits, 32, bias))
+        report[f"matmul_rows20_{bits}"] = float((tb - rb).abs().max())
+        (td, rd) = both(lambda: lowbit.dequantize_packed(rp, rq.scales, rq.zeros, bits, 32, 64, torch.float32))
+        report[f"dequant{bits}"] = torch.equal(td, rd)
     xb = torch.randn(4, 64, generator=g).to(torch.bfloat16)
     os.environ["LEANLM_KERNELS"] = "triton"
     ob = lowbit.lowbit_matmul(xb, rp, rq.scales, rq.zeros, 4, 32, None)
@@ -147,4 +159,24 @@ def test_triton_kernels_match_torch_under_interpreter():
         assert report[f"quant{bits}"] and report[f"pack{bits}"] and report[f"unpack{bits}"], report
         assert report[f"matmul{bits}"] < 1e-4, report
         assert report[f"gptq{bits}"] < 1e-4, report
+        assert report[f"matmul_rows20_{bits}"] < 1e-4 and report[f"dequant{bits}"], report
+        assert report[f"matmul_rows1_{bits}"] < 1e-4 and report[f"gptq_rows1_{bits}"] < 1e-4, report
     assert report["bf16_dtype"] == "torch.bfloat16"
+
+
+@pytest.mark.parametrize("k", [32, 96, 2048])
+def test_unpack_3_bit_fast_path_matches_general_path(k, monkeypatch):
+    # the byte-wise fast path (little-endian hosts, int32 words) against the general word-gather path,
+    # which unpack takes on a big-endian host; leading dims and a transposed (GPTQ qweight) view included
+    g = torch.Generator().manual_seed(k)
+    codes = torch.randint(0, 8, (2, 5, k), generator=g, dtype=torch.uint8)
+    packed = lowbit.pack(codes, 3)
+    packed_t = packed[1].t().contiguous().t()  # [5, W] with strides (1, 5)
+    fast, fast_t = lowbit.unpack(packed, 3, k), lowbit.unpack(packed_t, 3, k)
+    monkeypatch.setattr(sys, "byteorder", "big")
+    general = lowbit.unpack(packed, 3, k)
+    assert fast.dtype == general.dtype == torch.uint8 and fast.shape == (2, 5, k)
+    assert torch.equal(fast, general) and torch.equal(fast, codes) and torch.equal(fast_t, codes[1])
+    # a 3-bit K must be a multiple of 32 (whole int32 words), so the fast path covers every valid K
+    with pytest.raises(ValueError, match="int32 words"):
+        lowbit.unpack(torch.zeros(1, 3, dtype=torch.int32), 3, k + 8)

@@ -2,8 +2,10 @@
 
 import copy
 
+import pytest
 import torch
 
+from leanlm.core.testing import DEVICES
 from leanlm.dllm import DLLM, DLLMConfig, generate, reference_generate
 from leanlm.dllm.decode import KVCache
 
@@ -18,8 +20,11 @@ def _batch(seed: int, lengths=(9, 6)):
     return ids * mask, mask
 
 
-def test_incremental_decode_matches_full_recompute(routed):
+@pytest.mark.parametrize("device", DEVICES)
+def test_incremental_decode_matches_full_recompute(routed, device):
     ids, mask = _batch(11)
+    routed = routed if device == "cpu" else copy.deepcopy(routed).to(device)
+    ids, mask = ids.to(device), mask.to(device)
     out = generate(routed, ids, mask, max_new_tokens=14)
     ref = reference_generate(routed, ids, mask, max_new_tokens=14)
     assert out.tokens == ref

@@ -2,6 +2,8 @@
 
     uv run --with torchao==0.18.0 python packages/switchback/bench/run.py            # the README's reduced scale
     uv run python packages/switchback/bench/run.py --tokens 2048,8192,16384 --threads 0  # fuller grid, all threads
+    python packages/switchback/bench/run.py --device cuda --output-dir packages/switchback/bench/cuda \
+        --tokens 2048,8192,16384 --step-models tinyllama-shapes --layers 0 --batch 8 --seq 1024 --repeats 10
 
 Writes results.json, results.md and layers.png next to this file (or --output-dir).
 """
@@ -11,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from leanlm.core.cli import run_cli
-from leanlm.switchback.benchmark import run_benchmark
+from leanlm.switchback.benchmark import LAYER_MODES, run_benchmark
 
 HERE = Path(__file__).parent
 
@@ -25,11 +27,18 @@ def main(
     seq: int = 256,
     layers: int | None = 4,
     repeats: int = 2,
+    warmup: int = 1,
     threads: int = 1,
+    device: str = "cpu",
+    modes: str = ",".join(LAYER_MODES),
 ) -> str:
-    """Reduced-scale defaults: 1 thread (the shared 2-core CPU punishes OpenMP barriers), 4 decoder layers."""
+    """Reduced-scale defaults: 1 thread (the shared 2-core CPU punishes OpenMP barriers), 4 decoder layers.
+
+    ``--layers 0`` keeps every decoder layer; ``--device cuda`` runs on the GPU (Triton int8 kernels).
+    """
     return run_benchmark(output_dir=output_dir, widths=widths, tokens=tokens, step_models=step_models,
-                         batch=batch, seq=seq, layers=layers, repeats=repeats, threads=threads or None)  # fmt: skip
+                         batch=batch, seq=seq, layers=layers or None, repeats=repeats, warmup=warmup, threads=threads or None,
+                         device=device, modes=modes)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from leanlm.core.errors import UserError
+from leanlm.core.testing import DEVICES
 from leanlm.switchback.layers import (
     StandardLinear,
     SwitchBackLinear,
@@ -30,10 +31,10 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.detach().double() - b.detach().double()).norm() / b.detach().double().norm())
 
 
-def _pair(cls, dtype=torch.float32, bias=True, seed=0):
+def _pair(cls, dtype=torch.float32, bias=True, seed=0, device="cpu"):
     torch.manual_seed(seed)
-    ref = StandardLinear(256, 192, bias=bias).to(dtype)
-    layer = cls(256, 192, bias=bias).to(dtype)
+    ref = StandardLinear(256, 192, bias=bias).to(device, dtype)
+    layer = cls(256, 192, bias=bias).to(device, dtype)
     layer.load_state_dict(ref.state_dict())
     return ref, layer
 
@@ -45,11 +46,12 @@ def _run(layer, x, g):
     return out, x.grad, layer.weight.grad, None if layer.bias is None else layer.bias.grad
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("cls", INT8_CLASSES)
-def test_forward_and_gradients_match_standard(cls):
-    ref, layer = _pair(cls)
+def test_forward_and_gradients_match_standard(cls, device):
+    ref, layer = _pair(cls, device=device)
     torch.manual_seed(1)
-    x, g = torch.randn(2, 48, 256), torch.randn(2, 48, 192)
+    x, g = torch.randn(2, 48, 256, device=device), torch.randn(2, 48, 192, device=device)
     o_ref, gx_ref, gw_ref, gb_ref = _run(ref, x, g)
     o, gx, gw, gb = _run(layer, x, g)
     assert o.shape == o_ref.shape and gx.shape == x.shape and gw.shape == layer.weight.shape
@@ -72,11 +74,12 @@ def test_standard_linear_equals_nn_linear():
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("cls", INT8_CLASSES + [StandardLinear])
-def test_bf16_in_bf16_out(cls):
-    ref, layer = _pair(cls, dtype=torch.bfloat16)
-    x = torch.randn(3, 7, 256, dtype=torch.bfloat16)
-    o, gx, gw, gb = _run(layer, x, torch.randn(3, 7, 192, dtype=torch.bfloat16))
+def test_bf16_in_bf16_out(cls, device):
+    ref, layer = _pair(cls, dtype=torch.bfloat16, device=device)
+    x = torch.randn(3, 7, 256, dtype=torch.bfloat16, device=device)
+    o, gx, gw, gb = _run(layer, x, torch.randn(3, 7, 192, dtype=torch.bfloat16, device=device))
     assert o.dtype == gx.dtype == gw.dtype == gb.dtype == torch.bfloat16
     o_ref = ref(x)
     assert _rel(o, o_ref) < OUT_BOUND + 0.01  # bf16 adds its own ~0.4% rounding

@@ -17,6 +17,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # inherited by subprocesses the tests start
 
 
+# Parametrize tests over devices, torchao-style: ``@pytest.mark.parametrize("device", DEVICES)``.
+# The CUDA case carries the ``gpu`` mark, so it is skipped (and reported) on machines without CUDA.
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+
+
 def pytest_configure(config: Any) -> None:
     import torch
 

@@ -8,7 +8,7 @@ Layer modes (X [tokens, width], W [width * expansion, width]):
 Training-step modes (forward, loss, backward, AdamW step): ``fp32``, ``bf16`` (bf16 weights),
 ``switchback-bf16``, ``switchback-fp32`` and ``torchao-bf16``, on the embedded model or on a random
 model with TinyLlama-1.1B's shapes (``tinyllama-shapes``, optionally fewer layers).
-Times are medians over ``repeats`` after ``warmup`` calls.
+Times are medians over ``repeats`` after ``warmup`` calls; on CUDA each call ends with a synchronize.
 """
 
 from __future__ import annotations
@@ -33,14 +33,21 @@ STEP_MODES = ("fp32", "bf16", "switchback-bf16", "switchback-fp32", "torchao-bf1
 TORCHAO_EXCLUDE = ("lm_head", "k_proj", "v_proj")
 
 
-def median_time(fn: Callable[[], Any], warmup: int = 1, repeats: int = 3) -> float:
-    """Median wall seconds of ``fn()`` over ``repeats`` calls after ``warmup`` calls."""
+def median_time(fn: Callable[[], Any], warmup: int = 1, repeats: int = 3, device: str = "cpu") -> float:
+    """Median wall seconds of ``fn()`` over ``repeats`` calls after ``warmup`` calls.
+
+    On CUDA, kernels run asynchronously: each timed call is closed by a synchronize so the time
+    covers the GPU work, not just its launch.
+    """
+    sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
     for _ in range(warmup):
         fn()
+    sync()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
@@ -68,7 +75,7 @@ def apply_torchao(module: nn.Module, exclude: tuple[str, ...] = TORCHAO_EXCLUDE)
     quantize_(module, config, filter_fn=keep)
 
 
-def _layer(mode: str, width: int, out: int) -> tuple[nn.Module, torch.dtype]:
+def _layer(mode: str, width: int, out: int, device: str = "cpu") -> tuple[nn.Module, torch.dtype]:
     from leanlm.switchback.layers import (
         StandardLinear,
         SwitchBackLinear,
@@ -83,7 +90,7 @@ def _layer(mode: str, width: int, out: int) -> tuple[nn.Module, torch.dtype]:
                "torchao": nn.Linear}  # fmt: skip
     if kind not in classes:
         raise UserError(f"unknown layer mode {mode!r}; choose from {', '.join(LAYER_MODES)}")
-    layer = classes[kind](width, out, bias=False).to(dtype)
+    layer = classes[kind](width, out, bias=False).to(device, dtype)
     if kind == "torchao":
         wrapper = nn.Sequential(layer)
         apply_torchao(wrapper, exclude=())
@@ -118,6 +125,7 @@ def bench_layers(
     expansion: int = 1,
     warmup: int = 1,
     repeats: int = 3,
+    device: str = "cpu",
 ) -> list[dict[str, Any]]:
     """Forward+backward time of one linear layer per (width, tokens, mode)."""
     rows = []
@@ -130,13 +138,13 @@ def bench_layers(
                     rows.append({**row, "ms": None, "error": f"torchao unavailable ({torchao_missing})"})
                     continue
                 torch.manual_seed(0)
-                layer, dtype = _layer(mode, width, width * expansion)
-                x = torch.randn(n, width, dtype=dtype, requires_grad=True)
-                g = torch.randn(n, width * expansion, dtype=dtype)
+                layer, dtype = _layer(mode, width, width * expansion, device)
+                x = torch.randn(n, width, dtype=dtype, device=device, requires_grad=True)
+                g = torch.randn(n, width * expansion, dtype=dtype, device=device)
 
                 step = _layer_step(layer, x, g)
                 try:
-                    row["ms"] = median_time(step, warmup, repeats) * 1e3
+                    row["ms"] = median_time(step, warmup, repeats, device) * 1e3
                 except Exception as e:  # noqa: BLE001 - record the failure, keep benchmarking the rest
                     row.update(ms=None, error=f"{type(e).__name__}: {e}"[:300])
                 log.info("layer %s", row)
@@ -179,6 +187,7 @@ def bench_train_step(
     warmup: int = 1,
     repeats: int = 3,
     steps_for_loss: int = 0,
+    device: str = "cpu",
 ) -> list[dict[str, Any]]:
     """Median time of a full training step (fwd, loss, bwd, AdamW) per mode; optional loss after N steps."""
     from leanlm.switchback.surgery import swap_linear_layers
@@ -200,18 +209,18 @@ def bench_train_step(
         if mode not in STEP_MODES:
             raise UserError(f"unknown step mode {mode!r}; choose from {', '.join(STEP_MODES)}")
         model = _step_model(model_name, layers)
-        model.to(torch.float32 if mode.endswith("fp32") else torch.bfloat16).train()
+        model.to(device, torch.float32 if mode.endswith("fp32") else torch.bfloat16).train()
         if mode.startswith("switchback"):
             swap_linear_layers(model, "global")
         elif mode.startswith("torchao"):
             apply_torchao(model)
         vocab = model.config.vocab_size
-        ids = torch.randint(0, vocab, (batch, seq), generator=g)
+        ids = torch.randint(0, vocab, (batch, seq), generator=g).to(device)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
 
         step = _train_step(model, opt, ids)
         try:
-            row["ms"] = median_time(step, warmup, repeats) * 1e3
+            row["ms"] = median_time(step, warmup, repeats, device) * 1e3
             row["tokens_per_s"] = batch * seq / (row["ms"] / 1e3)
             for _ in range(steps_for_loss):
                 row["loss"] = step()
@@ -292,6 +301,14 @@ def plot_layers(rows: list[dict[str, Any]], path: Any) -> None:
     plt.close(fig)
 
 
+def _device_name(device: str) -> str:
+    if str(device).startswith("cuda"):
+        return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+    import platform
+
+    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
 def _ints(value: Any) -> list[int]:
     if isinstance(value, int):
         return [value]
@@ -323,6 +340,7 @@ def run_benchmark(
     warmup: int = 1,
     repeats: int = 3,
     threads: int | None = None,
+    device: str = "cpu",
 ) -> str:
     """Layer fwd+bwd and training-step timings; writes results.json, results.md and layers.png.
 
@@ -340,6 +358,7 @@ def run_benchmark(
         loss_steps: after timing, train this many more steps and report the loss (a sanity check).
         warmup, repeats: timing: median of REPEATS calls after WARMUP calls.
         threads: torch threads (default: torch's choice).
+        device: cpu or cuda (on CUDA the int8 layers run the Triton kernels).
     """
     from pathlib import Path
 
@@ -351,17 +370,18 @@ def run_benchmark(
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     layer_rows = bench_layers(
-        _ints(widths), _ints(tokens), _names(modes), int(expansion), int(warmup), int(repeats)
+        _ints(widths), _ints(tokens), _names(modes), int(expansion), int(warmup), int(repeats), device
     )
     step_rows: list[dict[str, Any]] = []
     for name in _names(step_models) if step_models else []:
         step_rows += bench_train_step(name, _names(step_modes), int(batch), int(seq), layers, int(warmup),
-                                      int(repeats), int(loss_steps))  # fmt: skip
+                                      int(repeats), int(loss_steps), device)  # fmt: skip
     meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "seconds": time.perf_counter() - t0,
-            "torchao": torchao_status() or "available"}  # fmt: skip
+            "torchao": torchao_status() or "available", "device": _device_name(device)}  # fmt: skip
     write_json(out / "results.json", {"meta": meta, "layers": layer_rows, "train_step": step_rows})
     md = ["# SwitchBack benchmark", "", f"torch {meta['torch']}, {meta['threads']} threads, torchao: {meta['torchao']}",
-          "", "## One linear layer, forward + backward (median ms)", "", layer_table(layer_rows)]  # fmt: skip
+          f"device: {meta['device']}", "", "## One linear layer, forward + backward (median ms)", "",
+          layer_table(layer_rows)]  # fmt: skip
     if step_rows:
         md += ["", "## Training step (forward, loss, backward, AdamW; median ms)", "", step_table(step_rows)]
     text = "\n".join(md) + "\n"

@@ -15,7 +15,9 @@ Shapes and math (``W`` is ``[N, K]``, groups of ``g`` consecutive input weights 
 * ``unpack(packed, bits, K)``: the inverse.
 * ``lowbit_matmul(x, packed, s, z, bits, g, bias)``: ``x @ dequantize(unpack(packed))^T + bias`` for
   ``x [..., K]``, ``packed [N, K*b/32]`` (any strides: a transposed GPTQ ``qweight`` view works),
-  scales/zeros ``[N, K/g]`` (any strides); the output has ``x``'s dtype.
+  scales/zeros ``[N, K/g]`` (any strides); the output has ``x``'s dtype. On the Triton path up to
+  ``triton_lowbit.GEMV_MAX_ROWS`` rows of ``x`` (decoding) run a GEMV kernel that reads the packed
+  weight directly; more rows dequantize the weight once (one kernel) and call cuBLAS.
 
 Each public function picks the Triton kernel (``triton_lowbit``) or the PyTorch code here through
 ``use_triton``; both give bit-identical codes and packing, and matmuls equal to fp32 tolerance.
@@ -66,7 +68,8 @@ def quantize_asym(w: torch.Tensor, bits: int, group_size: int, eps: float = EPS)
     max_int = 2**bits - 1
     g = w.detach().float().reshape(*w.shape[:-1], n_groups, group_size)
     hi, lo = g.amax(-1, keepdim=True), g.amin(-1, keepdim=True)
-    s = (hi - lo).clamp(min=eps) / max_int
+    rng = (hi - lo).clamp(min=eps)
+    s = rng / torch.full_like(rng, max_int)  # a tensor divisor: one IEEE division on CPU and CUDA alike
     z = torch.clamp(-torch.round(lo / s), 0, max_int)
     q = torch.clamp(torch.round(g / s) + z, 0, max_int)
     return GroupQuant(q.to(torch.uint8).reshape(w.shape), s.squeeze(-1), z.squeeze(-1).to(torch.uint8))
@@ -147,6 +150,26 @@ def unpack(packed: torch.Tensor, bits: int, k: int) -> torch.Tensor:
         shifts = torch.arange(0, 32, bits, device=packed.device, dtype=torch.int32)
         codes = (packed.unsqueeze(-1) >> shifts) & (2**bits - 1)
         return codes.to(torch.uint8).reshape(*packed.shape[:-1], k)
+    import sys
+
+    if packed.dtype == torch.int32 and sys.byteorder == "little":
+        # 3 bits, fast: the words' little-endian bytes are the stream itself, and every 3 bytes (24 bits)
+        # hold exactly 8 codes at fixed bit offsets (K*3 % 32 == 0 forces K % 32 == 0, so K % 8 == 0).
+        # uint8 shifts and masks only, no gathers; ~35x faster than the general path below on CPU.
+        b = packed.contiguous().view(torch.uint8).reshape(*packed.shape[:-1], k // 8, 3)
+        b0, b1, b2 = (t.contiguous() for t in b.unbind(-1))  # stream bits [0, 8), [8, 16), [16, 24)
+        codes8 = [
+            b0 & 7,
+            (b0 >> 3) & 7,
+            (b0 >> 6) | ((b1 & 1) << 2),  # straddles bytes 0 and 1
+            (b1 >> 1) & 7,
+            (b1 >> 4) & 7,
+            (b1 >> 7) | ((b2 & 3) << 1),  # straddles bytes 1 and 2
+            (b2 >> 2) & 7,
+            b2 >> 5,
+        ]
+        return torch.stack(codes8, dim=-1).reshape(*packed.shape[:-1], k)
+    # general path (any integer dtype, any byte order): gather each code's word and the next one
     p = packed.reshape(-1, n_words).to(torch.int64) & _U32
     p = torch.cat([p, torch.zeros_like(p[:, :1])], dim=1)  # a zero word so word + 1 always exists
     word, off = _stream_positions(k, bits, p.device)
@@ -169,6 +192,15 @@ def dequantize_packed(
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """The ``[N, K]`` weight in ``dtype`` from its packed form."""
+    if use_triton(packed):  # one pass: unpack and dequantize in registers
+        from leanlm.core.kernels import triton_lowbit
+
+        check_group(k, group_size)
+        if packed.shape[-1] != packed_words(k, bits):
+            raise ValueError(
+                f"packed weight {tuple(packed.shape)} does not hold {k} codes of {check_bits(bits)} bits"
+            )
+        return triton_lowbit.dequantize_packed(packed, scales, zeros, group_size, bits, k, dtype)
     return dequantize(unpack(packed, bits, k), scales, zeros, group_size, dtype)
 
 

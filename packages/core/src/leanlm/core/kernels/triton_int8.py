@@ -3,8 +3,9 @@
 Written against the Triton 3.x API (``triton.language.extra.libdevice.rint`` when compiled; no ``tl.libdevice`` and
 no ``triton.ops``, whose removal broke the bitsandbytes SwitchBack kernels). The arithmetic matches
 the PyTorch reference operation for operation, so quantized integers are identical:
-``q = rint(x_fp32 * (127 / max(s, EPS)))``, clamped to [-127, 127]; matmul epilogue
-``acc_fp32 * s_a * s_b * (1 / 127^2) + bias``. Call these through ``leanlm.core.kernels.int8``.
+``q = rint(x_fp32 * (127 / max(s, EPS)))`` (the division correctly rounded, ``div_rn``), clamped to [-127, 127]; matmul epilogue
+``acc_fp32 * s_a * (s_b * (1 / 127^2)) + bias`` (global ``s_b``: ``acc_fp32 * (s_a * (s_b * (1 / 127^2)))
++ bias``). Call these through ``leanlm.core.kernels.int8``.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def _quantize_rowwise_kernel(
         x = tl.load(x_ptr + row * stride_xm + k * stride_xk, mask=k < K, other=0.0).to(tl.float32)
         amax = tl.maximum(amax, tl.abs(x))
     s = tl.maximum(tl.max(amax, axis=0), eps)
-    scale = 127.0 / s
+    scale = tl.math.div_rn(127.0, s)  # correctly rounded: '/' is approximate on GPUs
     for k0 in range(0, K, BLOCK_K):
         k = k0 + offs
         x = tl.load(x_ptr + row * stride_xm + k * stride_xk, mask=k < K, other=0.0).to(tl.float32)
@@ -90,7 +91,7 @@ def _quantize_columnwise_t_kernel(
         x = tl.load(x_ptr + r[:, None] * stride_xm + cols[None, :] * stride_xk, mask=mask, other=0.0)
         amax = tl.maximum(amax, tl.max(tl.abs(x.to(tl.float32)), axis=0))
     s = tl.maximum(amax, eps)
-    scale = 127.0 / s
+    scale = tl.math.div_rn(127.0, s)  # correctly rounded: '/' is approximate on GPUs
     for m0 in range(0, M, BLOCK_M):
         r = m0 + rows
         mask = (r[:, None] < M) & (cols[None, :] < K)
@@ -105,7 +106,7 @@ def _quantize_columnwise_t_kernel(
 def _quantize_global_kernel(x_ptr, q_ptr, s_ptr, n, BLOCK: tl.constexpr, LIBDEVICE: tl.constexpr):
     # x is contiguous and flattened; s_ptr holds the (already clamped) global absmax
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    scale = 127.0 / tl.load(s_ptr)
+    scale = tl.math.div_rn(127.0, tl.load(s_ptr))
     x = tl.load(x_ptr + offs, mask=offs < n, other=0.0).to(tl.float32)
     q = tl.minimum(tl.maximum(_rint(x * scale, LIBDEVICE), -127.0), 127.0)
     tl.store(q_ptr + offs, q.to(tl.int8), mask=offs < n)
@@ -128,7 +129,7 @@ def _quantize_global_t_kernel(
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
     mask = (rows[:, None] < M) & (cols[None, :] < K)
-    scale = 127.0 / tl.load(s_ptr)
+    scale = tl.math.div_rn(127.0, tl.load(s_ptr))
     x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :] * stride_xk, mask=mask, other=0.0)
     q = tl.minimum(tl.maximum(_rint(x.to(tl.float32) * scale, LIBDEVICE), -127.0), 127.0)
     tl.store(q_ptr + cols[None, :] * M + rows[:, None], q.to(tl.int8), mask=mask)
@@ -138,7 +139,7 @@ def _quantize_global_t_kernel(
 def _dequantize_rowwise_kernel(q_ptr, s_ptr, out_ptr, K, stride_qm, stride_qk, BLOCK_K: tl.constexpr):
     row = tl.program_id(0)
     offs = tl.arange(0, BLOCK_K)
-    factor = tl.load(s_ptr + row) / 127.0
+    factor = tl.math.div_rn(tl.load(s_ptr + row), 127.0)
     for k0 in range(0, K, BLOCK_K):
         k = k0 + offs
         q = tl.load(q_ptr + row * stride_qm + k * stride_qk, mask=k < K, other=0)
@@ -176,13 +177,14 @@ def _int8_matmul_dequantize_kernel(
                     mask=(k[:, None] < K) & (rn[None, :] < N), other=0)  # fmt: skip
         acc += tl.dot(a, b, out_dtype=tl.int32)
 
+    # the PyTorch epilogue's fp32 order: 1/127^2 folded into s_b, then one or two multiplies per element
     sa = tl.load(sa_ptr + rm, mask=rm < M, other=0.0)
     if ROWWISE_B:
-        sb = tl.load(sb_ptr + rn, mask=rn < N, other=0.0)
-        out = acc.to(tl.float32) * sa[:, None] * sb[None, :] * (1.0 / (127.0 * 127.0))
+        sb = tl.load(sb_ptr + rn, mask=rn < N, other=0.0) * (1.0 / (127.0 * 127.0))
+        out = acc.to(tl.float32) * sa[:, None] * sb[None, :]
     else:
-        sb = tl.load(sb_ptr)
-        out = acc.to(tl.float32) * sa[:, None] * sb * (1.0 / (127.0 * 127.0))
+        sb = tl.load(sb_ptr) * (1.0 / (127.0 * 127.0))
+        out = acc.to(tl.float32) * (sa * sb)[:, None]
     if HAS_BIAS:
         bias = tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)
         out = out + bias[None, :]
@@ -267,13 +269,20 @@ def dequantize_rowwise(q: torch.Tensor, absmax: torch.Tensor, dtype: torch.dtype
     return out
 
 
-def _matmul_blocks(M: int, N: int, K: int) -> tuple[int, int, int, int]:
-    # tl.dot needs every block dim >= 16 (int8 MMA: K >= 32); big tiles only pay off on big problems
+def _matmul_blocks(M: int, N: int, K: int) -> tuple[int, int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) for an [M, K] x [K, N] int8 product.
+
+    tl.dot needs every block dim >= 16 (int8 MMA: K >= 32); big tiles only pay off on big problems.
+    Big problems get 128 x 128 x 128 tiles, 3-stage pipelined (3 x 32 KiB of shared memory: fits
+    every GPU with int8 tensor cores).
+    """
+    if M >= 256 and N >= 256 and K >= 256:
+        return 128, 128, 128, 8, 3
     bm = _pow2(M, 16, 128)
     bn = _pow2(N, 16, 128)
     bk = _pow2(K, 32, 64)
     warps = 8 if bm * bn >= 128 * 128 else 4
-    return bm, bn, bk, warps
+    return bm, bn, bk, warps, 2
 
 
 def int8_matmul_dequantize(
@@ -297,13 +306,13 @@ def int8_matmul_dequantize(
     sa = scale_a.float().contiguous()
     sb = scale_b.float().contiguous().reshape(-1)
     bias_arg = bias.contiguous() if bias is not None else sa  # any valid pointer when HAS_BIAS is False
-    bm, bn, bk, warps = _matmul_blocks(M, N, K)
+    bm, bn, bk, warps, stages = _matmul_blocks(M, N, K)
     grid = (triton.cdiv(M, bm) * triton.cdiv(N, bn),)
     _int8_matmul_dequantize_kernel[grid](
         a, b, sa, sb, bias_arg, c,
         M, N, K,
         a.stride(0), a.stride(1), b.stride(0), b.stride(1), c.stride(0), c.stride(1),
         ROWWISE_B=rowwise_b, HAS_BIAS=bias is not None,
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, num_warps=warps,
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, num_warps=warps, num_stages=stages,
     )  # fmt: skip
     return c

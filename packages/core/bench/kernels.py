@@ -1,0 +1,199 @@
+"""Benchmark: the shared kernels against the float matmul they replace, in one run.
+
+int8 (SwitchBack's forward): ``quantize_rowwise(X)`` + ``int8_matmul_global_dequantize`` against a
+16-bit ``X @ W^T``; also the bare int8 x int8 -> int32 product against the 16-bit product.
+low-bit (BitDistiller's packed export): ``lowbit_matmul`` (dequantize inside the matmul) against a
+16-bit ``X @ W^T`` with the unpacked weight, and against the PyTorch path (unpack, dequantize, matmul).
+Shapes are LLaMA-7B's projections (K = 4096, N = 4096 and 11008) at decode (M = 1, 16) and prefill
+(M = 2048) sizes on CUDA; smaller ones on CPU.
+
+    uv run python packages/core/bench/kernels.py                   # CPU, small shapes
+    python packages/core/bench/kernels.py --device cuda            # a GPU: Triton kernels
+
+Writes ``results.json`` (key ``kernels_<device>``, other keys kept) and a section of ``results.md``
+beside this file (``--out`` changes the folder). Ratios > 1 mean the kernel is faster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from leanlm.core.bench_report import save_section
+from leanlm.core.kernels import int8, lowbit
+from leanlm.core.kernels.dispatch import use_triton
+
+HERE = Path(__file__).resolve().parent
+
+
+def timed(fn: Callable[[], Any], device: str, repeats: int) -> float:
+    """Median milliseconds per call; CUDA calls are timed with events after a warm-up (compiles Triton)."""
+    if device == "cuda":
+        import triton.testing
+
+        return float(triton.testing.do_bench(fn, warmup=25, rep=max(repeats, 20), return_mode="median"))
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def _int8_linear(x: torch.Tensor, qwt: torch.Tensor, sw: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """SwitchBack's forward: quantize X row-wise, int8 matmul with the global-scaled weight, dequantize."""
+    q, s = int8.quantize_rowwise(x)
+    return int8.int8_matmul_global_dequantize(q, qwt, s, sw, dtype=dtype)
+
+
+def _unfused_lowbit(x, packed, scales, zeros, bits: int, group: int) -> torch.Tensor:
+    """What a plain PyTorch export does: materialize the 16-bit weight, then matmul."""
+    w = lowbit.dequantize_packed(packed, scales, zeros, bits, group, x.shape[-1], x.dtype)
+    return torch.nn.functional.linear(x, w)
+
+
+def int8_rows(
+    device: str, shapes: list[tuple[int, int, int]], dtype: torch.dtype, repeats: int
+) -> list[dict]:
+    rows = []
+    for m, k, n in shapes:
+        g = torch.Generator(device=device).manual_seed(0)
+        x = torch.randn(m, k, device=device, generator=g, dtype=dtype)
+        w = torch.randn(n, k, device=device, generator=g, dtype=dtype) * 0.02
+        qw, sw = int8.quantize_global(w)  # the weight is quantized once per step, outside the timing
+        qwt = qw.t()
+        qx, _ = int8.quantize_rowwise(x)
+
+        float_mm = partial(torch.matmul, x, w.t())
+        int8_linear = partial(_int8_linear, x, qwt, sw, dtype)
+        bare_int_mm = partial(int8.int_mm, qx, qwt)
+
+        row: dict[str, Any] = {"m": m, "k": k, "n": n, "dtype": str(dtype).split(".")[-1],
+                               "path": "triton" if use_triton(x) else "torch"}  # fmt: skip
+        row["float_ms"] = timed(float_mm, device, repeats)
+        row["int8_linear_ms"] = timed(int8_linear, device, repeats)
+        row["int_mm_ms"] = timed(bare_int_mm, device, repeats)
+        row["int8_linear_speedup"] = row["float_ms"] / row["int8_linear_ms"]
+        row["int_mm_speedup"] = row["float_ms"] / row["int_mm_ms"]
+        rows.append(row)
+        print(row, flush=True)
+    return rows
+
+
+def lowbit_rows(
+    device: str, shapes: list[tuple[int, int, int]], bits_list: list[int], group: int, dtype: torch.dtype,
+    repeats: int,
+) -> list[dict]:  # fmt: skip
+    rows = []
+    for m, k, n in shapes:
+        g = torch.Generator(device=device).manual_seed(0)
+        w = torch.randn(n, k, device=device, generator=g) * 0.02
+        x = torch.randn(m, k, device=device, generator=g).to(dtype)
+        for bits in bits_list:
+            q = lowbit.quantize_asym(w, bits, group)
+            packed = lowbit.pack(q.codes, bits)
+            w16 = lowbit.dequantize(*q, group_size=group, dtype=dtype)
+
+            float_mm = partial(torch.nn.functional.linear, x, w16)
+            fused = partial(lowbit.lowbit_matmul, x, packed, q.scales, q.zeros, bits, group)
+            unfused = partial(_unfused_lowbit, x, packed, q.scales, q.zeros, bits, group)
+
+            row: dict[str, Any] = {"m": m, "k": k, "n": n, "bits": bits, "group": group,
+                                   "dtype": str(dtype).split(".")[-1], "path": "triton" if use_triton(x) else "torch",
+                                   "weight_bytes_ratio": w16.numel() * w16.element_size()
+                                   / (packed.numel() * 4 + q.scales.numel() * 4 + q.zeros.numel())}  # fmt: skip
+            row["float_ms"] = timed(float_mm, device, repeats)
+            row["lowbit_ms"] = timed(fused, device, repeats)
+            os.environ["LEANLM_KERNELS"] = "torch"
+            try:
+                row["unfused_torch_ms"] = timed(unfused, device, repeats)
+            finally:
+                os.environ.pop("LEANLM_KERNELS")
+            row["lowbit_vs_float"] = row["float_ms"] / row["lowbit_ms"]
+            row["lowbit_vs_unfused"] = row["unfused_torch_ms"] / row["lowbit_ms"]
+            rows.append(row)
+            print(row, flush=True)
+    return rows
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [f"## kernels on {result['device_name']}", "",
+             f"torch {result['torch']}, triton {result['triton']}; median ms per call"
+             + (" (triton.testing.do_bench, CUDA events)" if result["device"] == "cuda" else "") + ".", "",
+             "### int8 linear (SwitchBack forward): quantize X row-wise + int8 matmul + dequantize, vs 16-bit X @ W^T",
+             "", "| M | K | N | dtype | path | 16-bit ms | int8 linear ms | speed-up | bare int_mm ms | speed-up |",
+             "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in result["int8"]:
+        lines.append(f"| {r['m']} | {r['k']} | {r['n']} | {r['dtype']} | {r['path']} | {r['float_ms']:.3f} | "
+                     f"{r['int8_linear_ms']:.3f} | {r['int8_linear_speedup']:.2f}x | {r['int_mm_ms']:.3f} | "
+                     f"{r['int_mm_speedup']:.2f}x |")  # fmt: skip
+    lines += ["", "### low-bit matmul (BitDistiller packed weights), vs 16-bit X @ W^T and vs unpack + dequantize + matmul",
+              "", "| M | K | N | bits | g | path | 16-bit ms | lowbit ms | vs 16-bit | unfused ms | vs unfused | weight bytes 16-bit / packed |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in result["lowbit"]:
+        lines.append(f"| {r['m']} | {r['k']} | {r['n']} | {r['bits']} | {r['group']} | {r['path']} | "
+                     f"{r['float_ms']:.3f} | {r['lowbit_ms']:.3f} | {r['lowbit_vs_float']:.2f}x | "
+                     f"{r['unfused_torch_ms']:.3f} | {r['lowbit_vs_unfused']:.2f}x | {r['weight_bytes_ratio']:.1f} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--bits", default="2,3,4")
+    parser.add_argument("--group", type=int, default=128)
+    parser.add_argument("--out", type=Path, default=HERE)
+    args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is visible")
+    if args.device == "cuda":
+        int8_shapes = [
+            (16, 4096, 4096),
+            (2048, 4096, 4096),
+            (2048, 4096, 11008),
+            (8192, 4096, 4096),
+            (8192, 8192, 8192),
+        ]
+        lowbit_shapes = [
+            (1, 4096, 4096),
+            (1, 4096, 11008),
+            (4, 4096, 11008),
+            (16, 4096, 11008),
+            (2048, 4096, 4096),
+        ]
+        int8_dtype = lowbit_dtype = torch.bfloat16
+        name = torch.cuda.get_device_name()
+    else:
+        torch.set_num_threads(1)  # see leanlm.core.testing: the shared 2-core CPU punishes OpenMP barriers
+        int8_shapes = [(256, 1024, 1024), (2048, 2048, 2048)]
+        lowbit_shapes = [(1, 2048, 2048), (16, 2048, 2048)]
+        int8_dtype, lowbit_dtype = torch.bfloat16, torch.float32
+        name = f"cpu ({platform.machine()}, {torch.get_num_threads()} thread)"
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = "absent"
+    bits = [int(b) for b in args.bits.split(",")]
+    result = {"device": args.device, "device_name": name, "torch": torch.__version__, "triton": triton_version,
+              "int8": int8_rows(args.device, int8_shapes, int8_dtype, args.repeats),
+              "lowbit": lowbit_rows(args.device, lowbit_shapes, bits, args.group, lowbit_dtype, args.repeats)}  # fmt: skip
+    save_section(args.out, f"kernels_{args.device}", result, markdown(result))
+
+
+if __name__ == "__main__":
+    main()
