@@ -31,6 +31,7 @@ def main(
     threads: int = 1,
     device: str = "cpu",
     modes: str = ",".join(LAYER_MODES),
+    loss_steps: int = 0,
 ) -> str:
     """Reduced-scale defaults: 1 thread (the shared 2-core CPU punishes OpenMP barriers), 4 decoder layers.
 
@@ -38,7 +39,7 @@ def main(
     """
     return run_benchmark(output_dir=output_dir, widths=widths, tokens=tokens, step_models=step_models,
                          batch=batch, seq=seq, layers=layers or None, repeats=repeats, warmup=warmup, threads=threads or None,
-                         device=device, modes=modes)  # fmt: skip
+                         device=device, modes=modes, loss_steps=loss_steps)  # fmt: skip
 
 
 if __name__ == "__main__":

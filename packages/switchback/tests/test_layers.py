@@ -129,3 +129,19 @@ def test_variant_errors():
     with pytest.raises(UserError, match="cannot be combined"):
         SwitchBackLinear(8, 8, vectorwise=True, mem_efficient=True)
     assert variant_class("switchback") is SwitchBackLinear
+
+
+@pytest.mark.parametrize("cls", INT8_CLASSES + [StandardLinear])
+def test_autocast_runs_in_bf16_like_nn_linear(cls):
+    """fp32 weights under bf16 autocast: bf16 compute and output (as nn.Linear), fp32 master gradients."""
+    ref, layer = _pair(cls, bias=True)
+    plain = torch.nn.Linear(256, 192)
+    plain.load_state_dict(ref.state_dict())
+    x = torch.randn(4, 9, 256)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, expected = layer(x), plain(x)
+    assert out.dtype == expected.dtype == torch.bfloat16
+    assert _rel(out.float(), expected.float()) < OUT_BOUND + 0.01
+    out.float().sum().backward()
+    assert layer.weight.grad.dtype == torch.float32 and layer.bias.grad.dtype == torch.float32
+    assert torch.isfinite(layer.weight.grad).all()

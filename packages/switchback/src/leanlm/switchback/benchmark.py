@@ -366,6 +366,10 @@ def run_benchmark(
 
     if threads:
         torch.set_num_threads(int(threads))
+    if not str(device).startswith("cuda"):
+        from leanlm.core.cpu_memory import keep_freed_memory
+
+        keep_freed_memory()  # for every mode alike: large CPU buffers are reused, not page-faulted in again
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

@@ -25,9 +25,9 @@ def _flat(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, x.shape[-1])
 
 
-def _weight_grad(g2: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def _weight_grad(g2: torch.Tensor, x2: torch.Tensor, w_dtype: torch.dtype) -> torch.Tensor:
     # 16-bit (input dtype) matmul, result in the weight's dtype for the optimizer
-    return (g2.t() @ x2.to(g2.dtype)).to(weight.dtype)
+    return (g2.t() @ x2.to(g2.dtype)).to(w_dtype)
 
 
 class SwitchBackGlobalFunction(torch.autograd.Function):
@@ -39,22 +39,24 @@ class SwitchBackGlobalFunction(torch.autograd.Function):
         qx, sx = int8.quantize_rowwise(x2)
         qw, sw = int8.quantize_global(weight)
         out = int8.int8_matmul_global_dequantize(qx, qw.t(), sx, sw, bias, dtype=x.dtype)
-        ctx.save_for_backward(x, weight)
+        # One global scale serves W and W^T alike (quantize(W)^T == quantize(W^T)), so the backward pass
+        # reuses this int8 W ([D_out, D_in] is already the [K, N] operand of G @ W) instead of
+        # quantizing W^T again: one byte per weight kept, two passes over W saved.
+        ctx.save_for_backward(x, qw, sw)
+        ctx.w_dtype = weight.dtype
         ctx.bias_dtype = None if bias is None else bias.dtype
         return out.reshape(*x.shape[:-1], weight.shape[0])
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, weight = ctx.saved_tensors
+        x, qw, sw = ctx.saved_tensors
         g2 = _flat(grad_out).to(x.dtype)
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
             qg, sg = int8.quantize_rowwise(g2)
-            # W^T quantized and stored contiguous, used as the [D_out, D_in] operand through a view
-            qwt, sw = int8.quantize_global_transpose(weight)
-            grad_x = int8.int8_matmul_global_dequantize(qg, qwt.t(), sg, sw, dtype=x.dtype).reshape(x.shape)
+            grad_x = int8.int8_matmul_global_dequantize(qg, qw, sg, sw, dtype=x.dtype).reshape(x.shape)
         if ctx.needs_input_grad[1]:
-            grad_w = _weight_grad(g2, _flat(x), weight)
+            grad_w = _weight_grad(g2, _flat(x), ctx.w_dtype)
         if ctx.needs_input_grad[2]:
             grad_b = g2.sum(0).to(ctx.bias_dtype)
         return grad_x, grad_w, grad_b
@@ -84,7 +86,7 @@ class SwitchBackVectorwiseFunction(torch.autograd.Function):
             qwt, sw = int8.quantize_columnwise_transpose(weight)
             grad_x = int8.int8_matmul_rowwise_dequantize(qg, qwt.t(), sg, sw, dtype=x.dtype).reshape(x.shape)
         if ctx.needs_input_grad[1]:
-            grad_w = _weight_grad(g2, _flat(x), weight)
+            grad_w = _weight_grad(g2, _flat(x), weight.dtype)
         if ctx.needs_input_grad[2]:
             grad_b = g2.sum(0).to(ctx.bias_dtype)
         return grad_x, grad_w, grad_b
@@ -145,7 +147,7 @@ class StandardFunction(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = (g2 @ weight.to(x.dtype)).reshape(x.shape)
         if ctx.needs_input_grad[1]:
-            grad_w = _weight_grad(g2, _flat(x), weight)
+            grad_w = _weight_grad(g2, _flat(x), weight.dtype)
         if ctx.needs_input_grad[2]:
             grad_b = g2.sum(0).to(ctx.bias_dtype)
         return grad_x, grad_w, grad_b

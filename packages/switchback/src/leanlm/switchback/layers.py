@@ -27,6 +27,23 @@ from leanlm.switchback.functions import (
 )
 
 
+def _autocast_inputs(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Under autocast, cast like ``nn.Linear`` does: inputs, weight and bias in the autocast dtype.
+
+    Custom autograd functions are not autocast themselves, so without this an fp32 model trained with
+    bf16 autocast (HF Trainer's ``--bf16``) would run SwitchBack on fp32 inputs with an fp32 weight
+    gradient while every ``nn.Linear`` runs in bf16. The casts are differentiable, so gradients still
+    reach the fp32 master weights.
+    """
+    device = x.device.type
+    if not torch.is_autocast_enabled(device):
+        return x, weight, bias
+    dtype = torch.get_autocast_dtype(device)
+    return x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype)
+
+
 class SwitchBackLinear(nn.Linear):
     """A drop-in ``nn.Linear`` whose forward and input-gradient matmuls run in int8.
 
@@ -67,7 +84,8 @@ class SwitchBackLinear(nn.Linear):
             raise RuntimeError(
                 "this layer's float weight was freed by prepare_for_eval(); it can only run in eval"
             )
-        return self._fn.apply(x, self.weight, self.bias)
+        x, weight, bias = _autocast_inputs(x, self.weight, self.bias)
+        return self._fn.apply(x, weight, bias)
 
     @torch.no_grad()
     def prepare_for_eval(self, free_weight: bool = True) -> None:
@@ -119,7 +137,7 @@ class StandardLinear(nn.Linear):
     """The reference layer: SwitchBack's autograd structure with 16-bit (input dtype) matmuls."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return StandardFunction.apply(x, self.weight, self.bias)
+        return StandardFunction.apply(*_autocast_inputs(x, self.weight, self.bias))
 
 
 VARIANTS: dict[str, type[nn.Linear]] = {

@@ -132,10 +132,13 @@ def finetune(
     """
     import torch
 
+    from leanlm.core.cpu_memory import keep_freed_memory
     from leanlm.core.models import load_model, load_tokenizer
 
     if threads:
         torch.set_num_threads(int(threads))
+    if not torch.cuda.is_available():
+        keep_freed_memory()  # CPU training: reuse large activation buffers instead of page-faulting them in
     use_switchback = parse_bool(switchback, "--switchback")
     if int(num_runs) < 1:
         raise UserError(f"--num-runs must be at least 1, got {num_runs}")
