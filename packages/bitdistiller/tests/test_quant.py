@@ -92,3 +92,9 @@ def test_ste_gradients_pass_through_rounding():
 def test_bad_spec_is_a_user_error(args, match):
     with pytest.raises(UserError, match=match):
         QuantSpec(*args)
+
+
+def test_spec_names():
+    assert QuantSpec("int", 2, 64).name == "int2-g64"
+    assert QuantSpec("int", 3, 128).name == "int3-g128"
+    assert QuantSpec("nf3", 3, 64).name == "nf3-g64"  # the bit width is in the type already

@@ -41,6 +41,13 @@ def test_matches_manual_gptq_loop(tiny_model, tokenizer):
     assert first2["n_chunks"] == 2
 
 
+def test_no_grad_option_matches_inference_mode(tiny_model, tokenizer):
+    default = perplexity(tiny_model, tokenizer, TEXTS, seqlen=32, max_chunks=2)
+    no_grad = perplexity(tiny_model, tokenizer, TEXTS, seqlen=32, max_chunks=2, inference_mode=False)
+    assert no_grad == default  # same forward, only the grad mode differs
+    assert all(p.grad is None for p in tiny_model.parameters())
+
+
 def test_prefix_tokenization_equals_full(tokenizer):
     texts = [r["text"] for r in load_records("text", limit=120)]
     full = token_stream(tokenizer, texts)

@@ -71,7 +71,8 @@ class QuantSpec:
 
     @property
     def name(self) -> str:
-        return f"{self.quant_type}{self.bits}-g{self.group_size}"
+        kind = self.quant_type if self.quant_type == "nf3" else f"{self.quant_type}{self.bits}"  # not "nf33"
+        return f"{kind}-g{self.group_size}"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

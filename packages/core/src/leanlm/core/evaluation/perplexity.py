@@ -94,12 +94,18 @@ def perplexity(
     seqlen: int = 2048,
     max_chunks: int | None = None,
     batch_size: int = 1,
+    inference_mode: bool = True,
 ) -> dict[str, Any]:
     """GPTQ-style perplexity of ``model`` on a text dataset name or a list of texts.
 
     Returns ``{"ppl", "nll" (mean per predicted token, nats), "seqlen", "n_chunks",
     "n_tokens" (ids fed to the model: n_chunks * seqlen)}``. ``max_chunks`` keeps the first
     chunks only. Deterministic: no sampling, chunks in stream order.
+
+    The forward passes run under ``torch.inference_mode()``; ``inference_mode=False`` uses
+    ``torch.no_grad()`` instead (same numbers) for models whose forward touches tensor version
+    counters, which inference tensors do not have (e.g. optimum-quanto's frozen weights:
+    "Cannot set version_counter for inference tensor").
     """
     import torch
     import torch.nn.functional as F
@@ -123,7 +129,7 @@ def perplexity(
     model.eval()
     total = 0.0
     try:
-        with torch.inference_mode():
+        with torch.inference_mode() if inference_mode else torch.no_grad():
             for start in range(0, n_chunks, batch_size):
                 batch = chunks[start : start + batch_size].to(device)  # [B, seqlen]
                 # an explicit all-ones mask: same result for HF models, and wrappers that record
