@@ -5,7 +5,8 @@
 
 Perplexity: GPTQ style on the fixed held-out "test" split of the offline Shakespeare text; calibration
 and teacher prompts come from the disjoint "calib" side. Peers: HQQ (HQQLinear) and optimum-quanto
-(qint2/qint4 weights; no 3-bit type) at the same bits and group size. Writes results.json and results.md.
+(qint2/qint4 weights; no 3-bit type) at the same bits and group size; quanto is evaluated under
+``torch.no_grad`` (its frozen weights fail under ``inference_mode``). Writes results.json and results.md.
 """
 
 from __future__ import annotations
