@@ -36,7 +36,7 @@ def log(msg: str) -> None:
 
 def train(net: DLLM, tok, feats, args, out: Path, router_lr: float | None = None) -> dict:
     return finetune(net, tok, feats, out, epochs=1, batch_size=args.batch, max_steps=args.steps, lr=args.lr,
-                    router_lr=router_lr, warmup_ratio=0.1, logging_steps=max(1, args.steps // 4),
+                    router_lr=router_lr, router_schedule=args.router_schedule, warmup_ratio=0.1, logging_steps=max(1, args.steps // 4),
                     save_steps=10**6, resume=False)  # fmt: skip
 
 
@@ -75,8 +75,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=16)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-3, help="LoRA learning rate")
-    ap.add_argument("--router_lr", type=float, default=5e-2)
+    ap.add_argument("--router_lr", type=float, default=3e-2)
+    ap.add_argument("--router_schedule", default="constant", choices=("constant", "cosine"),
+                    help="router LR after warm-up: constant, or the LoRA's cosine decay")  # fmt: skip
     ap.add_argument("--target", type=float, default=0.5)
+    ap.add_argument("--lambda_max", type=float, default=10.0, help="ratio-loss weight at the end of the ramp")
     ap.add_argument("--max_seq_len", type=int, default=192)
     ap.add_argument("--calib_batches", type=int, default=2)
     ap.add_argument("--decode_prompts", type=int, default=3)
@@ -108,7 +111,7 @@ def main() -> None:
     plain = DLLM(copy.deepcopy(base), DLLMConfig(dynamic=False, lora_rank=0)).eval()
     prompts = [e.prompt for e in test_ex[: args.decode_prompts]]
     log("D-LLM fine-tune")
-    dllm = DLLM(copy.deepcopy(base), DLLMConfig(target=args.target))
+    dllm = DLLM(copy.deepcopy(base), DLLMConfig(target=args.target, lambda_max=args.lambda_max))
     results["dllm_train"] = train(dllm, tok, feats, args, work / "dllm", router_lr=args.router_lr)
     dllm.merge_lora().eval()
     results["dllm"] = choice_accuracy(dllm, tok, test_ex)
@@ -168,7 +171,8 @@ def render(r: dict) -> str:
     lines = [
         f"Task {a['task']}: {a['train']} training examples, {a['steps']} steps x batch {a['batch']}, "
         f"{r['dllm']['examples']} test examples; model {a['model']} ({r['layers']} layers); "
-        f"{r['seconds'] / 60:.1f} min total on a shared CPU ({r['torch_threads']} torch threads).",
+        f"{r['seconds'] / 60:.1f} min total on a shared CPU ({r['torch_threads']} torch threads); "
+        f"router lr {a['router_lr']} ({a.get('router_schedule', 'cosine')}), lambda_max {a.get('lambda_max', 5.0)}.",
         "",
         "| model | accuracy | answer NLL | exec ratio | FLOPs ratio (blocks) | decode tok/s | speed vs dense |",
         "|---|---|---|---|---|---|---|",

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from leanlm.dllm import DLLM, DLLMConfig
-from leanlm.dllm.loss import lambda_schedule, ratio_loss
-from leanlm.dllm.train import finetune, param_groups
+from leanlm.dllm.loss import exec_ratio, lambda_schedule, ratio_loss
+from leanlm.dllm.train import finetune, lr_lambdas, param_groups
 
 
 def test_lambda_sine_ramp():
@@ -96,3 +96,36 @@ def test_loss_on_labelled_positions_equals_full_logits_ce(tiny_model, tokenizer)
     real = batch["attention_mask"].bool()
     real[:, :2] = False  # reserved tokens are not part of the ratio loss
     assert torch.allclose(out.loss, out.ce_loss + 2.0 * ratio_loss(out.execs, real, 0.5))
+
+
+def test_logged_exec_ratio_ignores_padding_and_reserved_tokens():
+    execs = torch.tensor([[[1.0, 1.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]]])
+    mask = torch.tensor([[True, True, False]])  # third token: padding (its routers decide anything)
+    assert float(exec_ratio(execs, mask)) == pytest.approx((0.5 + 0.25) / 2)
+
+
+def test_router_lr_constant_after_warmup_while_lora_decays():
+    groups = [{"router": True}, {"router": False}, {}]
+    const, cos, cos2 = lr_lambdas(groups, warmup_steps=4, total_steps=20, router_schedule="constant")
+    assert [const(s) for s in (0, 2, 4, 12, 19)] == [0.0, 0.5, 1.0, 1.0, 1.0]
+    assert cos(2) == 0.5 and cos(4) == 1.0 and cos(12) == pytest.approx(0.5) and cos(20) == pytest.approx(0.0)
+    assert cos2(19) == cos(19)
+    assert all(f(12) == pytest.approx(0.5) for f in lr_lambdas(groups, 4, 20, "cosine"))  # the original
+    with pytest.raises(Exception, match="router_schedule"):
+        lr_lambdas(groups, 4, 20, "linear")
+
+
+def test_finetune_router_schedule_constant_keeps_router_lr(tiny_model, tokenizer, tmp_path):
+    """The plateau: with the routers on the LoRA's cosine their LR is ~0 when lambda peaks."""
+    from leanlm.core.sft import tokenize_example
+
+    d = DLLM(copy.deepcopy(tiny_model), DLLMConfig(start_layer=1, target=0.5))
+    feats = [tokenize_example(tokenizer, f"Say {i}.", f" {i}", max_length=16) for i in range(8)]
+    kw = {"epochs": 1, "batch_size": 4, "max_steps": 6, "lr": 1e-3, "router_lr": 2e-2, "warmup_ratio": 0.0,
+          "logging_steps": 1, "save_steps": 100, "resume": False}  # fmt: skip
+    summary = finetune(d, tokenizer, feats, tmp_path / "c", router_schedule="constant", **kw)
+    last = summary["history"][-1]
+    assert last["router_lr"] == pytest.approx(2e-2) and last["learning_rate"] == pytest.approx(2e-2)
+    d2 = DLLM(copy.deepcopy(tiny_model), DLLMConfig(start_layer=1, target=0.5))
+    last_cos = finetune(d2, tokenizer, feats, tmp_path / "k", **kw)["history"][-1]
+    assert last_cos["router_lr"] < 2e-2 * 0.1

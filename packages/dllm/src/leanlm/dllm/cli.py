@@ -37,6 +37,7 @@ def finetune(
     blr: float = 9e-3,
     lr: float | None = None,
     router_lr: float | None = None,
+    router_schedule: str = "cosine",
     weight_decay: float = 0.02,
     warmup_ratio: float = 0.2,
     max_seq_len: int = 512,
@@ -56,6 +57,7 @@ def finetune(
     DATA: a folder with {train,test,prompt}.json (alpaca or piqa template), a .json/.jsonl alpaca file,
     or an offline task: piqa, boolq, social_i_qa, openbookqa, gsm8k, mmlu. ``--nproc N`` relaunches
     under torchrun; ``--deepspeed zero2`` picks a ZeRO preset. ``--dense`` trains LoRA only (baseline).
+    ``--router_schedule constant`` keeps the routers' LR constant after the warm-up (LoRA still decays).
     """
     from leanlm.core.distributed import maybe_launch, set_seed
     from leanlm.core.models import load_model, load_tokenizer
@@ -76,7 +78,7 @@ def finetune(
     log.info("training on %d examples from %s", len(features), data)
     summary = run_finetune(dllm, tokenizer, features, output, epochs=epochs, batch_size=batch_size,
                            grad_accum=grad_accum, blr=blr, lr=lr, router_lr=router_lr, weight_decay=weight_decay,
-                           warmup_ratio=warmup_ratio, max_steps=max_steps, save_steps=save_steps, seed=seed,
+                           router_schedule=router_schedule, warmup_ratio=warmup_ratio, max_steps=max_steps, save_steps=save_steps, seed=seed,
                            resume=parse_bool(resume, "--resume"), deepspeed=deepspeed)  # fmt: skip
     folder = dllm.save(Path(output) / "dllm")
     summary.pop("history", None)

@@ -31,6 +31,12 @@ def response_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     )
 
 
+def exec_ratio(execs: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+    """Mean executed fraction over the masked tokens: execs [B, T, L], token_mask [B, T] bool -> scalar."""
+    m = token_mask.float()
+    return (execs.mean(-1) * m).sum() / m.sum().clamp(min=1.0)
+
+
 def ratio_loss(execs: torch.Tensor, token_mask: torch.Tensor, target: float) -> torch.Tensor:
     """execs [B, T, L] in {0,1} (ST gradient), token_mask [B, T] bool -> mean_t |mean_l w - target|."""
     per_token = (execs.mean(-1) - target).abs()

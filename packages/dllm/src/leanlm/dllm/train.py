@@ -2,12 +2,15 @@
 
 Defaults follow the original script: lr = blr * effective_batch / 256 with blr 9e-3, AdamW(0.9, 0.95),
 weight decay 0.02 (none on biases and norms), warm-up then cosine decay, lambda ramped by a sine
-over training. ``router_lr`` lets short runs move the routers faster than the original schedule.
+over training. ``router_lr`` sets the routers' own learning rate, and ``router_schedule="constant"``
+keeps it constant after the warm-up (LoRA still decays on the cosine) so that the routers can
+still follow lambda, which peaks at the end of training.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -15,13 +18,35 @@ from typing import Any
 import torch
 from transformers import Trainer
 
+from leanlm.core.errors import UserError
 from leanlm.core.training import save_run_config, train_with_resume, training_arguments
-from leanlm.dllm.loss import lambda_schedule
-from leanlm.dllm.model import DLLM
+from leanlm.dllm.loss import exec_ratio, lambda_schedule
+from leanlm.dllm.model import DLLM, position_ids_from_mask
 
 log = logging.getLogger(__name__)
 
 TRAINABLE_FILE = "dllm_trainable.pt"
+ROUTER_SCHEDULES = ("cosine", "constant")
+
+
+def lr_lambdas(
+    groups: list[dict[str, Any]], warmup_steps: int, total_steps: int, router_schedule: str
+) -> list[Any]:
+    """Per param group LR multipliers: linear warm-up, then half-cosine to 0 (HF ``cosine``); router
+    groups (``group["router"]``) stay at 1 after the warm-up when ``router_schedule == "constant"``."""
+    if router_schedule not in ROUTER_SCHEDULES:
+        raise UserError(f"router_schedule must be one of {ROUTER_SCHEDULES}, got {router_schedule!r}")
+
+    def cosine(step: int) -> float:
+        if step < warmup_steps:
+            return step / max(1, warmup_steps)
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+    def constant(step: int) -> float:
+        return min(1.0, step / max(1, warmup_steps))
+
+    return [constant if g.get("router") and router_schedule == "constant" else cosine for g in groups]
 
 
 def param_groups(dllm: DLLM, lr: float, router_lr: float, weight_decay: float) -> list[dict[str, Any]]:
@@ -33,21 +58,38 @@ def param_groups(dllm: DLLM, lr: float, router_lr: float, weight_decay: float) -
         key = (name.startswith("routers."), p.dim() >= 2)
         groups.setdefault(key, []).append(p)
     return [
-        {"params": ps, "lr": router_lr if is_router else lr, "weight_decay": weight_decay if decay else 0.0}
+        {"params": ps, "lr": router_lr if is_router else lr, "weight_decay": weight_decay if decay else 0.0,
+         "router": is_router}
         for (is_router, decay), ps in groups.items()
-    ]
+    ]  # fmt: skip
 
 
 class DLLMTrainer(Trainer):
     """Trainer that feeds lambda(progress) to the model, logs the loss parts, and checkpoints only
     what D-LLM trains (routers + LoRA) instead of the frozen base weights."""
 
+    router_schedule = "cosine"
+
+    def create_scheduler(self, num_training_steps: int, optimizer: Any = None) -> Any:
+        if self.lr_scheduler is None and self.router_schedule != "cosine":
+            optimizer = optimizer or self.optimizer
+            warmup = self.args.get_warmup_steps(num_training_steps)
+            lambdas = lr_lambdas(optimizer.param_groups, warmup, num_training_steps, self.router_schedule)
+            self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
+            self._created_lr_scheduler = True
+        return super().create_scheduler(num_training_steps, optimizer)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
         progress = self.state.global_step / max(self.state.max_steps, 1)
         lam = lambda_schedule(progress, model.config.lambda_max)
         out = model(**inputs, lambda_now=lam)
+        # the ratio the loss sees: real tokens past the reserved ones (not padding, which would skew it)
+        mask = inputs["attention_mask"].bool()
+        mask &= position_ids_from_mask(inputs["attention_mask"]) >= model.config.reserve_initials
         self._parts = {"ce": float(out.ce_loss.detach()), "ratio_loss": float(out.ratio_loss.detach()), "lambda": lam,
-                       "exec_ratio": float(out.execs.detach().float().mean())}  # fmt: skip
+                       "exec_ratio": float(exec_ratio(out.execs.detach(), mask))}  # fmt: skip
+        if model.routers:
+            self._parts["router_lr"] = max(g["lr"] for g in self.optimizer.param_groups if g.get("router"))
         return (out.loss, out) if return_outputs else out.loss
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
@@ -82,6 +124,7 @@ def finetune(
     blr: float = 9e-3,
     lr: float | None = None,
     router_lr: float | None = None,
+    router_schedule: str = "cosine",
     weight_decay: float = 0.02,
     warmup_ratio: float = 0.2,
     max_steps: int = -1,
@@ -97,6 +140,7 @@ def finetune(
 
     lr = lr if lr is not None else blr * batch_size * grad_accum / 256
     router_lr = router_lr if router_lr is not None else lr
+    lr_lambdas([], 0, 1, router_schedule)  # validates the name before any work
     args = training_arguments(
         output_dir,
         {
@@ -128,11 +172,13 @@ def finetune(
         data_collator=PaddingCollator(tokenizer.pad_token_id, side="right"),
         optimizers=(optimizer, None),
     )
+    trainer.router_schedule = router_schedule
     save_run_config(output_dir, {"dllm": dllm.config.to_dict(), "lr": lr, "router_lr": router_lr,
-                                 "epochs": epochs, "batch_size": batch_size, "grad_accum": grad_accum})  # fmt: skip
+                                 "router_schedule": router_schedule, "epochs": epochs, "batch_size": batch_size,
+                                 "grad_accum": grad_accum})  # fmt: skip
     t0 = time.time()
     result = train_with_resume(trainer, resume)
     dllm.eval()
     history = [h for h in trainer.state.log_history if "loss" in h]
     return {"train_loss": result.training_loss, "steps": trainer.state.global_step, "seconds": time.time() - t0,
-            "lr": lr, "router_lr": router_lr, "history": history}  # fmt: skip
+            "lr": lr, "router_lr": router_lr, "router_schedule": router_schedule, "history": history}  # fmt: skip
