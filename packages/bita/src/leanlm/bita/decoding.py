@@ -266,9 +266,9 @@ class BiTADecoder:
             # prefill: the prompt minus its last token is context, the last token is the root of an empty tree
             cache = m.prefix_cache(1)
             pl = self.prefill_layout
-            h = self._forward(cache, 0, prompt[:-1], int(prompt[-1]), empty, pl)
-            t = int(m.logits(h[:1]).argmax(-1))
-            drafts = self._drafts(m.logits(h[pl.group_rows(0)]), 1)
+            logits = m.logits(self._forward(cache, 0, prompt[:-1], int(prompt[-1]), empty, pl))
+            t = int(logits[0].argmax(-1))
+            drafts = self._drafts(logits[pl.group_rows(0)], 1)
             n = prompt.numel()  # tokens in context incl. root; new root t sits at position n
             self._keep(cache, P + n, [])
             history = prompt.tolist()
@@ -287,7 +287,11 @@ class BiTADecoder:
                 else:
                     cache = m.prefix_cache(1)
                     h = self._forward(cache, 0, torch.tensor(history[:-1], device=dev), root, cands, lay)
-                pred = m.logits(h[: 1 + lay.C]).argmax(-1).tolist()
+                # One LM-head call for every row (root, candidates and all mask groups): the head
+                # is the largest matrix, and one call over q rows costs far less than two calls
+                # over a few rows each (small-row matmuls run one weight pass per row on CPU).
+                logits = m.logits(h)
+                pred = logits[: 1 + lay.C].argmax(-1).tolist()
                 t, path = pred[0], []
                 for level, options in enumerate(drafts):
                     if t not in options:
@@ -301,7 +305,7 @@ class BiTADecoder:
                 flat = [tok for level in drafts for tok in level]
                 emitted = [flat[node - 1] for node in path] + [t]
                 owner = path[-1] if path else 0
-                drafts = self._drafts(m.logits(h[lay.group_rows(owner)]), len(out.tokens) + len(emitted))
+                drafts = self._drafts(logits[lay.group_rows(owner)], len(out.tokens) + len(emitted))
                 if self.use_cache:
                     self._keep(cache, P + n + 1, [P + n + p for p in path])
                 n += 1 + len(path)
