@@ -14,7 +14,6 @@ from leanlm.core.demo import DemoResult
 
 
 def run_demo(out_dir: Path, model: str = "default") -> DemoResult:
-    import torch
 
     from leanlm.bita.evaluate import evaluate_speed
     from leanlm.bita.model import BiTAConfig, BiTAModel
@@ -28,52 +27,47 @@ def run_demo(out_dir: Path, model: str = "default") -> DemoResult:
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small shapes on a shared CPU: one thread is faster and steadier
     t0 = time.time()
-    try:
-        tok = load_tokenizer(model)
-        base = load_model(model, device="cpu")
-        template = default_template_for(model)
-        records = load_records("instructions", limit=16, seed=1)
-        train_part, held_out = records[:12], records[12:]
-        prompts = make_prompts(train_part, tok, template, "short")
-        write_jsonl(out_dir / "prompts.jsonl", prompts)
-        backend = get_backend("hf", model=base, tokenizer=tok, batch_size=6)
-        generate_outputs(prompts, out_dir / "data.jsonl", backend, max_new_tokens=48)
-        data = training_records(read_jsonl(out_dir / "data.jsonl"))
-        bita = BiTAModel(base, BiTAConfig(num_masks=3, num_prefix=8, base_model=model))
-        summary = train_adapter(
-            bita,
-            tok,
-            data,
-            out_dir / "adapter",
-            max_groups=16,
-            cutoff=256,
-            resample=2,
-            max_steps=12,
-            per_device_train_batch_size=2,
-            gradient_accumulation_steps=1,
-            learning_rate=3e-2,
-            logging_steps=4,
-            save_steps=10_000,
-        )
-        questions = [
-            {"id": p["id"], "category": "held-out", "prompt": p["prompt"]}
-            for p in make_prompts(held_out, tok, template, "short")
-        ]
-        report = evaluate_speed(
-            bita,
-            tok,
-            questions,
-            out_dir / "eval",
-            max_new_tokens=32,
-            trees=["1,1,1"],
-            pld_tokens=10,
-            title="BiTA demo (toy scale)",
-        )
-    finally:
-        torch.set_num_threads(threads)
+    tok = load_tokenizer(model)
+    base = load_model(model, device="cpu")
+    template = default_template_for(model)
+    records = load_records("instructions", limit=16, seed=1)
+    train_part, held_out = records[:12], records[12:]
+    prompts = make_prompts(train_part, tok, template, "short")
+    write_jsonl(out_dir / "prompts.jsonl", prompts)
+    backend = get_backend("hf", model=base, tokenizer=tok, batch_size=6)
+    generate_outputs(prompts, out_dir / "data.jsonl", backend, max_new_tokens=48)
+    data = training_records(read_jsonl(out_dir / "data.jsonl"))
+    bita = BiTAModel(base, BiTAConfig(num_masks=3, num_prefix=8, base_model=model))
+    summary = train_adapter(
+        bita,
+        tok,
+        data,
+        out_dir / "adapter",
+        max_groups=16,
+        cutoff=256,
+        resample=2,
+        max_steps=12,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=1,
+        learning_rate=3e-2,
+        logging_steps=4,
+        save_steps=10_000,
+    )
+    questions = [
+        {"id": p["id"], "category": "held-out", "prompt": p["prompt"]}
+        for p in make_prompts(held_out, tok, template, "short")
+    ]
+    report = evaluate_speed(
+        bita,
+        tok,
+        questions,
+        out_dir / "eval",
+        max_new_tokens=32,
+        trees=["1,1,1"],
+        pld_tokens=10,
+        title="BiTA demo (toy scale)",
+    )
     o = report["methods"]["bita[1-1-1]"]["overall"]
     p = report["methods"]["pld"]["overall"]
     ok = o["equal_outputs"] == 1.0

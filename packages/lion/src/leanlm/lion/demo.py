@@ -66,23 +66,17 @@ def toy_config(out_dir: Path, model: str = "default", pool_size: int = 6, new_pe
 
 
 def limit_threads() -> None:
-    """Half the cores for torch unless OMP_NUM_THREADS says otherwise.
-
-    On a shared 2-core machine, 2 torch threads ran the embedded model 9x slower than 1 (measured:
-    54 s vs 6 s for 20 tokens x 6 prompts) because spinning threads fight other processes.
-    """
-    import os
-
+    """Torch threads for small models on a shared machine: ``leanlm.core.demo.small_model_threads``."""
     import torch
 
-    if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
+    from leanlm.core.demo import small_model_threads
+
+    torch.set_num_threads(small_model_threads(torch.get_num_threads()))
 
 
 def run_demo(out_dir: Path, model: str = "default") -> DemoResult:
     from leanlm.lion.iterate import LionRun
 
-    limit_threads()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()

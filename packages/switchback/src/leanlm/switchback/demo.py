@@ -19,20 +19,14 @@ DEMO_SETTINGS = {"dataset": "instructions", "limit": 32, "batch_size": 4, "max_s
 
 
 def run_demo(out_dir: Path, model: str = "default") -> DemoResult:
-    import torch
 
     out_dir = Path(out_dir)
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # steadier timings on a shared CPU; restored below
-    try:
-        logs = {}
-        for switchback in (False, True):
-            folder = out_dir / ("switchback" if switchback else "linear")
-            finetune(model=model, switchback=switchback, output_dir=str(folder), **DEMO_SETTINGS)
-            logs[switchback] = folder / "finetune_log.jsonl"
-        table = compare_logs(str(logs[False]), str(logs[True]), alpha=0.05, output_dir=str(out_dir / "stats"))
-    finally:
-        torch.set_num_threads(previous_threads)
+    logs = {}
+    for switchback in (False, True):
+        folder = out_dir / ("switchback" if switchback else "linear")
+        finetune(model=model, switchback=switchback, output_dir=str(folder), **DEMO_SETTINGS)
+        logs[switchback] = folder / "finetune_log.jsonl"
+    table = compare_logs(str(logs[False]), str(logs[True]), alpha=0.05, output_dir=str(out_dir / "stats"))
     linear, sb = read_jsonl(logs[False]), read_jsonl(logs[True])
     loss_gap = max(abs(a["final_loss"] - b["final_loss"]) for a, b in zip(linear, sb))
     summary = "\n".join(
