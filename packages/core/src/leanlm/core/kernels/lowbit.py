@@ -25,6 +25,7 @@ Each public function picks the Triton kernel (``triton_lowbit``) or the PyTorch 
 
 from __future__ import annotations
 
+import sys
 from typing import NamedTuple
 
 import torch
@@ -150,8 +151,6 @@ def unpack(packed: torch.Tensor, bits: int, k: int) -> torch.Tensor:
         shifts = torch.arange(0, 32, bits, device=packed.device, dtype=torch.int32)
         codes = (packed.unsqueeze(-1) >> shifts) & (2**bits - 1)
         return codes.to(torch.uint8).reshape(*packed.shape[:-1], k)
-    import sys
-
     if packed.dtype == torch.int32 and sys.byteorder == "little":
         # 3 bits, fast: the words' little-endian bytes are the stream itself, and every 3 bytes (24 bits)
         # hold exactly 8 codes at fixed bit offsets (K*3 % 32 == 0 forces K % 32 == 0, so K % 8 == 0).
