@@ -125,8 +125,10 @@ def main() -> None:
         rows.append({"config": spec.name, "method": "RTN", "ppl": ppl(rtn)})
         del rtn
         t = time.time()
-        clip_path = work / f"clip_{spec.name}.pt"
-        if not clip_path.exists():  # reused on a re-run with the same --work folder
+        # cached files are named by every setting that shapes them, so a re-run with other flags never
+        # reuses (or resumes from) a file made with different ones
+        clip_path = work / f"clip_{spec.name}_c{a.calib_samples}x{a.calib_seqlen}_grid{a.n_grid}.pt"
+        if not clip_path.exists():  # reused on a re-run with the same --work folder and settings
             save_clip(clip_path, run_clip_search(copy.deepcopy(fp), blocks, spec, n_grid=a.n_grid), spec, fp)
         clipped = quantize_model(copy.deepcopy(fp), spec)
         apply_clip(clipped, clip_path, spec)
@@ -137,12 +139,16 @@ def main() -> None:
         if cfg in a.qat_configs.split(","):
             if teacher is None:
                 t = time.time()
-                teacher = generate_teacher_data("default", str(prompts), out=work / "teacher.jsonl",
+                teacher = generate_teacher_data("default", str(prompts), out=work / f"teacher_n{a.teacher_samples}_t{a.teacher_tokens}.jsonl",
                                                 max_sample=a.teacher_samples, max_new_tokens=a.teacher_tokens,
                                                 batch_size=16)  # fmt: skip
                 results["teacher_seconds"] = round(time.time() - t)
             t = time.time()
-            summary = train("default", teacher["path"], work / f"qat_{spec.name}", spec, clip=clip_path,
+            qat_dir = (
+                work
+                / f"qat_{spec.name}_n{a.teacher_samples}_s{a.qat_steps}_b{a.qat_batch}_lr{a.lr:g}_len{a.max_length}"
+            )
+            summary = train("default", teacher["path"], qat_dir, spec, clip=clip_path,
                             max_length=a.max_length, gamma_batches=4, dtype="fp32",
                             overrides={"max_steps": a.qat_steps, "per_device_train_batch_size": a.qat_batch,
                                        "gradient_accumulation_steps": 1, "learning_rate": a.lr,
