@@ -114,3 +114,18 @@ def test_save_load_round_trip(routed, untied_base, tmp_path):
     assert torch.allclose(loaded(ids).logits, want, atol=1e-9)
     with pytest.raises(UserError, match="not a D-LLM folder"):
         DLLM.load(tmp_path, copy.deepcopy(untied_base))
+
+
+def test_reported_exec_ratio_counts_only_routed_real_tokens(routed):
+    """With labels, ``exec_ratio`` averages over real tokens past the reserved ones (what the ratio loss sees)."""
+    ids = torch.randint(0, 2000, (2, 9), generator=torch.Generator().manual_seed(5))
+    mask = torch.ones_like(ids)
+    mask[1, :4] = 0  # left padding in row 1
+    labels = ids.clone()
+    out = routed(ids, mask, labels=labels)
+    pos = mask.cumsum(-1) - 1
+    counted = mask.bool() & (pos >= routed.config.reserve_initials)
+    expected = float((out.execs.mean(-1) * counted).sum() / counted.sum())
+    assert out.exec_ratio == pytest.approx(expected)
+    everything = float(out.execs.mean())  # padding and reserved tokens would pull it up (they all execute)
+    assert 0.0 < out.exec_ratio < everything

@@ -15,6 +15,7 @@ import ctypes
 import ctypes.util
 import functools
 import logging
+import platform
 
 log = logging.getLogger(__name__)
 
@@ -25,15 +26,11 @@ _M_MMAP_THRESHOLD = -3
 @functools.cache
 def keep_freed_memory(mmap_threshold: int = 2**30) -> bool:
     """Serve allocations below ``mmap_threshold`` bytes from the heap and never trim it; True if applied."""
-    name = ctypes.util.find_library("c")
+    if platform.libc_ver()[0] != "glibc":  # musl, macOS, Windows: other allocators, nothing to tune
+        return False
     try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-        import platform
-
-        if platform.libc_ver()[0] != "glibc":
-            return False
-    except (OSError, AttributeError, TypeError):  # not glibc (musl, macOS, Windows): nothing to tune
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt
+    except (OSError, AttributeError, TypeError):
         return False
     ok = bool(mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold))) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
     log.debug("mallopt: large CPU buffers stay in the heap (%s)", ok)

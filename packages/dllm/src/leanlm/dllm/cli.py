@@ -78,7 +78,8 @@ def finetune(
     log.info("training on %d examples from %s", len(features), data)
     summary = run_finetune(dllm, tokenizer, features, output, epochs=epochs, batch_size=batch_size,
                            grad_accum=grad_accum, blr=blr, lr=lr, router_lr=router_lr, weight_decay=weight_decay,
-                           router_schedule=router_schedule, warmup_ratio=warmup_ratio, max_steps=max_steps, save_steps=save_steps, seed=seed,
+                           router_schedule=router_schedule, warmup_ratio=warmup_ratio, max_steps=max_steps,
+                           save_steps=save_steps, seed=seed,
                            resume=parse_bool(resume, "--resume"), deepspeed=deepspeed)  # fmt: skip
     folder = dllm.save(Path(output) / "dllm")
     summary.pop("history", None)

@@ -43,6 +43,7 @@ class DLLMOutput:
     loss: torch.Tensor | None = None
     ce_loss: torch.Tensor | None = None
     ratio_loss: torch.Tensor | None = None
+    exec_ratio: float | None = None  # with labels: executed fraction over the tokens the ratio loss sees
     kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per layer (k, v) [B, n_kv, T, d]
 
 
@@ -235,14 +236,16 @@ class DLLM(nn.Module):
             self.recorder.append((execs_t.detach().cpu(), attention_mask.detach().cpu()))
         if labels is not None:
             # the LM head only where a label is predicted: with a 49k vocabulary it is most of the cost
-            from leanlm.dllm.loss import dllm_loss
+            from leanlm.dllm.loss import dllm_loss, exec_ratio
 
             predict = labels[:, 1:] != -100
             logits = lm.lm_head(h[:, :-1][predict])  # [N, V]
             lam = self.config.lambda_max if lambda_now is None else lambda_now
-            loss, ce, ratio = dllm_loss(logits, labels[:, 1:][predict], execs_t, real & ~reserved,
+            counted = real & ~reserved  # padding and the always-executed first tokens are not routed
+            loss, ce, ratio = dllm_loss(logits, labels[:, 1:][predict], execs_t, counted,
                                         self.config.target, lam, dynamic=bool(self.routers))  # fmt: skip
-            return DLLMOutput(logits=logits, execs=execs_t, loss=loss, ce_loss=ce, ratio_loss=ratio)
+            return DLLMOutput(logits=logits, execs=execs_t, loss=loss, ce_loss=ce, ratio_loss=ratio,
+                              exec_ratio=float(exec_ratio(execs_t.detach(), counted)))  # fmt: skip
         logits = lm.lm_head(h[:, -1:] if last_only else h)
         return DLLMOutput(logits=logits, execs=execs_t, kv=kv if return_kv else None)
 

@@ -20,8 +20,8 @@ from transformers import Trainer
 
 from leanlm.core.errors import UserError
 from leanlm.core.training import save_run_config, train_with_resume, training_arguments
-from leanlm.dllm.loss import exec_ratio, lambda_schedule
-from leanlm.dllm.model import DLLM, position_ids_from_mask
+from leanlm.dllm.loss import lambda_schedule
+from leanlm.dllm.model import DLLM
 
 log = logging.getLogger(__name__)
 
@@ -29,13 +29,18 @@ TRAINABLE_FILE = "dllm_trainable.pt"
 ROUTER_SCHEDULES = ("cosine", "constant")
 
 
+def check_router_schedule(router_schedule: str) -> str:
+    if router_schedule not in ROUTER_SCHEDULES:
+        raise UserError(f"router_schedule must be one of {ROUTER_SCHEDULES}, got {router_schedule!r}")
+    return router_schedule
+
+
 def lr_lambdas(
     groups: list[dict[str, Any]], warmup_steps: int, total_steps: int, router_schedule: str
 ) -> list[Any]:
     """Per param group LR multipliers: linear warm-up, then half-cosine to 0 (HF ``cosine``); router
     groups (``group["router"]``) stay at 1 after the warm-up when ``router_schedule == "constant"``."""
-    if router_schedule not in ROUTER_SCHEDULES:
-        raise UserError(f"router_schedule must be one of {ROUTER_SCHEDULES}, got {router_schedule!r}")
+    check_router_schedule(router_schedule)
 
     def cosine(step: int) -> float:
         if step < warmup_steps:
@@ -83,11 +88,8 @@ class DLLMTrainer(Trainer):
         progress = self.state.global_step / max(self.state.max_steps, 1)
         lam = lambda_schedule(progress, model.config.lambda_max)
         out = model(**inputs, lambda_now=lam)
-        # the ratio the loss sees: real tokens past the reserved ones (not padding, which would skew it)
-        mask = inputs["attention_mask"].bool()
-        mask &= position_ids_from_mask(inputs["attention_mask"]) >= model.config.reserve_initials
         self._parts = {"ce": float(out.ce_loss.detach()), "ratio_loss": float(out.ratio_loss.detach()), "lambda": lam,
-                       "exec_ratio": float(exec_ratio(out.execs.detach(), mask))}  # fmt: skip
+                       "exec_ratio": out.exec_ratio}  # fmt: skip
         if model.routers:
             self._parts["router_lr"] = max(g["lr"] for g in self.optimizer.param_groups if g.get("router"))
         return (out.loss, out) if return_outputs else out.loss
@@ -140,7 +142,7 @@ def finetune(
 
     lr = lr if lr is not None else blr * batch_size * grad_accum / 256
     router_lr = router_lr if router_lr is not None else lr
-    lr_lambdas([], 0, 1, router_schedule)  # validates the name before any work
+    check_router_schedule(router_schedule)  # before any work
     args = training_arguments(
         output_dir,
         {
