@@ -69,6 +69,9 @@ def hf_speed(model, tok, prompts: list[str], new_tokens: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--task", default="piqa")
+    ap.add_argument("--choice_format", default="text", choices=("text", "number"),
+                    help="text: train on the right option's text, score options by log-likelihood; "
+                         "number: the original piqa template (answer with the option's number)")  # fmt: skip
     ap.add_argument("--model", default="default")
     ap.add_argument("--train", type=int, default=128, help="training examples")
     ap.add_argument("--test", type=int, default=100, help="held-out test examples")
@@ -80,6 +83,7 @@ def main() -> None:
                     help="router LR after warm-up: constant, or the LoRA's cosine decay")  # fmt: skip
     ap.add_argument("--target", type=float, default=0.5)
     ap.add_argument("--lambda_max", type=float, default=10.0, help="ratio-loss weight at the end of the ramp")
+    ap.add_argument("--lambda_ramp", type=float, default=1.0, help="fraction of training to reach lambda_max")
     ap.add_argument("--max_seq_len", type=int, default=192)
     ap.add_argument("--calib_batches", type=int, default=2)
     ap.add_argument("--decode_prompts", type=int, default=3)
@@ -98,8 +102,9 @@ def main() -> None:
     tok = load_tokenizer(args.model)
     base = load_model(args.model, device="cpu")
     n_layers = len(base.model.layers)
-    train_ex = load_examples(args.task, "train", limit=args.train, test_size=args.test)
-    test_ex = load_examples(args.task, "test", test_size=args.test)
+    fmt = {"choice_format": args.choice_format}
+    train_ex = load_examples(args.task, "train", limit=args.train, test_size=args.test, **fmt)
+    test_ex = load_examples(args.task, "test", test_size=args.test, **fmt)
     feats = tokenize(tok, train_ex, args.max_seq_len)
     results: dict = {"args": vars(args), "layers": n_layers, "torch_threads": torch.get_num_threads()}
 
@@ -111,7 +116,10 @@ def main() -> None:
     plain = DLLM(copy.deepcopy(base), DLLMConfig(dynamic=False, lora_rank=0)).eval()
     prompts = [e.prompt for e in test_ex[: args.decode_prompts]]
     log("D-LLM fine-tune")
-    dllm = DLLM(copy.deepcopy(base), DLLMConfig(target=args.target, lambda_max=args.lambda_max))
+    dllm = DLLM(
+        copy.deepcopy(base),
+        DLLMConfig(target=args.target, lambda_max=args.lambda_max, lambda_ramp=args.lambda_ramp),
+    )
     results["dllm_train"] = train(dllm, tok, feats, args, work / "dllm", router_lr=args.router_lr)
     dllm.merge_lora().eval()
     results["dllm"] = choice_accuracy(dllm, tok, test_ex)
@@ -169,19 +177,21 @@ def render(r: dict) -> str:
     rows.append((f"D-LLM target {a['target']}", r["dllm"], r["dllm"]["exec_ratio"], r["dllm"]["flops_ratio"],
                  sp["dllm"]["tokens_per_s"]))  # fmt: skip
     lines = [
-        f"Task {a['task']}: {a['train']} training examples, {a['steps']} steps x batch {a['batch']}, "
+        f"Task {a['task']} ({a.get('choice_format', 'number')} format): {a['train']} training examples, {a['steps']} steps x batch {a['batch']}, "
         f"{r['dllm']['examples']} test examples; model {a['model']} ({r['layers']} layers); "
         f"{r['seconds'] / 60:.1f} min total on a shared CPU ({r['torch_threads']} torch threads); "
-        f"router lr {a['router_lr']} ({a.get('router_schedule', 'cosine')}), lambda_max {a.get('lambda_max', 5.0)}.",
+        f"router lr {a['router_lr']} ({a.get('router_schedule', 'cosine')}), lambda_max {a.get('lambda_max', 5.0)} reached at {a.get('lambda_ramp', 1.0):.0%} of training.",
         "",
-        "| model | accuracy | answer NLL | exec ratio | FLOPs ratio (blocks) | decode tok/s | speed vs dense |",
-        "|---|---|---|---|---|---|---|",
+        "| model | accuracy | accuracy (per char) | answer NLL | exec ratio | FLOPs ratio (blocks) | decode tok/s "
+        "| speed vs dense |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, m, ex, fl, tps in rows:
         speed = f"{tps:.1f}" if tps else "-"
         rel = f"{tps / dense_tps:.2f}x" if tps else "-"
         lines.append(
-            f"| {name} | {m['accuracy']:.3f} | {m['answer_nll']:.3f} | {ex:.3f} | {fl:.3f} | {speed} | {rel} |"
+            f"| {name} | {m['accuracy']:.3f} | {m.get('accuracy_norm', float('nan')):.3f} | {m['answer_nll']:.3f} "
+            f"| {ex:.3f} | {fl:.3f} | {speed} | {rel} |"
         )
     d = sp["dllm"]
     lines += [

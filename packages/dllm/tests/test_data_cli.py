@@ -116,6 +116,23 @@ def test_console_scripts_on_tiny_llama(tiny_dir, piqa_folder, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     result = json.loads(res.read_text())
     assert result["examples"] == 2 and 0 <= result["accuracy"] <= 1 and 0 < result["flops_ratio"] <= 1.1
+    r = _run("dllm-eval", "--dllm", out / "dllm", "--model", tiny_dir, "--data", "piqa", "--choice_format", "text",
+             "--limit", 4, "--output", res)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    result = json.loads(res.read_text())
+    assert result["examples"] == 4 and 0 <= result["accuracy_norm"] <= 1 and result["answer_nll"] > 0
+    r = _run(
+        "dllm-eval",
+        "--dllm",
+        out / "dllm",
+        "--model",
+        tiny_dir,
+        "--data",
+        "piqa",
+        "--choice_format",
+        "letter",
+    )
+    assert r.returncode == 2 and "choice_format must be one of number, text" in r.stderr
 
 
 def test_console_scripts_bad_input(tiny_dir, tmp_path):

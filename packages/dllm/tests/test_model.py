@@ -96,6 +96,9 @@ def test_bad_config_is_a_user_error(tiny_model):
     for target in (0.0, -0.1, 1.5):
         with pytest.raises(UserError, match="target"):
             DLLMConfig(target=target).validate()
+    for ramp in (0.0, 1.2):
+        with pytest.raises(UserError, match="lambda_ramp"):
+            DLLMConfig(lambda_ramp=ramp).validate()
     with pytest.raises(UserError, match="beyond the model's depth"):
         DLLM(copy.deepcopy(tiny_model), DLLMConfig(start_layer=4))
 

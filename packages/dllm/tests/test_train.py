@@ -16,6 +16,8 @@ def test_lambda_sine_ramp():
     assert lambda_schedule(0.5, 5.0) == pytest.approx(5.0 * math.sin(math.pi / 4))
     assert lambda_schedule(1.0, 5.0) == pytest.approx(5.0)
     assert lambda_schedule(3.0, 5.0) == pytest.approx(5.0)
+    assert lambda_schedule(0.25, 5.0, ramp=0.5) == pytest.approx(5.0 * math.sin(math.pi / 4))
+    assert lambda_schedule(0.5, 5.0, ramp=0.5) == lambda_schedule(0.9, 5.0, ramp=0.5) == pytest.approx(5.0)
 
 
 def test_ratio_loss_by_hand():

@@ -25,8 +25,10 @@ def finetune(
     model: str = "default",
     output: str = "runs/dllm",
     template: str | None = None,
+    choice_format: str = "number",
     target: float = 0.5,
     lambda_max: float = 5.0,
+    lambda_ramp: float = 1.0,
     start_layer: int = 2,
     reserve_initials: int = 2,
     router_hidden: int | None = None,
@@ -58,6 +60,8 @@ def finetune(
     or an offline task: piqa, boolq, social_i_qa, openbookqa, gsm8k, mmlu. ``--nproc N`` relaunches
     under torchrun; ``--deepspeed zero2`` picks a ZeRO preset. ``--dense`` trains LoRA only (baseline).
     ``--router_schedule constant`` keeps the routers' LR constant after the warm-up (LoRA still decays).
+    ``--lambda_ramp 0.5`` reaches lambda_max halfway through training (the original: 1.0, at the end).
+    ``--choice_format text`` trains a choice task on the right option's text instead of its number.
     """
     from leanlm.core.distributed import maybe_launch, set_seed
     from leanlm.core.models import load_model, load_tokenizer
@@ -67,9 +71,10 @@ def finetune(
     from leanlm.dllm.train import finetune as run_finetune
 
     config = DLLMConfig(start_layer=start_layer, reserve_initials=reserve_initials, target=target,
-                        lambda_max=lambda_max, router_hidden=router_hidden, lora_rank=lora_rank,
+                        lambda_max=lambda_max, lambda_ramp=lambda_ramp, router_hidden=router_hidden, lora_rank=lora_rank,
                         dynamic=not parse_bool(dense, "--dense"), base_model=model).validate()  # fmt: skip
-    examples = load_examples(data, "train", template=template, limit=limit, test_size=test_size, seed=seed)
+    examples = load_examples(data, "train", template=template, limit=limit, test_size=test_size, seed=seed,
+                             choice_format=choice_format)  # fmt: skip
     maybe_launch(nproc)
     set_seed(seed)
     tokenizer = load_tokenizer(model)
@@ -157,6 +162,7 @@ def evaluate(
     metric: str = "auto",
     model: str | None = None,
     split: str = "test",
+    choice_format: str = "number",
     limit: int | None = 200,
     test_size: int = 200,
     batch_size: int = 8,
@@ -170,6 +176,8 @@ def evaluate(
     DATA: an offline task (accuracy for piqa/boolq/social_i_qa/openbookqa/mmlu, response perplexity
     for gsm8k), ``text`` (Shakespeare perplexity, GPTQ style, via leanlm.core.evaluation), or a folder
     / file as for dllm-finetune. ``--dllm ''`` evaluates the plain base model.
+    ``--choice_format text`` scores every option's text by log-likelihood (lm-eval style) instead of
+    asking for its number.
     """
     from leanlm.core.models import load_tokenizer
     from leanlm.core.records import write_json
@@ -183,7 +191,7 @@ def evaluate(
     if data == "text":
         result = ev.text_perplexity(net, tokenizer, "text", seqlen=seqlen, max_chunks=max_chunks)
     else:
-        examples = load_examples(data, split, limit=limit, test_size=test_size)
+        examples = load_examples(data, split, limit=limit, test_size=test_size, choice_format=choice_format)
         choice = all(e.num_choices > 0 for e in examples)
         if metric == "accuracy" or (metric == "auto" and choice):
             result = ev.choice_accuracy(net, tokenizer, examples, batch_size)

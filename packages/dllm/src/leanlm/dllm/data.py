@@ -7,9 +7,12 @@
      The original template also names ``{input}``, which piqa records lack (a KeyError there);
      here ``input`` defaults to "" and any other missing field is a clear error.
    Without prompt.json the built-in templates below are used.
-2. Offline tasks from ``leanlm.core.datasets``: piqa, boolq, social_i_qa, openbookqa, mmlu (answer:
-   the option's number) and gsm8k (answer: the worked solution). They ship one split, so a seeded
-   ``test_size`` of it is held out for testing and the rest is the training set.
+2. Offline tasks from ``leanlm.core.datasets``: piqa, boolq, social_i_qa, openbookqa, mmlu and gsm8k
+   (answer: the worked solution). A choice task comes in one of two formats: ``number`` (the options
+   are listed in the prompt and the answer is the option's number, as in the original's piqa
+   template) or ``text`` (the prompt is the question and the answer is the right option's text,
+   scored lm-eval style by comparing the log-likelihood of every option). They ship one split, so a
+   seeded ``test_size`` of it is held out for testing and the rest is the training set.
 3. A local .json/.jsonl file of alpaca records (used for both splits).
 """
 
@@ -24,6 +27,7 @@ from leanlm.core.records import read_json, read_records
 from leanlm.core.templates import format_prompt
 
 CHOICE_TASKS = ("piqa", "boolq", "social_i_qa", "openbookqa", "mmlu")
+CHOICE_FORMATS = ("number", "text")
 TASKS = (*CHOICE_TASKS, "gsm8k")
 SYNONYMS = {"siqa": "social_i_qa", "obqa": "openbookqa"}
 
@@ -39,8 +43,11 @@ REQUIRED = {"alpaca": ("instruction", "output"), "piqa": ("goal", "sol1", "sol2"
 class Example:
     prompt: str
     response: str
-    num_choices: int = 0  # > 0: a multiple-choice example whose response is the option's number
+    num_choices: int = 0  # > 0: a multiple-choice example
     label: int | None = None  # 0-based index of the right option
+    # "text" format: the options as continuations of the prompt (response == choices[label]);
+    # None: the "number" format, whose response is the option's number
+    choices: tuple[str, ...] | None = None
 
 
 # ----------------------------------------------------------------------------- original folder layout
@@ -107,9 +114,22 @@ def choice_example(question: str, choices: list[str], label: int, context: str |
     return Example(format_prompt("alpaca", instruction, context or None), str(label + 1), len(choices), label)
 
 
-def task_example(task: str, r: dict[str, Any]) -> Example:
+def text_choice_example(task: str, r: dict[str, Any]) -> Example:
+    """The ``text`` format: a plain question prompt whose continuations are the options (leading space)."""
+    if task == "piqa":
+        prompt = f"Goal: {r['question']}\nSolution:"
+    else:
+        context = f"{r['context']}\n" if r.get("context") else ""
+        prompt = f"{context}Question: {r['question']}\nAnswer:"
+    choices = tuple(f" {c}" for c in r["choices"])
+    return Example(prompt, choices[r["label"]], len(choices), r["label"], choices)
+
+
+def task_example(task: str, r: dict[str, Any], choice_format: str = "number") -> Example:
     if task == "gsm8k":
         return Example(format_prompt("alpaca", r["question"]), r["solution"])
+    if choice_format == "text":
+        return text_choice_example(task, r)
     if task == "piqa":
         return Example(
             PIQA_PROMPT.format(goal=r["question"], sol1=r["choices"][0], sol2=r["choices"][1]),
@@ -120,13 +140,15 @@ def task_example(task: str, r: dict[str, Any]) -> Example:
     return choice_example(r["question"], r["choices"], r["label"], r.get("context"))
 
 
-def task_examples(task: str, split: str, *, test_size: int = 200, seed: int = 0) -> list[Example]:
+def task_examples(
+    task: str, split: str, *, test_size: int = 200, seed: int = 0, choice_format: str = "number"
+) -> list[Example]:
     from leanlm.core.datasets import load_records
 
     rows = load_records(task, seed=seed)
     n_test = min(test_size, len(rows) // 5)
     rows = rows[:n_test] if split == "test" else rows[n_test:]
-    return [task_example(task, r) for r in rows]
+    return [task_example(task, r, choice_format) for r in rows]
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -140,16 +162,22 @@ def load_examples(
     limit: int | None = None,
     test_size: int = 200,
     seed: int = 0,
+    choice_format: str = "number",
 ) -> list[Example]:
-    """Examples for ``split`` ("train" or "test") from a folder, an offline task name, or a file."""
+    """Examples for ``split`` ("train" or "test") from a folder, an offline task name, or a file.
+
+    ``choice_format`` ("number" or "text") applies to the offline choice tasks (see the module doc).
+    """
     if split not in ("train", "test"):
         raise UserError(f"split must be train or test, got {split!r}")
+    if choice_format not in CHOICE_FORMATS:
+        raise UserError(f"choice_format must be one of {', '.join(CHOICE_FORMATS)}, got {choice_format!r}")
     name = SYNONYMS.get(str(source), str(source))
     path = Path(str(source)).expanduser()
     if path.is_dir():
         examples = folder_examples(path, split, template)
     elif name in TASKS:
-        examples = task_examples(name, split, test_size=test_size, seed=seed)
+        examples = task_examples(name, split, test_size=test_size, seed=seed, choice_format=choice_format)
     elif path.suffix in {".json", ".jsonl"}:
         examples = []
         for i, raw in enumerate(read_records(path)):

@@ -1,7 +1,10 @@
 """Task metrics plus compute ratios for a D-LLM (or a dense/static baseline wrapped as one).
 
-* ``choice_accuracy``: the next token after the prompt, restricted to the option numbers "1".."k";
-  also the mean negative log-likelihood of the right number (full vocabulary).
+* ``choice_accuracy``: for the ``number`` format, the next token after the prompt restricted to the
+  option numbers "1".."k", and the mean negative log-likelihood of the right number (full vocabulary);
+  for the ``text`` format (lm-eval's multiple-choice scoring), the option whose tokens have the highest
+  summed log-likelihood given the prompt (``accuracy``) or the highest per character
+  (``accuracy_norm``), and the right option's mean NLL per token (``answer_nll``).
 * ``response_perplexity``: exp(mean CE over response tokens) of (prompt, response) examples.
 * ``text_perplexity``: GPTQ-style: texts joined, cut into ``seqlen`` chunks, exp(mean CE).
 Each also returns the mean per-example execution ratio, FLOPs ratio and KV-entries ratio of the
@@ -45,6 +48,10 @@ def choice_accuracy(
         raise UserError(
             "accuracy needs multiple-choice examples (piqa, boolq, social_i_qa, openbookqa, mmlu)"
         )
+    if all(e.choices for e in examples):
+        return _loglik_accuracy(dllm, tokenizer, examples, batch_size)
+    if any(e.choices for e in examples):
+        raise UserError("mixed choice formats: pass examples of one format (number or text)")
     dllm.eval()
     digit_ids = []
     for i in range(1, max(e.num_choices for e in examples) + 1):
@@ -68,6 +75,61 @@ def choice_accuracy(
         costs += _batch_costs(cost, out.execs.cpu(), batch["attention_mask"])
     n = len(examples)
     return {"accuracy": correct / n, "answer_nll": nll / n, "examples": n} | _mean_costs(costs)
+
+
+def _option_features(tokenizer: Any, e: Example) -> list[dict[str, list[int]]]:
+    """prompt + option ids per option, with labels on the option tokens only (no EOS)."""
+    prompt = tokenizer(e.prompt)["input_ids"]
+    out = []
+    for c in e.choices or ():
+        option = tokenizer(c, add_special_tokens=False)["input_ids"]
+        ids = prompt + option
+        out.append(
+            {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": [-100] * len(prompt) + option}
+        )
+    return out
+
+
+@torch.no_grad()
+def _loglik_accuracy(
+    dllm: DLLM, tokenizer: Any, examples: list[Example], batch_size: int
+) -> dict[str, float]:
+    """log p(option | prompt) = sum over option tokens t of log softmax(logits[t-1])[token t], per option."""
+    dllm.eval()
+    cost, collate = CostModel.of(dllm), PaddingCollator(tokenizer.pad_token_id, side="right")
+    feats, owner = [], []  # every (example, option) sequence, flattened
+    for i, e in enumerate(examples):
+        for j, f in enumerate(_option_features(tokenizer, e)):
+            feats.append(f)
+            owner.append((i, j))
+    scores = [[0.0] * e.num_choices for e in examples]
+    n_tokens = [[0] * e.num_choices for e in examples]
+    costs = []
+    for s in range(0, len(feats), batch_size):
+        batch = collate(feats[s : s + batch_size])
+        out = dllm(batch["input_ids"].to(dllm.device), batch["attention_mask"].to(dllm.device))
+        logp = torch.log_softmax(out.logits[:, :-1].float(), -1)
+        labels = batch["labels"][:, 1:].to(logp.device)
+        scored = labels != -100
+        token_logp = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1) * scored
+        for row, (i, j) in enumerate(owner[s : s + batch_size]):
+            scores[i][j] = float(token_logp[row].sum())
+            n_tokens[i][j] = int(scored[row].sum())
+        costs += _batch_costs(cost, out.execs.cpu(), batch["attention_mask"])
+    correct = correct_norm = 0
+    nll = 0.0
+    for e, sc, nt in zip(examples, scores, n_tokens):
+        chars = [max(len(c), 1) for c in e.choices or ()]
+        correct += max(range(e.num_choices), key=lambda j: sc[j]) == e.label
+        correct_norm += max(range(e.num_choices), key=lambda j: sc[j] / chars[j]) == e.label
+        nll -= sc[e.label] / max(nt[e.label], 1)
+    n = len(examples)
+    return {
+        "accuracy": correct / n,
+        "accuracy_norm": correct_norm / n,
+        "answer_nll": nll / n,
+        "examples": n,
+    } | _mean_costs(costs)
 
 
 @torch.no_grad()

@@ -3,7 +3,7 @@
 r_t      = mean_l w[t, l]                     (layers below start_layer count as executed)
 ratio    = sum_t |r_t - target| * m_t / sum_t m_t      (m: real tokens, reserved ones excluded)
 loss     = CE(response tokens) + lambda(p) * ratio
-lambda(p)= lambda_max * sin(pi/2 * clip(p, 0, 1))       (p: fraction of training done)
+lambda(p)= lambda_max * sin(pi/2 * clip(p / ramp, 0, 1))  (p: fraction of training done; ramp 1 in the original)
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import torch.nn.functional as F
 IGNORE_INDEX = -100
 
 
-def lambda_schedule(progress: float, lambda_max: float) -> float:
-    """Sine ramp from 0 (start) to ``lambda_max`` (end of training)."""
-    return lambda_max * math.sin(math.pi / 2 * min(max(progress, 0.0), 1.0))
+def lambda_schedule(progress: float, lambda_max: float, ramp: float = 1.0) -> float:
+    """Sine ramp from 0 (start) to ``lambda_max`` at fraction ``ramp`` of training, then flat."""
+    return lambda_max * math.sin(math.pi / 2 * min(max(progress / ramp, 0.0), 1.0))
 
 
 def response_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -86,7 +86,7 @@ class DLLMTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
         progress = self.state.global_step / max(self.state.max_steps, 1)
-        lam = lambda_schedule(progress, model.config.lambda_max)
+        lam = lambda_schedule(progress, model.config.lambda_max, model.config.lambda_ramp)
         out = model(**inputs, lambda_now=lam)
         self._parts = {"ce": float(out.ce_loss.detach()), "ratio_loss": float(out.ratio_loss.detach()), "lambda": lam,
                        "exec_ratio": out.exec_ratio}  # fmt: skip
