@@ -121,7 +121,9 @@ def main() -> None:
         DLLMConfig(target=args.target, lambda_max=args.lambda_max, lambda_ramp=args.lambda_ramp),
     )
     results["dllm_train"] = train(dllm, tok, feats, args, work / "dllm", router_lr=args.router_lr)
+    dllm.save(work / "dllm_model")  # routers + LoRA (small): reusable with dllm-eval
     dllm.merge_lora().eval()
+    results["reserve_initials"] = dllm.config.reserve_initials
     results["dllm"] = choice_accuracy(dllm, tok, test_ex)
     flops = results["dllm"]["flops_ratio"]
     log("decode speed (batch 1, greedy): D-LLM vs dense (LoRA merged or not, dense costs the same)")
@@ -194,6 +196,9 @@ def render(r: dict) -> str:
             f"| {ex:.3f} | {fl:.3f} | {speed} | {rel} |"
         )
     d = sp["dllm"]
+    if "exec_ratio_routed" in r["dllm"]:
+        lines += ["", f"D-LLM execution ratio on the test sequences past the {r.get('reserve_initials', 2)} reserved "
+                      f"(always executing) tokens: {r['dllm']['exec_ratio_routed']:.3f}."]  # fmt: skip
     lines += [
         "",
         f"D-LLM decode: executed-layer ratio {d['decode_exec_ratio']:.3f} on generated tokens, "

@@ -85,3 +85,19 @@ def test_mixed_formats_are_rejected(tiny_model, tokenizer):
     net = DLLM(copy.deepcopy(tiny_model), DLLMConfig(dynamic=False, lora_rank=0))
     with pytest.raises(UserError, match="mixed choice formats"):
         choice_accuracy(net, tokenizer, examples)
+
+
+def test_routed_ratio_leaves_out_the_reserved_tokens(routed, tokenizer):
+    """Routers that always skip: past the 2 reserved tokens only layer 0 (below start_layer 1) runs."""
+    skip_all = copy.deepcopy(routed)
+    with torch.no_grad():
+        for r in skip_all.routers.values():
+            r.up.weight.zero_()
+            r.up.bias.copy_(torch.tensor([10.0, 0.0]))
+    examples = load_examples("piqa", "test", test_size=40, choice_format="text")[:3]
+    got = choice_accuracy(skip_all, tokenizer, examples)
+    assert got["exec_ratio_routed"] == pytest.approx(1 / 4)
+    lengths = [len(tokenizer(e.prompt)["input_ids"] + tokenizer(c, add_special_tokens=False)["input_ids"])
+               for e in examples for c in e.choices]  # fmt: skip
+    expected = sum((2 + (n - 2) / 4) / n for n in lengths) / len(lengths)
+    assert got["exec_ratio"] == pytest.approx(expected)

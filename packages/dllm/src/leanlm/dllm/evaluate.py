@@ -26,17 +26,30 @@ from leanlm.dllm.model import DLLM, position_ids_from_mask
 
 
 def _mean_costs(rows: list[dict[str, float]]) -> dict[str, float]:
-    keys = ("exec_ratio", "flops_ratio", "flops_ratio_with_head")
+    keys = ("exec_ratio", "exec_ratio_routed", "flops_ratio", "flops_ratio_with_head")
     out = {k: sum(r[k] for r in rows) / len(rows) for k in keys}
     out["kv_ratio"] = out["exec_ratio"]  # every executed (token, layer) keeps its K/V, skipped ones none
     return out
 
 
-def _batch_costs(cost: CostModel, execs: torch.Tensor, mask: torch.Tensor) -> list[dict[str, float]]:
+def _batch_costs(
+    cost: CostModel, execs: torch.Tensor, mask: torch.Tensor, reserve: int = 0
+) -> list[dict[str, float]]:
+    """Per-row costs. ``exec_ratio`` counts every real token; ``exec_ratio_routed`` skips the first
+    ``reserve`` (always-executing) tokens: the tokens the training target applies to."""
     pos = position_ids_from_mask(mask)
-    return [
-        request_costs(cost, execs[b][mask[b].bool()] > 0.5, pos[b][mask[b].bool()]) for b in range(len(mask))
-    ]
+    rows = []
+    for b in range(len(mask)):
+        real = mask[b].bool()
+        row = request_costs(cost, execs[b][real] > 0.5, pos[b][real])
+        routed = (execs[b][real] > 0.5)[reserve:]
+        row["exec_ratio_routed"] = float(routed.float().mean()) if routed.numel() else 1.0
+        rows.append(row)
+    return rows
+
+
+def _reserve(dllm: DLLM) -> int:
+    return dllm.config.reserve_initials if dllm.routers else 0
 
 
 @torch.no_grad()
@@ -72,7 +85,7 @@ def choice_accuracy(
             cand = logp[row, digit_ids[: e.num_choices]]
             correct += int(cand.argmax()) == e.label
             nll -= float(logp[row, digit_ids[e.label]])
-        costs += _batch_costs(cost, out.execs.cpu(), batch["attention_mask"])
+        costs += _batch_costs(cost, out.execs.cpu(), batch["attention_mask"], _reserve(dllm))
     n = len(examples)
     return {"accuracy": correct / n, "answer_nll": nll / n, "examples": n} | _mean_costs(costs)
 
@@ -115,7 +128,7 @@ def _loglik_accuracy(
         for row, (i, j) in enumerate(owner[s : s + batch_size]):
             scores[i][j] = float(token_logp[row].sum())
             n_tokens[i][j] = int(scored[row].sum())
-        costs += _batch_costs(cost, out.execs.cpu(), batch["attention_mask"])
+        costs += _batch_costs(cost, out.execs.cpu(), batch["attention_mask"], _reserve(dllm))
     correct = correct_norm = 0
     nll = 0.0
     for e, sc, nt in zip(examples, scores, n_tokens):
@@ -147,7 +160,7 @@ def response_perplexity(
         n = int((labels[:, 1:] != -100).sum())
         total_nll += float(out.ce_loss) * n
         total_tokens += n
-        costs += _batch_costs(cost, out.execs.cpu(), batch["attention_mask"])
+        costs += _batch_costs(cost, out.execs.cpu(), batch["attention_mask"], _reserve(dllm))
     return {"perplexity": math.exp(total_nll / max(total_tokens, 1)), "tokens": total_tokens} | _mean_costs(
         costs
     )
@@ -164,5 +177,5 @@ def text_perplexity(dllm: DLLM, tokenizer: Any, texts: str | list[str] = "text",
         result = perplexity(dllm, tokenizer, texts, seqlen=seqlen, max_chunks=max_chunks)
     finally:
         dllm.recorder = None
-    costs = [c for execs, mask in seen for c in _batch_costs(cost, execs, mask)]
+    costs = [c for execs, mask in seen for c in _batch_costs(cost, execs, mask, _reserve(dllm))]
     return {"perplexity": result["ppl"], "tokens": result["n_tokens"]} | _mean_costs(costs)
