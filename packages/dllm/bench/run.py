@@ -90,6 +90,7 @@ def main() -> None:
     ap.add_argument("--decode_tokens", type=int, default=48)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     ap.add_argument("--skip_base", action="store_true", help="skip the zero-shot base-model row")
+    ap.add_argument("--dllm_only", action="store_true", help="stop after the D-LLM row and the decode speeds")
     ap.add_argument("--out", default=str(Path(__file__).parent))
     args = ap.parse_args()
     if args.threads:
@@ -133,6 +134,9 @@ def main() -> None:
         "hf_generate_dense": {"tokens_per_s": hf_speed(base, tok, prompts, args.decode_tokens)},
     }
     save()
+    if args.dllm_only:
+        print(render(results))
+        return
 
     log("dense LoRA fine-tune")
     dense = DLLM(copy.deepcopy(base), DLLMConfig(dynamic=False))
