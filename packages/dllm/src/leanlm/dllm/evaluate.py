@@ -41,8 +41,9 @@ def _batch_costs(
     rows = []
     for b in range(len(mask)):
         real = mask[b].bool()
-        row = request_costs(cost, execs[b][real] > 0.5, pos[b][real])
-        routed = (execs[b][real] > 0.5)[reserve:]
+        executed = execs[b][real] > 0.5
+        row = request_costs(cost, executed, pos[b][real])
+        routed = executed[reserve:]
         row["exec_ratio_routed"] = float(routed.float().mean()) if routed.numel() else 1.0
         rows.append(row)
     return rows
@@ -91,16 +92,12 @@ def choice_accuracy(
 
 
 def _option_features(tokenizer: Any, e: Example) -> list[dict[str, list[int]]]:
-    """prompt + option ids per option, with labels on the option tokens only (no EOS)."""
-    prompt = tokenizer(e.prompt)["input_ids"]
-    out = []
-    for c in e.choices or ():
-        option = tokenizer(c, add_special_tokens=False)["input_ids"]
-        ids = prompt + option
-        out.append(
-            {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": [-100] * len(prompt) + option}
-        )
-    return out
+    """prompt + option ids per option, labels on the option tokens only (core's SFT tokenization, no EOS)."""
+    from leanlm.core.sft import tokenize_example
+
+    return [
+        tokenize_example(tokenizer, e.prompt, c, max_length=10**6, add_eos=False) for c in e.choices or ()
+    ]
 
 
 @torch.no_grad()
