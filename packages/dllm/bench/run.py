@@ -26,7 +26,7 @@ from leanlm.core.sft import PaddingCollator
 from leanlm.dllm import DLLM, DLLMConfig, generate
 from leanlm.dllm.data import load_examples, tokenize
 from leanlm.dllm.evaluate import choice_accuracy
-from leanlm.dllm.static import drop_layers, keep_for_ratio, layer_importance
+from leanlm.dllm.static import drop_layers, keep_for_ratio, layer_importance, warm_start_routers
 from leanlm.dllm.train import finetune
 
 
@@ -84,6 +84,10 @@ def main() -> None:
     ap.add_argument("--target", type=float, default=0.5)
     ap.add_argument("--lambda_max", type=float, default=10.0, help="ratio-loss weight at the end of the ramp")
     ap.add_argument("--lambda_ramp", type=float, default=1.0, help="fraction of training to reach lambda_max")
+    ap.add_argument("--router_init", default="default", choices=("default", "importance"),
+                    help="default: every router biased to execute (the original); importance: biases start at "
+                         "the static allocation for the target (same ranking as the static baseline)")  # fmt: skip
+    ap.add_argument("--router_margin", type=float, default=2.0, help="logit gap of --router_init importance")
     ap.add_argument("--max_seq_len", type=int, default=192)
     ap.add_argument("--calib_batches", type=int, default=2)
     ap.add_argument("--decode_prompts", type=int, default=3)
@@ -116,11 +120,19 @@ def main() -> None:
 
     plain = DLLM(copy.deepcopy(base), DLLMConfig(dynamic=False, lora_rank=0)).eval()
     prompts = [e.prompt for e in test_ex[: args.decode_prompts]]
+    # layer importance (Shortened-LLaMA PPL criterion) on the first training batches: ranks the blocks
+    # for the static baseline and, with --router_init importance, for the routers' starting biases
+    collate = PaddingCollator(tok.pad_token_id)
+    calib = [collate(feats[i * args.batch : (i + 1) * args.batch]) for i in range(args.calib_batches)]
+    scores = layer_importance(plain, calib)
+    results["layer_importance"] = scores
     log("D-LLM fine-tune")
     dllm = DLLM(
         copy.deepcopy(base),
         DLLMConfig(target=args.target, lambda_max=args.lambda_max, lambda_ramp=args.lambda_ramp),
     )
+    if args.router_init == "importance":
+        results["router_init_layers"] = warm_start_routers(dllm, scores, args.router_margin)
     results["dllm_train"] = train(dllm, tok, feats, args, work / "dllm", router_lr=args.router_lr)
     dllm.save(work / "dllm_model")  # routers + LoRA (small): reusable with dllm-eval
     dllm.merge_lora().eval()
@@ -146,9 +158,6 @@ def main() -> None:
     save()
 
     log("static layer dropping at equal compute")
-    collate = PaddingCollator(tok.pad_token_id)
-    calib = [collate(feats[i * args.batch : (i + 1) * args.batch]) for i in range(args.calib_batches)]
-    scores = layer_importance(plain, calib)
     keep_n = keep_for_ratio(n_layers, flops)
     keep = sorted(sorted(range(n_layers), key=lambda i: -scores[i])[:keep_n])
     static = DLLM(drop_layers(copy.deepcopy(base), keep), DLLMConfig(dynamic=False))
@@ -157,7 +166,6 @@ def main() -> None:
     results["static"] = choice_accuracy(static, tok, test_ex) | {"flops_ratio": keep_n / n_layers,
                                                                  "exec_ratio": keep_n / n_layers}  # fmt: skip
     results["static_layers_kept"] = keep
-    results["layer_importance"] = scores
     results["speed"]["static"] = decode_speed(static, tok, prompts, args.decode_tokens)
     save()
 
@@ -186,7 +194,9 @@ def render(r: dict) -> str:
         f"Task {a['task']} ({a.get('choice_format', 'number')} format): {a['train']} training examples, {a['steps']} steps x batch {a['batch']}, "
         f"{r['dllm']['examples']} test examples; model {a['model']} ({r['layers']} layers); "
         f"{r['seconds'] / 60:.1f} min total on a shared CPU ({r['torch_threads']} torch threads); "
-        f"router lr {a['router_lr']} ({a.get('router_schedule', 'cosine')}), lambda_max {a.get('lambda_max', 5.0)} reached at {a.get('lambda_ramp', 1.0):.0%} of training.",
+        f"router lr {a['router_lr']} ({a.get('router_schedule', 'cosine')}), lambda_max {a.get('lambda_max', 5.0)} reached at {a.get('lambda_ramp', 1.0):.0%} of training; "
+        f"router init {a.get('router_init', 'default')}"
+        + (f" (margin {a['router_margin']})." if a.get("router_init") == "importance" else "."),
         "",
         "| model | accuracy | accuracy (per char) | answer NLL | exec ratio | FLOPs ratio (blocks) | decode tok/s "
         "| speed vs dense |",
