@@ -15,6 +15,7 @@ import argparse
 import copy
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,9 @@ def main() -> None:
     p.add_argument("--qat-batch", type=int, default=4)
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--lr", type=float, default=2e-5)
+    p.add_argument("--init-checkpoint", default=None,
+                   help="a Trainer checkpoint-N folder of an earlier QAT run (same config) to continue from: "
+                        "copied into this run's QAT folder when that has no checkpoint yet")  # fmt: skip
     p.add_argument("--ppl-seqlen", type=int, default=256)
     p.add_argument("--ppl-chunks", type=int, default=16)
     p.add_argument("--speed-tokens", type=int, default=32)
@@ -148,6 +152,15 @@ def main() -> None:
                 work
                 / f"qat_{spec.name}_n{a.teacher_samples}_s{a.qat_steps}_b{a.qat_batch}_lr{a.lr:g}_len{a.max_length}"
             )
+            if a.init_checkpoint and not list(qat_dir.glob("checkpoint-*")):
+                src = Path(a.init_checkpoint)
+                if not (src / "trainer_state.json").exists():
+                    raise SystemExit(
+                        f"--init-checkpoint {src}: not a Trainer checkpoint (no trainer_state.json)"
+                    )
+                shutil.copytree(
+                    src, qat_dir / src.name
+                )  # the Trainer resumes from it (weights, optimizer, step)
             summary = train("default", teacher["path"], qat_dir, spec, clip=clip_path,
                             max_length=a.max_length, gamma_batches=4, dtype="fp32",
                             overrides={"max_steps": a.qat_steps, "per_device_train_batch_size": a.qat_batch,

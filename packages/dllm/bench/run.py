@@ -5,7 +5,8 @@
 1. D-LLM (routers + LoRA, target execution ratio 0.5) -> accuracy, execution / FLOPs ratio.
 2. Dense LoRA fine-tune (same data, steps, LoRA) -> accuracy at FLOPs ratio 1.
 3. Static layer dropping at the same compute (Shortened-LLaMA PPL criterion on calibration
-   batches: drop the blocks whose removal raises the loss least), then the same LoRA fine-tune.
+   batches: drop the blocks whose removal raises the loss least), then the same LoRA fine-tune; at
+   the two block counts that bracket D-LLM's FLOPs ratio, each compared with D-LLM example by example.
 4. Batch-1 greedy decode tokens/s of each model through the same decode loop (plus HF generate).
 Writes results.json and results.md next to this file (or --out).
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import sys
 import time
 from pathlib import Path
@@ -26,7 +28,7 @@ from leanlm.core.sft import PaddingCollator
 from leanlm.dllm import DLLM, DLLMConfig, generate
 from leanlm.dllm.data import load_examples, tokenize
 from leanlm.dllm.evaluate import choice_accuracy
-from leanlm.dllm.static import drop_layers, keep_for_ratio, layer_importance, warm_start_routers
+from leanlm.dllm.static import drop_layers, layer_importance, warm_start_routers
 from leanlm.dllm.train import finetune
 
 
@@ -84,6 +86,8 @@ def main() -> None:
     ap.add_argument("--target", type=float, default=0.5)
     ap.add_argument("--lambda_max", type=float, default=10.0, help="ratio-loss weight at the end of the ramp")
     ap.add_argument("--lambda_ramp", type=float, default=1.0, help="fraction of training to reach lambda_max")
+    ap.add_argument("--ratio_scope", default="token", choices=("token", "batch"),
+                    help="ratio loss on every token's ratio (the original) or on the batch mean")  # fmt: skip
     ap.add_argument("--router_init", default="default", choices=("default", "importance"),
                     help="default: every router biased to execute (the original); importance: biases start at "
                          "the static allocation for the target (same ranking as the static baseline)")  # fmt: skip
@@ -129,7 +133,12 @@ def main() -> None:
     log("D-LLM fine-tune")
     dllm = DLLM(
         copy.deepcopy(base),
-        DLLMConfig(target=args.target, lambda_max=args.lambda_max, lambda_ramp=args.lambda_ramp),
+        DLLMConfig(
+            target=args.target,
+            lambda_max=args.lambda_max,
+            lambda_ramp=args.lambda_ramp,
+            ratio_scope=args.ratio_scope,
+        ),
     )
     if args.router_init == "importance":
         results["router_init_layers"] = warm_start_routers(dllm, scores, args.router_margin)
@@ -137,7 +146,7 @@ def main() -> None:
     dllm.save(work / "dllm_model")  # routers + LoRA (small): reusable with dllm-eval
     dllm.merge_lora().eval()
     results["reserve_initials"] = dllm.config.reserve_initials
-    results["dllm"] = choice_accuracy(dllm, tok, test_ex)
+    results["dllm"] = choice_accuracy(dllm, tok, test_ex, per_example=True)
     flops = results["dllm"]["flops_ratio"]
     log("decode speed (batch 1, greedy): D-LLM vs dense (LoRA merged or not, dense costs the same)")
     results["speed"] = {
@@ -154,26 +163,47 @@ def main() -> None:
     dense = DLLM(copy.deepcopy(base), DLLMConfig(dynamic=False))
     results["dense_train"] = train(dense, tok, feats, args, work / "dense")
     dense.merge_lora().eval()
-    results["dense"] = choice_accuracy(dense, tok, test_ex)
+    results["dense"] = choice_accuracy(dense, tok, test_ex, per_example=True)
     save()
 
     log("static layer dropping at equal compute")
-    keep_n = keep_for_ratio(n_layers, flops)
-    keep = sorted(sorted(range(n_layers), key=lambda i: -scores[i])[:keep_n])
-    static = DLLM(drop_layers(copy.deepcopy(base), keep), DLLMConfig(dynamic=False))
-    results["static_train"] = train(static, tok, feats, args, work / "static")
-    static.merge_lora().eval()
-    results["static"] = choice_accuracy(static, tok, test_ex) | {"flops_ratio": keep_n / n_layers,
-                                                                 "exec_ratio": keep_n / n_layers}  # fmt: skip
-    results["static_layers_kept"] = keep
-    results["speed"]["static"] = decode_speed(static, tok, prompts, args.decode_tokens)
-    save()
+    # the two block counts that bracket D-LLM's FLOPs ratio (one when it lands on a whole count)
+    counts = sorted(
+        {max(1, math.floor(flops * n_layers + 1e-9)), min(n_layers, math.ceil(flops * n_layers - 1e-9))}
+    )
+    results["statics"] = []
+    ranked = sorted(range(n_layers), key=lambda i: -scores[i])
+    for keep_n in counts:
+        keep = sorted(ranked[:keep_n])
+        static = DLLM(drop_layers(copy.deepcopy(base), keep), DLLMConfig(dynamic=False))
+        row = {"layers_kept": keep, "train": train(static, tok, feats, args, work / f"static_{keep_n}")}
+        static.merge_lora().eval()
+        row["eval"] = choice_accuracy(static, tok, test_ex, per_example=True) | {
+            "flops_ratio": keep_n / n_layers, "exec_ratio": keep_n / n_layers}  # fmt: skip
+        row["speed"] = decode_speed(static, tok, prompts, args.decode_tokens)
+        row["paired_dllm_minus_static"] = paired(results["dllm"], row["eval"])
+        results["statics"].append(row)
+        save()
+        del static
 
     if not args.skip_base:
         log("zero-shot base model")
-        results["base"] = choice_accuracy(plain, tok, test_ex)
+        results["base"] = choice_accuracy(plain, tok, test_ex, per_example=True)
         save()
     print(render(results))
+
+
+def paired(a: dict, b: dict) -> dict:
+    """Mean and standard error of a - b over the same test examples (text format only)."""
+    if "per_example" not in a or "per_example" not in b:
+        return {}
+    out = {}
+    for key in ("correct", "correct_norm", "nll"):
+        d = [x - y for x, y in zip(a["per_example"][key], b["per_example"][key])]
+        mean = sum(d) / len(d)
+        var = sum((x - mean) ** 2 for x in d) / max(len(d) - 1, 1)
+        out[key] = {"mean": mean, "se": math.sqrt(var / len(d))}
+    return out
 
 
 def render(r: dict) -> str:
@@ -185,9 +215,9 @@ def render(r: dict) -> str:
         rows.append(("base model, no fine-tune", r["base"], 1.0, 1.0, None))
     if "dense" in r:
         rows.append(("dense LoRA fine-tune", r["dense"], 1.0, 1.0, dense_tps))
-    if "static" in r:
-        rows.append((f"static drop ({len(r['static_layers_kept'])}/{r['layers']} layers) + LoRA", r["static"],
-                     r["static"]["exec_ratio"], r["static"]["flops_ratio"], sp["static"]["tokens_per_s"]))  # fmt: skip
+    for st in r.get("statics", []):
+        rows.append((f"static drop ({len(st['layers_kept'])}/{r['layers']} layers) + LoRA", st["eval"],
+                     st["eval"]["exec_ratio"], st["eval"]["flops_ratio"], st["speed"]["tokens_per_s"]))  # fmt: skip
     rows.append((f"D-LLM target {a['target']}", r["dllm"], r["dllm"]["exec_ratio"], r["dllm"]["flops_ratio"],
                  sp["dllm"]["tokens_per_s"]))  # fmt: skip
     lines = [
@@ -195,7 +225,7 @@ def render(r: dict) -> str:
         f"{r['dllm']['examples']} test examples; model {a['model']} ({r['layers']} layers); "
         f"{r['seconds'] / 60:.1f} min total on a shared CPU ({r['torch_threads']} torch threads); "
         f"router lr {a['router_lr']} ({a.get('router_schedule', 'cosine')}), lambda_max {a.get('lambda_max', 5.0)} reached at {a.get('lambda_ramp', 1.0):.0%} of training; "
-        f"router init {a.get('router_init', 'default')}"
+        f"ratio loss per {a.get('ratio_scope', 'token')}; router init {a.get('router_init', 'default')}"
         + (f" (margin {a['router_margin']})." if a.get("router_init") == "importance" else "."),
         "",
         "| model | accuracy | accuracy (per char) | answer NLL | exec ratio | FLOPs ratio (blocks) | decode tok/s "
@@ -209,6 +239,13 @@ def render(r: dict) -> str:
             f"| {name} | {m['accuracy']:.3f} | {m.get('accuracy_norm', float('nan')):.3f} | {m['answer_nll']:.3f} "
             f"| {ex:.3f} | {fl:.3f} | {speed} | {rel} |"
         )
+    for st in r.get("statics", []):
+        pd = st.get("paired_dllm_minus_static")
+        if pd:
+            lines += ["", f"D-LLM minus static ({len(st['layers_kept'])} layers), paired over the same test examples "
+                          f"(mean +- standard error): accuracy {pd['correct']['mean']:+.3f} +- {pd['correct']['se']:.3f}, "
+                          f"per char {pd['correct_norm']['mean']:+.3f} +- {pd['correct_norm']['se']:.3f}, "
+                          f"answer NLL {pd['nll']['mean']:+.3f} +- {pd['nll']['se']:.3f}."]  # fmt: skip
     d = sp["dllm"]
     if "exec_ratio_routed" in r["dllm"]:
         lines += ["", f"D-LLM execution ratio on the test sequences past the {r.get('reserve_initials', 2)} reserved "

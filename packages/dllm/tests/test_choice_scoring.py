@@ -48,16 +48,23 @@ def test_loglik_scoring_matches_a_direct_reference(untied_base, tokenizer):
         Example("Goal: boil water\nSolution:", " use a pot", 3, 2, (" use a sieve", " a", " use a pot")),
     ]
     dense = DLLM(copy.deepcopy(untied_base), DLLMConfig(dynamic=False, lora_rank=0)).double().eval()
-    got = choice_accuracy(dense, tokenizer, examples, batch_size=4)  # 7 sequences: batches cut mid-example
+    # 7 sequences: batches cut mid-example
+    got = choice_accuracy(dense, tokenizer, examples, batch_size=4, per_example=True)
     correct = correct_norm = 0
     nll = 0.0
-    for e in examples:
+    per_nll = []
+    for i, e in enumerate(examples):
         ref = _hf_option_logprobs(untied_base, tokenizer, e)
         sums = [s for s, _ in ref]
         per_char = [s / len(c) for s, c in zip(sums, e.choices)]
         correct += sums.index(max(sums)) == e.label
         correct_norm += per_char.index(max(per_char)) == e.label
-        nll -= ref[e.label][0] / ref[e.label][1]
+        per_nll.append(-ref[e.label][0] / ref[e.label][1])
+        nll += per_nll[-1]
+        assert got["per_example"]["correct"][i] == int(sums.index(max(sums)) == e.label)
+        assert got["per_example"]["correct_norm"][i] == int(per_char.index(max(per_char)) == e.label)
+    assert got["per_example"]["nll"] == pytest.approx(per_nll, rel=1e-6)
+    assert "per_example" not in choice_accuracy(dense, tokenizer, examples, batch_size=4)
     assert got["examples"] == 3
     assert got["accuracy"] == pytest.approx(correct / 3) and got["accuracy_norm"] == pytest.approx(
         correct_norm / 3

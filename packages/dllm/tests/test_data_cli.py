@@ -102,9 +102,10 @@ def test_help_from_the_installed_script():
 def test_console_scripts_on_tiny_llama(tiny_dir, piqa_folder, tmp_path):
     out = tmp_path / "run"
     r = _run("dllm-finetune", piqa_folder, "--model", tiny_dir, "--output", out, "--max_steps", 3,
-             "--batch_size", 2, "--start_layer", 1, "--router_lr", 0.01)  # fmt: skip
+             "--batch_size", 2, "--start_layer", 1, "--router_lr", 0.01, "--ratio_scope", "batch")  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
     assert (out / "dllm" / "routers.safetensors").exists()
+    assert json.loads((out / "dllm" / "dllm_config.json").read_text())["dllm"]["ratio_scope"] == "batch"
     r = _run("dllm-chat", "--dllm", out / "dllm", "--model", tiny_dir, "--instructs", "['Say hi.', 'Count to 3.']",
              "--max_new_tokens", 5)  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
@@ -139,6 +140,8 @@ def test_console_scripts_bad_input(tiny_dir, tmp_path):
     r = _run("dllm-finetune", "piqa", "--model", tiny_dir, "--target", 1.5)
     assert r.returncode == 2 and "target execution ratio must be in (0, 1]" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+    r = _run("dllm-finetune", "piqa", "--model", tiny_dir, "--ratio_scope", "sequence")
+    assert r.returncode == 2 and "ratio_scope must be 'token' or 'batch'" in r.stderr
     r = _run("dllm-finetune", "piqa", "--model", tiny_dir, "--start_layer", 9, "--limit", 4)
     assert r.returncode == 2 and "beyond the model's depth" in r.stderr
     r = _run("dllm-chat", "--dllm", tmp_path, "--model", tiny_dir)

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from leanlm.core.errors import UserError
 from leanlm.dllm import DLLM, DLLMConfig
 from leanlm.dllm.loss import exec_ratio, lambda_schedule, ratio_loss
 from leanlm.dllm.train import finetune, lr_lambdas, param_groups
@@ -25,6 +26,27 @@ def test_ratio_loss_by_hand():
     mask = torch.tensor([[True, True, False]])
     # token ratios 0.5 and 1.0 (third masked): |0.5-0.5| + |1-0.5| over 2 tokens
     assert float(ratio_loss(execs, mask, 0.5)) == pytest.approx(0.25)
+    # batch scope: only the mean over tokens is pulled, |(0.5 + 1.0) / 2 - 0.5|
+    assert float(ratio_loss(execs, mask, 0.5, scope="batch")) == pytest.approx(0.25)
+    assert float(ratio_loss(execs, mask, 0.75, scope="batch")) == pytest.approx(0.0)
+    assert float(ratio_loss(execs, mask, 0.75)) == pytest.approx(0.25)
+
+
+def test_batch_scope_reaches_the_model_loss_and_bad_scope_fails(tiny_model, tokenizer):
+    config = DLLMConfig(start_layer=1, target=0.9, ratio_scope="batch", lambda_max=3.0)
+    d = DLLM(copy.deepcopy(tiny_model), config).train()  # Gumbel sampling: some tokens skip a block
+    batch = _batch(tokenizer)
+    torch.manual_seed(0)
+    out = d(batch["input_ids"], batch["attention_mask"], batch["labels"])
+    real = batch["attention_mask"].bool().clone()
+    real[:, :2] = False
+    per_token = out.execs.mean(-1)[real]
+    assert (per_token > 0.9).any() and (per_token < 0.9).any()  # the two scopes differ on this batch
+    assert torch.allclose(out.ratio_loss, (exec_ratio(out.execs, real) - 0.9).abs())
+    assert not torch.allclose(out.ratio_loss, ratio_loss(out.execs, real, 0.9))
+    assert torch.allclose(out.loss, out.ce_loss + 3.0 * out.ratio_loss)
+    with pytest.raises(UserError, match="ratio_scope"):
+        DLLMConfig(ratio_scope="layer").validate()
 
 
 def _batch(tokenizer):

@@ -29,6 +29,7 @@ def finetune(
     target: float = 0.5,
     lambda_max: float = 5.0,
     lambda_ramp: float = 1.0,
+    ratio_scope: str = "token",
     start_layer: int = 2,
     reserve_initials: int = 2,
     router_hidden: int | None = None,
@@ -62,6 +63,8 @@ def finetune(
     ``--router_schedule constant`` keeps the routers' LR constant after the warm-up (LoRA still decays).
     ``--lambda_ramp 0.5`` reaches lambda_max halfway through training (the original: 1.0, at the end).
     ``--choice_format text`` trains a choice task on the right option's text instead of its number.
+    ``--ratio_scope batch`` pulls only the batch's mean execution ratio to the target (the original pulls
+    every token's).
     """
     from leanlm.core.distributed import maybe_launch, set_seed
     from leanlm.core.models import load_model, load_tokenizer
@@ -71,7 +74,7 @@ def finetune(
     from leanlm.dllm.train import finetune as run_finetune
 
     config = DLLMConfig(start_layer=start_layer, reserve_initials=reserve_initials, target=target,
-                        lambda_max=lambda_max, lambda_ramp=lambda_ramp, router_hidden=router_hidden, lora_rank=lora_rank,
+                        lambda_max=lambda_max, lambda_ramp=lambda_ramp, ratio_scope=ratio_scope, router_hidden=router_hidden, lora_rank=lora_rank,
                         dynamic=not parse_bool(dense, "--dense"), base_model=model).validate()  # fmt: skip
     examples = load_examples(data, "train", template=template, limit=limit, test_size=test_size, seed=seed,
                              choice_format=choice_format)  # fmt: skip

@@ -24,6 +24,9 @@ class DLLMConfig:
     lambda_max: float = 5.0
     # fraction of training over which lambda ramps up to lambda_max (1.0: the whole run, the original)
     lambda_ramp: float = 1.0
+    # what the ratio loss pulls toward the target: every token's ratio ("token", the original) or
+    # the batch mean ("batch": tokens may differ, only the average compute is held)
+    ratio_scope: str = "token"
     router_hidden: int | None = None
     router_bias: tuple[float, float] = (0.1, 2.0)  # (skip, execute) logits bias: start near "execute"
     gumbel_tau: float = 1.0
@@ -50,6 +53,8 @@ class DLLMConfig:
             raise UserError(f"lambda_max must be >= 0, got {self.lambda_max}")
         if not 0.0 < float(self.lambda_ramp) <= 1.0:
             raise UserError(f"lambda_ramp (fraction of training) must be in (0, 1], got {self.lambda_ramp}")
+        if self.ratio_scope not in ("token", "batch"):
+            raise UserError(f"ratio_scope must be 'token' or 'batch', got {self.ratio_scope!r}")
         if self.lora_rank < 0:
             raise UserError(f"lora_rank must be >= 0 (0 = no LoRA), got {self.lora_rank}")
         return self

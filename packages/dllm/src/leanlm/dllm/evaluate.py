@@ -55,15 +55,17 @@ def _reserve(dllm: DLLM) -> int:
 
 @torch.no_grad()
 def choice_accuracy(
-    dllm: DLLM, tokenizer: Any, examples: list[Example], batch_size: int = 8
-) -> dict[str, float]:
+    dllm: DLLM, tokenizer: Any, examples: list[Example], batch_size: int = 8, per_example: bool = False
+) -> dict[str, Any]:
+    """Accuracy on choice examples; ``per_example`` (text format) adds lists ``correct``,
+    ``correct_norm`` and ``nll`` in example order, for paired comparisons of two models."""
     examples = [e for e in examples if e.num_choices > 0]
     if not examples:
         raise UserError(
             "accuracy needs multiple-choice examples (piqa, boolq, social_i_qa, openbookqa, mmlu)"
         )
     if all(e.choices for e in examples):
-        return _loglik_accuracy(dllm, tokenizer, examples, batch_size)
+        return _loglik_accuracy(dllm, tokenizer, examples, batch_size, per_example)
     if any(e.choices for e in examples):
         raise UserError("mixed choice formats: pass examples of one format (number or text)")
     dllm.eval()
@@ -102,8 +104,8 @@ def _option_features(tokenizer: Any, e: Example) -> list[dict[str, list[int]]]:
 
 @torch.no_grad()
 def _loglik_accuracy(
-    dllm: DLLM, tokenizer: Any, examples: list[Example], batch_size: int
-) -> dict[str, float]:
+    dllm: DLLM, tokenizer: Any, examples: list[Example], batch_size: int, per_example: bool = False
+) -> dict[str, Any]:
     """log p(option | prompt) = sum over option tokens t of log softmax(logits[t-1])[token t], per option."""
     dllm.eval()
     cost, collate = CostModel.of(dllm), PaddingCollator(tokenizer.pad_token_id, side="right")
@@ -126,20 +128,22 @@ def _loglik_accuracy(
             scores[i][j] = float(token_logp[row].sum())
             n_tokens[i][j] = int(scored[row].sum())
         costs += _batch_costs(cost, out.execs.cpu(), batch["attention_mask"], _reserve(dllm))
-    correct = correct_norm = 0
-    nll = 0.0
+    correct, correct_norm, nll = [], [], []
     for e, sc, nt in zip(examples, scores, n_tokens):
         chars = [max(len(c), 1) for c in e.choices or ()]
-        correct += max(range(e.num_choices), key=lambda j: sc[j]) == e.label
-        correct_norm += max(range(e.num_choices), key=lambda j: sc[j] / chars[j]) == e.label
-        nll -= sc[e.label] / max(nt[e.label], 1)
+        correct.append(int(max(range(e.num_choices), key=lambda j: sc[j]) == e.label))
+        correct_norm.append(int(max(range(e.num_choices), key=lambda j: sc[j] / chars[j]) == e.label))
+        nll.append(-sc[e.label] / max(nt[e.label], 1))
     n = len(examples)
-    return {
-        "accuracy": correct / n,
-        "accuracy_norm": correct_norm / n,
-        "answer_nll": nll / n,
+    result = {
+        "accuracy": sum(correct) / n,
+        "accuracy_norm": sum(correct_norm) / n,
+        "answer_nll": sum(nll) / n,
         "examples": n,
     } | _mean_costs(costs)
+    if per_example:
+        result["per_example"] = {"correct": correct, "correct_norm": correct_norm, "nll": nll}
+    return result
 
 
 @torch.no_grad()

@@ -2,6 +2,8 @@
 
 r_t      = mean_l w[t, l]                     (layers below start_layer count as executed)
 ratio    = sum_t |r_t - target| * m_t / sum_t m_t      (m: real tokens, reserved ones excluded)
+           (scope "batch": |sum_t r_t m_t / sum_t m_t - target|, only the batch mean is pulled,
+            so some tokens may run more layers than others)
 loss     = CE(response tokens) + lambda(p) * ratio
 lambda(p)= lambda_max * sin(pi/2 * clip(p / ramp, 0, 1))  (p: fraction of training done; ramp 1 in the original)
 """
@@ -37,8 +39,15 @@ def exec_ratio(execs: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
     return (execs.mean(-1) * m).sum() / m.sum().clamp(min=1.0)
 
 
-def ratio_loss(execs: torch.Tensor, token_mask: torch.Tensor, target: float) -> torch.Tensor:
-    """execs [B, T, L] in {0,1} (ST gradient), token_mask [B, T] bool -> mean_t |mean_l w - target|."""
+def ratio_loss(
+    execs: torch.Tensor, token_mask: torch.Tensor, target: float, scope: str = "token"
+) -> torch.Tensor:
+    """execs [B, T, L] in {0,1} (ST gradient), token_mask [B, T] bool -> scalar.
+
+    scope "token" (the original): mean_t |mean_l w - target|; "batch": |mean_t mean_l w - target|.
+    """
+    if scope == "batch":
+        return (exec_ratio(execs, token_mask) - target).abs()
     per_token = (execs.mean(-1) - target).abs()
     m = token_mask.float()
     return (per_token * m).sum() / m.sum().clamp(min=1.0)
@@ -52,9 +61,10 @@ def dllm_loss(
     target: float,
     lam: float,
     dynamic: bool = True,
+    scope: str = "token",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(total, ce, ratio). With no routers (dense baseline) the ratio term is reported but not added."""
     ce = response_ce(logits, labels)
-    ratio = ratio_loss(execs, token_mask, target)
+    ratio = ratio_loss(execs, token_mask, target, scope)
     total = ce + lam * ratio if dynamic else ce
     return total, ce, ratio

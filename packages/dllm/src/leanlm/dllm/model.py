@@ -243,7 +243,8 @@ class DLLM(nn.Module):
             lam = self.config.lambda_max if lambda_now is None else lambda_now
             counted = real & ~reserved  # padding and the always-executed first tokens are not routed
             loss, ce, ratio = dllm_loss(logits, labels[:, 1:][predict], execs_t, counted,
-                                        self.config.target, lam, dynamic=bool(self.routers))  # fmt: skip
+                                        self.config.target, lam, dynamic=bool(self.routers),
+                                        scope=self.config.ratio_scope)  # fmt: skip
             return DLLMOutput(logits=logits, execs=execs_t, loss=loss, ce_loss=ce, ratio_loss=ratio,
                               exec_ratio=float(exec_ratio(execs_t.detach(), counted)))  # fmt: skip
         logits = lm.lm_head(h[:, -1:] if last_only else h)
