@@ -158,9 +158,8 @@ def main() -> None:
                     raise SystemExit(
                         f"--init-checkpoint {src}: not a Trainer checkpoint (no trainer_state.json)"
                     )
-                shutil.copytree(
-                    src, qat_dir / src.name
-                )  # the Trainer resumes from it (weights, optimizer, step)
+                # the Trainer resumes from the copy: weights, optimizer state, step counter
+                shutil.copytree(src, qat_dir / src.name)
             summary = train("default", teacher["path"], qat_dir, spec, clip=clip_path,
                             max_length=a.max_length, gamma_batches=4, dtype="fp32",
                             overrides={"max_steps": a.qat_steps, "per_device_train_batch_size": a.qat_batch,
