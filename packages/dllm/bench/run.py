@@ -194,11 +194,11 @@ def main() -> None:
 
 
 def paired(a: dict, b: dict) -> dict:
-    """Mean and standard error of a - b over the same test examples (text format only)."""
+    """Mean and standard error of a - b over the same test examples."""
     if "per_example" not in a or "per_example" not in b:
         return {}
     out = {}
-    for key in ("correct", "correct_norm", "nll"):
+    for key in [k for k in a["per_example"] if k in b["per_example"]]:  # no correct_norm in the number format
         d = [x - y for x, y in zip(a["per_example"][key], b["per_example"][key])]
         mean = sum(d) / len(d)
         var = sum((x - mean) ** 2 for x in d) / max(len(d) - 1, 1)
@@ -242,10 +242,10 @@ def render(r: dict) -> str:
     for st in r.get("statics", []):
         pd = st.get("paired_dllm_minus_static")
         if pd:
-            lines += ["", f"D-LLM minus static ({len(st['layers_kept'])} layers), paired over the same test examples "
-                          f"(mean +- standard error): accuracy {pd['correct']['mean']:+.3f} +- {pd['correct']['se']:.3f}, "
-                          f"per char {pd['correct_norm']['mean']:+.3f} +- {pd['correct_norm']['se']:.3f}, "
-                          f"answer NLL {pd['nll']['mean']:+.3f} +- {pd['nll']['se']:.3f}."]  # fmt: skip
+            names = {"correct": "accuracy", "correct_norm": "per char", "nll": "answer NLL"}
+            parts = [f"{names[k]} {pd[k]['mean']:+.3f} +- {pd[k]['se']:.3f}" for k in names if k in pd]
+            lines += ["", f"D-LLM minus static ({len(st['layers_kept'])} layers), paired over the same test "
+                          f"examples (mean +- standard error): {', '.join(parts)}."]  # fmt: skip
     d = sp["dllm"]
     if "exec_ratio_routed" in r["dllm"]:
         lines += ["", f"D-LLM execution ratio on the test sequences past the {r.get('reserve_initials', 2)} reserved "

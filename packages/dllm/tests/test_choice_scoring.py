@@ -94,6 +94,22 @@ def test_mixed_formats_are_rejected(tiny_model, tokenizer):
         choice_accuracy(net, tokenizer, examples)
 
 
+def test_number_format_per_example_matches_the_next_token(untied_base, tokenizer):
+    """Number format: per-example correctness and NLL of the option number after each prompt."""
+    examples = [Example("Pick one: 1 or 2?", "1", 2, 0), Example("Which of 1, 2, 3 is it?", "3", 3, 2)]
+    dense = DLLM(copy.deepcopy(untied_base), DLLMConfig(dynamic=False, lora_rank=0)).double().eval()
+    got = choice_accuracy(dense, tokenizer, examples, per_example=True)
+    digits = [tokenizer(str(i), add_special_tokens=False)["input_ids"][0] for i in (1, 2, 3)]
+    for i, e in enumerate(examples):
+        with torch.no_grad():
+            logits = untied_base(torch.tensor([tokenizer(e.prompt)["input_ids"]])).logits[0, -1]
+        logp = torch.log_softmax(logits.float(), -1)
+        assert got["per_example"]["correct"][i] == int(int(logp[digits[: e.num_choices]].argmax()) == e.label)
+        assert got["per_example"]["nll"][i] == pytest.approx(-float(logp[digits[e.label]]), rel=1e-5)
+    assert "correct_norm" not in got["per_example"]
+    assert got["accuracy"] == sum(got["per_example"]["correct"]) / 2
+
+
 def test_routed_ratio_leaves_out_the_reserved_tokens(routed, tokenizer):
     """Routers that always skip: past the 2 reserved tokens only layer 0 (below start_layer 1) runs."""
     skip_all = copy.deepcopy(routed)

@@ -30,6 +30,8 @@ def test_ratio_loss_by_hand():
     assert float(ratio_loss(execs, mask, 0.5, scope="batch")) == pytest.approx(0.25)
     assert float(ratio_loss(execs, mask, 0.75, scope="batch")) == pytest.approx(0.0)
     assert float(ratio_loss(execs, mask, 0.75)) == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="scope"):
+        ratio_loss(execs, mask, 0.5, scope="sequence")
 
 
 def test_batch_scope_reaches_the_model_loss_and_bad_scope_fails(tiny_model, tokenizer):

@@ -57,8 +57,8 @@ def _reserve(dllm: DLLM) -> int:
 def choice_accuracy(
     dllm: DLLM, tokenizer: Any, examples: list[Example], batch_size: int = 8, per_example: bool = False
 ) -> dict[str, Any]:
-    """Accuracy on choice examples; ``per_example`` (text format) adds lists ``correct``,
-    ``correct_norm`` and ``nll`` in example order, for paired comparisons of two models."""
+    """Accuracy on choice examples; ``per_example`` adds lists ``correct`` and ``nll`` (and, in the
+    text format, ``correct_norm``) in example order, for paired comparisons of two models."""
     examples = [e for e in examples if e.num_choices > 0]
     if not examples:
         raise UserError(
@@ -74,7 +74,7 @@ def choice_accuracy(
         ids = tokenizer(str(i), add_special_tokens=False)["input_ids"]
         digit_ids.append(ids[0])
     cost, collate = CostModel.of(dllm), PaddingCollator(tokenizer.pad_token_id, side="left")
-    correct, nll, costs = 0, 0.0, []
+    correct, nll, costs = [], [], []
     for s in range(0, len(examples), batch_size):
         chunk = examples[s : s + batch_size]
         feats = [{"input_ids": tokenizer(e.prompt)["input_ids"]} for e in chunk]
@@ -86,11 +86,14 @@ def choice_accuracy(
         logp = torch.log_softmax(out.logits[:, -1].float(), -1)
         for row, e in enumerate(chunk):
             cand = logp[row, digit_ids[: e.num_choices]]
-            correct += int(cand.argmax()) == e.label
-            nll -= float(logp[row, digit_ids[e.label]])
+            correct.append(int(int(cand.argmax()) == e.label))
+            nll.append(-float(logp[row, digit_ids[e.label]]))
         costs += _batch_costs(cost, out.execs.cpu(), batch["attention_mask"], _reserve(dllm))
     n = len(examples)
-    return {"accuracy": correct / n, "answer_nll": nll / n, "examples": n} | _mean_costs(costs)
+    result = {"accuracy": sum(correct) / n, "answer_nll": sum(nll) / n, "examples": n} | _mean_costs(costs)
+    if per_example:
+        result["per_example"] = {"correct": correct, "nll": nll}
+    return result
 
 
 def _option_features(tokenizer: Any, e: Example) -> list[dict[str, list[int]]]:

@@ -48,6 +48,8 @@ def ratio_loss(
     """
     if scope == "batch":
         return (exec_ratio(execs, token_mask) - target).abs()
+    if scope != "token":
+        raise ValueError(f"ratio loss scope must be 'token' or 'batch', got {scope!r}")
     per_token = (execs.mean(-1) - target).abs()
     m = token_mask.float()
     return (per_token * m).sum() / m.sum().clamp(min=1.0)
