@@ -27,12 +27,34 @@ HERE = Path(__file__).resolve().parent
 SPEC_BENCH = HERE.parents[2] / ".." / "shared" / "data" / "spec_bench" / "question.jsonl"
 
 
+def held_out_questions(path: str, tokenizer, per_category: int, limit: int) -> list[dict]:
+    """The question file's records minus the evaluated subset (first ``per_category`` of each
+    category), shuffled with seed 0, first ``limit``: training prompts disjoint from evaluation."""
+    import random
+
+    from leanlm.bita.evaluate import load_eval_prompts
+    from leanlm.core.datasets import load_records
+
+    evaluated = {p["id"] for p in load_eval_prompts(path, tokenizer, "chat", per_category=per_category)}
+    rest = [r for r in load_records(path) if str(r.get("question_id", r.get("id"))) not in evaluated]
+    random.Random(0).shuffle(rest)
+    return rest[:limit]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(HERE / "out"))
     ap.add_argument("--model", default="default")
     ap.add_argument("--questions", default=str(SPEC_BENCH.resolve()))
     ap.add_argument("--train-prompts", type=int, default=48)
+    ap.add_argument(
+        "--train-source",
+        choices=("instructions", "question-file-rest"),
+        default="instructions",
+        help="training prompts: the core 'instructions' set (another distribution than Spec-Bench), or "
+        "the --questions file's questions that are NOT in the evaluated subset (same categories, "
+        "disjoint questions)",
+    )
     ap.add_argument("--gen-tokens", type=int, default=96)
     ap.add_argument("--num-masks", type=int, default=3)
     ap.add_argument("--num-prefix", type=int, default=16)
@@ -72,7 +94,10 @@ def main() -> None:
 
     # 1. self-distillation data (prompts disjoint from Spec-Bench)
     t0 = time.time()
-    instructions = load_records("instructions", limit=args.train_prompts, seed=0)
+    if args.train_source == "instructions":
+        instructions = load_records("instructions", limit=args.train_prompts, seed=0)
+    else:
+        instructions = held_out_questions(args.questions, tok, args.per_category, args.train_prompts)
     prompts = make_prompts(instructions, tok, "chat", "short")
     write_jsonl(out / "prompts.jsonl", prompts)
     backend = get_backend("hf", model=base, tokenizer=tok, batch_size=8)

@@ -6,7 +6,8 @@ import random
 import pytest
 import torch
 
-from leanlm.bita.data import IGNORE, PackedCollator, build_dataset, build_example, packed_masks
+from leanlm.bita.data import IGNORE, build_dataset, build_example, packed_masks
+from leanlm.core.sft import PaddingCollator
 
 V = 1000  # vocab size: mask ids are 1000, 1001
 SRC = [10, 11]
@@ -48,7 +49,7 @@ def test_attention_mask_hand_computed():
 def test_padding_rows_and_columns():
     a = build_example(SRC, TGT, num_masks=2, vocab_size=V, max_groups=4, cutoff=64)
     b = build_example(SRC, TGT[:4], num_masks=2, vocab_size=V, max_groups=4, cutoff=64)
-    batch = PackedCollator(pad_token_id=0)([a, b])
+    batch = PaddingCollator(pad_token_id=0, pad_to_multiple_of=4)([a, b])
     assert batch["input_ids"].shape == (2, 16)  # 13 padded to a multiple of 4
     assert batch["labels"][1, b["seq_len"] :].eq(IGNORE).all()
     vis, prefix, _ = packed_masks(batch["freeze_len"], batch["num_groups"], batch["seq_len"], 2, T=16)
@@ -85,16 +86,18 @@ def test_truncation_leaves_room_for_targets():
         build_example(src, tgt, num_masks=3, vocab_size=V, cutoff=6)
 
 
-def test_packed_loss_equals_groups_run_separately(tiny_bita):
+@pytest.mark.parametrize("training_forward", ["joint", "two_pass"])
+def test_packed_loss_equals_groups_run_separately(tiny_bita, training_forward, monkeypatch):
     """The packed forward's loss equals the mean CE of every group run as its own sequence."""
     from leanlm.bita.decoding import BiTADecoder
 
     m = tiny_bita
+    monkeypatch.setattr(m, "training_forward", training_forward)
     Vm = m.vocab_size
     src, tgt = [5, 17, 99, 4], [301, 302, 303, 304, 305, 306, 307, 308]
     ex = build_example(src, tgt, num_masks=3, vocab_size=Vm, max_groups=64, cutoff=128)
     ex2 = build_example(src[:2], tgt[:6], num_masks=3, vocab_size=Vm, max_groups=64, cutoff=128)
-    batch = PackedCollator(0)([ex, ex2])
+    batch = PaddingCollator(0, pad_to_multiple_of=4)([ex, ex2])
     with torch.no_grad():
         packed = m(**batch)["loss"]
     dec = BiTADecoder(m, "1,1,1")
@@ -112,3 +115,37 @@ def test_packed_loss_equals_groups_run_separately(tiny_bita):
                 torch.nn.functional.cross_entropy(logits, torch.tensor(t[j + 1 : j + 4]), reduction="none")
             )
     assert torch.allclose(packed, torch.cat(ce).mean(), atol=1e-5)
+
+
+def test_two_pass_loss_and_gradients_equal_joint(tiny_bita):
+    """Real tokens computed without autograd (two_pass) give the joint forward's loss and adapter
+    gradients, on a padded batch whose examples differ in prompt length, window start and groups."""
+    import copy
+    import random
+
+    m = copy.deepcopy(tiny_bita)
+    with torch.no_grad():  # a non-initial adapter, so the gradients are not special
+        m.prefix.add_(0.05 * torch.randn_like(m.prefix))
+    rng = random.Random(3)
+    V = m.vocab_size
+    examples = []
+    for n_src, n_tgt, groups in [(9, 30, 7), (3, 12, 64), (20, 25, 4)]:
+        src = [rng.randrange(3, V) for _ in range(n_src)]
+        tgt = [rng.randrange(3, V) for _ in range(n_tgt)]
+        examples.append(
+            build_example(src, tgt, num_masks=3, vocab_size=V, max_groups=groups, cutoff=64, rng=rng)
+        )
+    assert len({(e["freeze_len"], e["num_groups"]) for e in examples}) == 3
+    batch = PaddingCollator(0, pad_to_multiple_of=4)(examples)
+    results = {}
+    for mode in ("joint", "two_pass"):
+        m.zero_grad()
+        m.training_forward = mode
+        loss = m(**batch)["loss"]
+        loss.backward()
+        results[mode] = (loss.detach(), m.prefix.grad.clone(), m.mask_embeddings.grad.clone())
+    (lj, pj, ej), (lt, pt, et) = results["joint"], results["two_pass"]
+    assert pj.abs().sum() > 0 and ej.abs().sum() > 0
+    assert torch.allclose(lj, lt, atol=1e-5)
+    assert torch.allclose(pj, pt, atol=1e-5, rtol=1e-4)
+    assert torch.allclose(ej, et, atol=1e-5, rtol=1e-4)

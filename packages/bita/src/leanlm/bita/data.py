@@ -145,21 +145,3 @@ def build_dataset(
                 out.append(ex)
     rng.shuffle(out)
     return out
-
-
-class PackedCollator:
-    """Right-pads ``input_ids`` (pad id) and ``labels`` (-100) to a multiple of 4; stacks the
-    per-example ints ``freeze_len``, ``num_groups``, ``seq_len`` into [b] tensors."""
-
-    def __init__(self, pad_token_id: int, multiple: int = 4):
-        self.pad, self.multiple = int(pad_token_id), max(1, int(multiple))
-
-    def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        T = max(len(f["input_ids"]) for f in features)
-        T = -(-T // self.multiple) * self.multiple
-        ids = [list(f["input_ids"]) + [self.pad] * (T - len(f["input_ids"])) for f in features]
-        labels = [list(f["labels"]) + [IGNORE] * (T - len(f["labels"])) for f in features]
-        batch = {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels)}
-        for key in ("freeze_len", "num_groups", "seq_len"):
-            batch[key] = torch.tensor([int(f[key]) for f in features])
-        return batch

@@ -79,6 +79,7 @@ class BiTAModel(nn.Module):
     """A frozen causal LM plus BiTA's mask embeddings and deep prefix (batch-first tensors)."""
 
     accepts_loss_kwargs = False  # the loss is a per-batch mean: let HF Trainer scale for accumulation
+    training_forward = "two_pass"  # or "joint", the one-forward reference the tests compare against
 
     def __init__(self, base: Any, config: BiTAConfig | None = None, init: bool = True, seed: int = 0):
         super().__init__()
@@ -199,22 +200,105 @@ class BiTAModel(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """Packed training step (see ``data.py``): CE at mask positions, labels NOT shifted.
 
-        input_ids, labels: [b, T]; freeze_len, num_groups, seq_len: [b].
+        input_ids, labels: [b, T]; freeze_len, num_groups, seq_len: [b]. ``two_pass`` (default)
+        runs the real tokens once without autograd and only the mask tokens with it; ``joint``
+        runs the packed sequence in one forward. Both give the same loss and gradients.
         """
+        if self.training_forward == "joint":
+            return {"loss": self.joint_loss(input_ids, labels, freeze_len, num_groups, seq_len)}
+        return {"loss": self.two_pass_loss(input_ids, labels, freeze_len, num_groups, seq_len)}
+
+    def joint_loss(
+        self,
+        input_ids: torch.Tensor,
+        labels: torch.Tensor,
+        freeze_len: torch.Tensor,
+        num_groups: torch.Tensor,
+        seq_len: torch.Tensor,
+    ) -> torch.Tensor:
+        """The whole packed sequence [b, T] in one forward with autograd (the original's way)."""
         from leanlm.bita.data import packed_masks
 
         visible, prefix_visible, positions = packed_masks(
             freeze_len, num_groups, seq_len, self.num_masks, T=input_ids.shape[1]
         )
-        mask = additive_mask(
-            torch.cat([prefix_visible.unsqueeze(-1).expand(-1, -1, self.num_prefix), visible], -1), self.dtype
-        )
+        mask = self._with_prefix(prefix_visible, visible)
         cache = self.prefix_cache(input_ids.shape[0])
         hidden = self.hidden_states(input_ids, mask.unsqueeze(1), positions, cache)
+        return self._mask_loss(hidden, labels)
+
+    def two_pass_loss(
+        self,
+        input_ids: torch.Tensor,
+        labels: torch.Tensor,
+        freeze_len: torch.Tensor,
+        num_groups: torch.Tensor,
+        seq_len: torch.Tensor,
+    ) -> torch.Tensor:
+        """Same loss as ``joint_loss``, cheaper.
+
+        Real tokens see neither the prefix nor any mask, so their keys and values do not depend on
+        the adapter. Pass 1 runs the real tokens ``[b, F_max]`` under ``no_grad`` and keeps their
+        per-layer K/V. Pass 2 runs only the mask tokens ``[b, N]`` (N = max G*M) with autograd,
+        against a cache ``[prefix | real K/V]``. The joint forward instead back-propagates
+        through every real row of every layer (they carry the mask embeddings' graph), about
+        half of its cost at the paper's layout.
+        """
+        from leanlm.bita.data import packed_masks
+
+        b, T = input_ids.shape
+        visible, prefix_visible, positions = packed_masks(
+            freeze_len, num_groups, seq_len, self.num_masks, T=T
+        )
+        F = freeze_len.long()
+        F_max = int(F.max())
+        N = int((seq_len.long() - F).max())
+        dev = input_ids.device
+        cols = torch.arange(F_max, device=dev)
+        real = cols.view(1, -1) < F.view(-1, 1)  # [b, F_max]
+
+        # pass 1: real tokens only, causal, columns past each row's F hidden (right padding)
+        with torch.no_grad():
+            real_ids = torch.where(real, input_ids[:, :F_max], torch.zeros_like(input_ids[:, :F_max]))
+            causal = cols.view(1, -1, 1) >= cols.view(1, 1, -1)  # [1, F_max, F_max]
+            vis1 = (causal & real.unsqueeze(1)) | torch.eye(F_max, dtype=torch.bool, device=dev)
+            out = self.base.get_decoder()(
+                input_ids=real_ids,
+                attention_mask=additive_mask(vis1, self.dtype).unsqueeze(1),
+                position_ids=cols.view(1, -1).expand(b, -1),
+                use_cache=True,
+            )
+            real_kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+
+        # pass 2: the mask tokens (rows F_b .. F_b+N-1, clamped; rows past seq_len are padding)
+        rows = (F.view(-1, 1) + torch.arange(N, device=dev).view(1, -1)).clamp(max=T - 1)  # [b, N]
+        valid = (F.view(-1, 1) + torch.arange(N, device=dev).view(1, -1)) < seq_len.view(-1, 1)
+        ids2 = input_ids.gather(1, rows)
+        labels2 = labels.gather(1, rows).masked_fill(~valid, -100)
+        pos2 = positions.gather(1, rows)
+        vis_rows = visible.gather(1, rows.unsqueeze(-1).expand(-1, -1, T))  # [b, N, T]
+        vis_real = vis_rows[:, :, :F_max] & real.unsqueeze(1)
+        vis_mask = vis_rows.gather(2, rows.unsqueeze(1).expand(-1, N, -1))  # [b, N, N]
+        # clamped rows repeat row T-1: hide them as keys (else that row would see itself twice);
+        # padding rows see only themselves
+        vis_mask = (vis_mask & valid.unsqueeze(1)) | torch.eye(N, dtype=torch.bool, device=dev)
+        mask = self._with_prefix(prefix_visible.gather(1, rows), torch.cat([vis_real, vis_mask], -1))
+        cache = self.prefix_cache(b)
+        for layer, (k, v) in zip(cache.layers, real_kv, strict=True):
+            layer.keys = torch.cat([layer.keys, k], dim=2)
+            layer.values = torch.cat([layer.values, v], dim=2)
+        hidden = self.hidden_states(ids2, mask.unsqueeze(1), pos2, cache)
+        return self._mask_loss(hidden, labels2)
+
+    def _with_prefix(self, prefix_visible: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+        """[b, q] prefix visibility + [b, q, k] key visibility -> additive [b, q, P + k]."""
+        prefix = prefix_visible.unsqueeze(-1).expand(-1, -1, self.num_prefix)
+        return additive_mask(torch.cat([prefix, visible], -1), self.dtype)
+
+    def _mask_loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         selected = labels != -100
         logits = self.logits(hidden[selected]).float()  # only at mask positions: saves the LM head elsewhere
-        loss = nn.functional.cross_entropy(logits, labels[selected])
-        return {"loss": loss}
+        return nn.functional.cross_entropy(logits, labels[selected])
 
     # ------------------------------------------------------------------ adapter I/O
 

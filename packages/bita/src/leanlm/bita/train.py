@@ -13,10 +13,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from leanlm.bita.data import PackedCollator, build_dataset, tokenize_pair
+from leanlm.bita.data import build_dataset, tokenize_pair
 from leanlm.bita.model import BiTAConfig, BiTAModel
 from leanlm.bita.prompts import training_records
 from leanlm.core.errors import UserError
+from leanlm.core.sft import PaddingCollator
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ def train_adapter(
         model=model,
         args=args,
         train_dataset=dataset,
-        data_collator=PackedCollator(pad),
+        data_collator=PaddingCollator(pad, pad_to_multiple_of=4),  # ints (freeze_len, ...) are stacked
     )
     model.train()
     result = train_with_resume(trainer, resume)
