@@ -171,6 +171,48 @@ def test_eval_and_generate(pipeline, tiny_model_dir):
     assert [a["new_tokens"] for a in answers] == [r["new_tokens"] for r in runs["greedy"]]
 
 
+def test_eval_second_turn(pipeline, tiny_model, tokenizer):
+    """--turns 2: MT-Bench's second turn runs after greedy's first answer, for every method."""
+    import torch
+
+    from leanlm.core.templates import format_conversation
+
+    q = pipeline / "two_turns.jsonl"
+    rows = [
+        {"question_id": 7, "category": "writing", "turns": ["Name a fruit.", "Now name a colour."]},
+        {"question_id": 8, "category": "qa", "turns": ["Who wrote Hamlet?"]},
+    ]
+    q.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = ["--data", q, "--adapter", pipeline / "adapter", "--max_new_tokens", 10, "--tree", "1,1"]
+    out = call(
+        cli.evaluate,
+        "bita-eval",
+        *args,
+        "--template",
+        "alpaca",
+        "--output_dir",
+        pipeline / "eval2",
+        "--turns",
+        2,
+    )
+    runs = json.loads((pipeline / "eval2" / "runs.json").read_text())
+    assert [r["id"] for r in runs["greedy"]] == ["7", "7-turn2", "8"]
+    assert out["bita[1-1]"]["equal_outputs"] == 1.0 and out["pld"]["equal_outputs"] == 1.0
+    first, second = runs["greedy"][0]["output_ids"], runs["greedy"][1]["output_ids"]
+    answer = tokenizer.decode([t for t in first if t != tokenizer.eos_token_id], skip_special_tokens=True)
+    prompt = format_conversation("alpaca", rows[0]["turns"], [answer])
+    ids = torch.tensor([tokenizer(prompt)["input_ids"]])
+    with torch.no_grad():
+        ref = tiny_model.generate(
+            ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=10
+        )
+    assert ref[0, ids.shape[1] :].tolist()[: len(second)] == second
+    report = json.loads((pipeline / "eval2" / "speed.json").read_text())
+    assert report["settings"]["turns"] == 2
+    with pytest.raises(SystemExit):
+        call(cli.evaluate, "bita-eval", *args, "--output_dir", pipeline / "eval3", "--turns", 0)
+
+
 def test_user_errors(pipeline, tiny_model_dir, capsys, tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")

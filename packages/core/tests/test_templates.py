@@ -1,7 +1,7 @@
 import pytest
 
 from leanlm.core.errors import UserError
-from leanlm.core.templates import TEMPLATES, default_template_for, format_prompt
+from leanlm.core.templates import TEMPLATES, default_template_for, format_conversation, format_prompt
 
 
 def test_alpaca_with_and_without_input():
@@ -61,3 +61,39 @@ def test_default_template_for():
     assert default_template_for("llama2-7b-chat") == "llama2_chat"
     assert default_template_for("vicuna-13b") == "vicuna_v1.1"
     assert default_template_for("default") == "chat"
+
+
+def test_conversation_one_turn_equals_format_prompt(tokenizer):
+    for name in TEMPLATES:
+        one = format_conversation(name, ["Say hello."], [], tokenizer=tokenizer)
+        assert one == format_prompt(name, "Say hello.", tokenizer=tokenizer)
+
+
+def test_conversation_second_turn():
+    assert (
+        format_conversation("vicuna_v1.1", ["Hi", "And then?"], [" Hello! "], system="")
+        == "USER: Hi ASSISTANT: Hello!</s>USER: And then? ASSISTANT:"
+    )
+    assert (
+        format_conversation("llama2_chat", ["Hi", "More"], ["Hello"], system="")
+        == "[INST] Hi [/INST] Hello </s><s>[INST] More [/INST]"
+    )
+    assert format_conversation("alpaca", ["A", "B"], ["x"], system="") == (
+        "### Instruction:\nA\n\n### Response:\nx\n\n### Instruction:\nB\n\n### Response:\n"
+    )
+    assert format_conversation("falcon", ["A", "B"], ["x"]) == "User: A\nAssistant: x\nUser: B\nAssistant:"
+
+
+def test_conversation_chat_template(tokenizer):
+    text = format_conversation("chat", ["What is 2+2?", "Times 3?"], ["4"], tokenizer=tokenizer)
+    first = text.index("<|im_start|>user\nWhat is 2+2?<|im_end|>")
+    answer = text.index("<|im_start|>assistant\n4<|im_end|>")
+    second = text.index("<|im_start|>user\nTimes 3?<|im_end|>")
+    assert first < answer < second and text.rstrip().endswith("<|im_start|>assistant")
+
+
+def test_conversation_bad_turns():
+    with pytest.raises(UserError, match="n user turns and n-1 answers"):
+        format_conversation("alpaca", ["A", "B"], [])
+    with pytest.raises(UserError, match="unknown prompt template"):
+        format_conversation("nope", ["A"], [])

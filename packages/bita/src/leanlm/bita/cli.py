@@ -136,6 +136,13 @@ def _load(adapter: str | None, model: str, dtype: str | None, num_masks: int = 3
     ).eval(), model
 
 
+def _tree_text(tree: Any) -> str:
+    """fire reads ``--tree 1,1`` as the tuple (1, 1) and ``--tree 5`` as an int: back to text."""
+    if isinstance(tree, (tuple, list)):
+        return ",".join(str(w) for w in tree)
+    return str(tree)
+
+
 def evaluate(
     data: str,
     adapter: str | None = None,
@@ -149,22 +156,29 @@ def evaluate(
     pld_tokens: int = 10,
     dtype: str | None = None,
     warmup: int = 1,
+    turns: int = 1,
 ) -> dict[str, Any]:
     """Speed of BiTA vs greedy (HF generate WITH KV cache) and prompt-lookup decoding on DATA.
 
-    DATA: a Spec-Bench / MT-Bench question file (first turn), a bita-gen-prompts file, humaneval,
-    or any core dataset. tree: K (upper triangle, K, K-1, ... per level) or widths '3,2,1'; several
-    shapes separated by ';' are timed side by side. pld_tokens 0 skips prompt lookup. Writes
-    speed.json, speed.md and runs.json to OUTPUT_DIR.
+    DATA: a Spec-Bench / MT-Bench question file, a bita-gen-prompts file, humaneval, or any core
+    dataset. turns: how many turns of multi-turn questions to run (2 adds MT-Bench's second turn,
+    after greedy's first answer, as rows <id>-turn2). tree: K (upper triangle, K, K-1, ... per
+    level) or widths '3,2,1'; several shapes separated by ';' are timed side by side. pld_tokens 0
+    skips prompt lookup. Writes speed.json, speed.md and runs.json to OUTPUT_DIR.
     """
     from leanlm.bita.evaluate import evaluate_speed, load_eval_prompts
     from leanlm.core.models import load_tokenizer
 
     bita, base_name = _load(adapter, model, dtype)
     tokenizer = load_tokenizer(base_name)
-    trees = [t.strip() for t in str(tree).split(";") if t.strip()]
+    trees = [t.strip() for t in _tree_text(tree).split(";") if t.strip()]
     prompts = load_eval_prompts(
-        data, tokenizer, _template(template, base_name), _limit(limit), _limit(per_category, "per_category")
+        data,
+        tokenizer,
+        _template(template, base_name),
+        _limit(limit),
+        _limit(per_category, "per_category"),
+        turns=int(turns),
     )
     report = evaluate_speed(
         bita,
@@ -222,11 +236,18 @@ def generate(
 
         with tempfile.TemporaryDirectory() as tmp:
             rows = answer_prompts(
-                bita, tokenizer, items, Path(tmp) / "a.jsonl", max_new_tokens=int(max_new_tokens), tree=tree
+                bita,
+                tokenizer,
+                items,
+                Path(tmp) / "a.jsonl",
+                max_new_tokens=int(max_new_tokens),
+                tree=_tree_text(tree),
             )
         return rows[0]["output"]
     items = load_eval_prompts(prompts, tokenizer, name, _limit(limit))
-    rows = answer_prompts(bita, tokenizer, items, output, max_new_tokens=int(max_new_tokens), tree=tree)
+    rows = answer_prompts(
+        bita, tokenizer, items, output, max_new_tokens=int(max_new_tokens), tree=_tree_text(tree)
+    )
     return {"answers": len(rows), "output": output}
 
 

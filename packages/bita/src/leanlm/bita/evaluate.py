@@ -8,6 +8,10 @@ all of them alike), batch size 1, greedy:
 * ``pld``: HF prompt-lookup decoding (``prompt_lookup_num_tokens``), also lossless;
 * ``bita[<tree>]``: BiTA tree decoding for each tree shape asked for.
 
+Multi-turn questions (Spec-Bench's MT-Bench part) are evaluated turn by turn with ``turns=2``: the
+second turn's prompt holds the first question, greedy's first answer (the same for every method,
+since all are lossless) and the second question; it is reported as its own row ``<id>-turn2``.
+
 Figures come from ``leanlm.core.evaluation.speed.speed_report``: speedup = total baseline time /
 total method time; mean accepted = new tokens / forwards (prefill included, bonus token counted);
 equal = outputs token-identical to ``greedy``.
@@ -26,6 +30,7 @@ from leanlm.bita.decoding import BiTADecoder, TreeSpec
 from leanlm.bita.model import BiTAModel
 from leanlm.bita.prompts import instruction_of
 from leanlm.core.errors import UserError
+from leanlm.core.templates import format_conversation
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +43,13 @@ def load_eval_prompts(
     template: str,
     limit: int | None = None,
     per_category: int | None = None,
+    turns: int = 1,
 ) -> list[dict[str, Any]]:
     """``{"id", "category", "prompt"}`` from a Spec-Bench/MT-Bench question file (first turn), a
     prompt file (records with ``prompt``), HumanEval, or any core dataset. ``per_category`` keeps
-    the first N of each category (a fixed subset), ``limit`` the first N overall."""
+    the first N of each category (a fixed subset), ``limit`` the first N overall. ``turns`` > 1
+    adds ``followups`` (later user turns, up to ``turns`` in all) and ``template``, for
+    ``speed_runs`` to build the later turns' prompts from greedy's answers."""
     from leanlm.core.datasets import load_records
     from leanlm.core.templates import format_prompt
 
@@ -59,7 +67,15 @@ def load_eval_prompts(
         else:
             instruction, extra = instruction_of(r)
             text = format_prompt(template, instruction, extra or None, tokenizer=tokenizer)
-        out.append({"id": rid, "category": category, "prompt": text})
+        item = {"id": rid, "category": category, "prompt": text}
+        later = r.get("turns", [])[1 : max(1, int(turns))] if isinstance(r.get("turns"), list) else []
+        if later:
+            item |= {
+                "followups": [str(t) for t in later],
+                "turn_texts": [str(r["turns"][0])],
+                "template": template,
+            }
+        out.append(item)
     if per_category:
         seen: dict[str, int] = {}
         kept = []
@@ -70,6 +86,8 @@ def load_eval_prompts(
         out = kept
     if limit:
         out = out[: int(limit)]
+    if int(turns) < 1:
+        raise UserError(f"turns must be at least 1, got {turns}")
     return out
 
 
@@ -148,8 +166,8 @@ def speed_runs(
         _hf_generate(base, ids, 8, eos_id, pad)
         for dec in decoders.values():
             dec.generate(ids, 8, eos_id)
-    for n, (p, ids) in enumerate(encoded, start=1):
-        row = {"id": p["id"], "category": p["category"]}
+
+    def run_all(row: dict[str, Any], ids: list[int]) -> None:
         out, sec, fwd = _hf_generate(base, ids, max_new_tokens, eos_id, pad)
         out = _strip_pad(out, eos)
         runs["greedy"].append(
@@ -174,13 +192,24 @@ def speed_runs(
                 }
             )
         log.info(
-            "question %d/%d (%s): greedy %.2fs, %s",
-            n,
-            len(encoded),
-            p["category"],
+            "%s (%s): greedy %.2fs, %s",
+            row["id"],
+            row["category"],
             runs["greedy"][-1]["seconds"],
             ", ".join(f"{k} {v[-1]['seconds']:.2f}s" for k, v in runs.items() if k != "greedy"),
         )
+
+    for n, (p, ids) in enumerate(encoded, start=1):
+        log.info("question %d/%d", n, len(encoded))
+        run_all({"id": p["id"], "category": p["category"]}, ids)
+        users, answers = list(p.get("turn_texts", [])), []
+        for turn, followup in enumerate(p.get("followups", []), start=2):
+            answer_ids = [t for t in runs["greedy"][-1]["output_ids"] if t not in eos]
+            answers.append(tokenizer.decode(answer_ids, skip_special_tokens=True))
+            users.append(followup)
+            prompt = format_conversation(p["template"], users, answers, tokenizer=tokenizer)
+            ids_next = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+            run_all({"id": f"{p['id']}-turn{turn}", "category": p["category"]}, ids_next)
     return runs
 
 
@@ -213,6 +242,7 @@ def evaluate_speed(
     report["settings"] = {
         "max_new_tokens": max_new_tokens,
         "questions": len(prompts),
+        "turns": 1 + max((len(p.get("followups", [])) for p in prompts), default=0),
         "trees": trees or ["5"],
         "pld_tokens": pld_tokens,
         "baseline": "HF generate, greedy, KV cache, batch size 1",

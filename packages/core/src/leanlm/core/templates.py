@@ -1,7 +1,8 @@
 """Prompt templates: the formats the supported models were trained with.
 
 ``format_prompt(name, instruction, input=None, system=None, tokenizer=None)`` returns the text
-the model sees before its answer. The fixed strings are the models' own published formats
+the model sees before its answer; ``format_conversation`` does the same for a multi-turn chat
+(earlier answers included). The fixed strings are the models' own published formats
 (a model answers well only in the format it was tuned on), so they are reproduced exactly.
 """
 
@@ -123,6 +124,49 @@ def format_prompt(
 ) -> str:
     """Render ``instruction`` (and optional ``input``) in the named template, ready for the answer."""
     return get_template(template).format(instruction, input, system, tokenizer)
+
+
+# How a finished answer closes its turn and the next user message opens one, per string template
+# (the conventions of each format: FastChat's separators for Vicuna, </s><s> for LLaMA-2).
+_NEXT_TURN = {
+    "alpaca": lambda answer, user: f"{answer}\n\n### Instruction:\n{user}\n\n### Response:\n",
+    "instruction_response": lambda answer, user: f"\n{answer}\n\n### Instruction:\n{user}\n\n### Response:",
+    "llama2_chat": lambda answer, user: f" {answer} </s><s>[INST] {user} [/INST]",
+    "vicuna_v1.1": lambda answer, user: f" {answer}</s>USER: {user} ASSISTANT:",
+    "falcon": lambda answer, user: f" {answer}\nUser: {user}\nAssistant:",
+}
+
+
+def format_conversation(
+    template: str,
+    user_turns: list[str],
+    answers: list[str],
+    system: str | None = None,
+    tokenizer: Any = None,
+) -> str:
+    """The prompt for the answer to ``user_turns[-1]``, after earlier turns and their ``answers``.
+
+    ``len(answers) == len(user_turns) - 1``; answers are stripped. One turn gives
+    ``format_prompt(template, user_turns[0], system=system)``.
+    """
+    get_template(template)
+    if not user_turns or len(answers) != len(user_turns) - 1:
+        raise UserError(
+            f"a conversation needs n user turns and n-1 answers, got {len(user_turns)} and {len(answers)}"
+        )
+    if template == "chat":
+        if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+            raise UserError("template 'chat' needs a tokenizer with a chat template; pass tokenizer=")
+        messages = [{"role": "system", "content": system}] if system else []
+        for user, answer in zip(user_turns, [*answers, None], strict=True):
+            messages.append({"role": "user", "content": user})
+            if answer is not None:
+                messages.append({"role": "assistant", "content": answer.strip()})
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    text = format_prompt(template, user_turns[0], system=system, tokenizer=tokenizer)
+    for answer, user in zip(answers, user_turns[1:], strict=True):
+        text += _NEXT_TURN[template](answer.strip(), user)
+    return text
 
 
 def default_template_for(model_name: str) -> str:
