@@ -66,6 +66,9 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=3e-2)
     ap.add_argument("--per-category", type=int, default=2)
     ap.add_argument("--eval-tokens", type=int, default=64)
+    ap.add_argument(
+        "--turns", type=int, default=1, help="2: also MT-Bench's second turns (bita-eval --turns)"
+    )
     ap.add_argument("--trees", default="5;3,2,1;2,1,1;1,1,1;2,1;1,1")
     ap.add_argument("--pld-tokens", type=int, default=10)
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (the CPU is shared)")
@@ -139,7 +142,9 @@ def main() -> None:
 
     # 3. speed on the Spec-Bench subset
     t0 = time.time()
-    questions = load_eval_prompts(args.questions, tok, "chat", per_category=args.per_category)
+    questions = load_eval_prompts(
+        args.questions, tok, "chat", per_category=args.per_category, turns=args.turns
+    )
     trees = [t for t in args.trees.split(";") if t.strip()]
     report = evaluate_speed(
         bita,

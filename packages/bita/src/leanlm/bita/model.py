@@ -204,24 +204,31 @@ class BiTAModel(nn.Module):
         runs the real tokens once without autograd and only the mask tokens with it; ``joint``
         runs the packed sequence in one forward. Both give the same loss and gradients.
         """
-        if self.training_forward == "joint":
-            return {"loss": self.joint_loss(input_ids, labels, freeze_len, num_groups, seq_len)}
-        return {"loss": self.two_pass_loss(input_ids, labels, freeze_len, num_groups, seq_len)}
-
-    def joint_loss(
-        self,
-        input_ids: torch.Tensor,
-        labels: torch.Tensor,
-        freeze_len: torch.Tensor,
-        num_groups: torch.Tensor,
-        seq_len: torch.Tensor,
-    ) -> torch.Tensor:
-        """The whole packed sequence [b, T] in one forward with autograd (the original's way)."""
         from leanlm.bita.data import packed_masks
 
         visible, prefix_visible, positions = packed_masks(
             freeze_len, num_groups, seq_len, self.num_masks, T=input_ids.shape[1]
         )
+        if self.training_forward == "joint":
+            return {"loss": self.joint_loss(input_ids, labels, visible, prefix_visible, positions)}
+        return {
+            "loss": self.two_pass_loss(
+                input_ids, labels, visible, prefix_visible, positions, freeze_len, seq_len
+            )
+        }
+
+    def joint_loss(
+        self,
+        input_ids: torch.Tensor,
+        labels: torch.Tensor,
+        visible: torch.Tensor,
+        prefix_visible: torch.Tensor,
+        positions: torch.Tensor,
+    ) -> torch.Tensor:
+        """The whole packed sequence [b, T] in one forward with autograd (the original's way).
+
+        visible [b, T, T], prefix_visible [b, T], positions [b, T]: from ``data.packed_masks``.
+        """
         mask = self._with_prefix(prefix_visible, visible)
         cache = self.prefix_cache(input_ids.shape[0])
         hidden = self.hidden_states(input_ids, mask.unsqueeze(1), positions, cache)
@@ -231,8 +238,10 @@ class BiTAModel(nn.Module):
         self,
         input_ids: torch.Tensor,
         labels: torch.Tensor,
+        visible: torch.Tensor,
+        prefix_visible: torch.Tensor,
+        positions: torch.Tensor,
         freeze_len: torch.Tensor,
-        num_groups: torch.Tensor,
         seq_len: torch.Tensor,
     ) -> torch.Tensor:
         """Same loss as ``joint_loss``, cheaper.
@@ -244,12 +253,7 @@ class BiTAModel(nn.Module):
         through every real row of every layer (they carry the mask embeddings' graph), about
         half of its cost at the paper's layout.
         """
-        from leanlm.bita.data import packed_masks
-
         b, T = input_ids.shape
-        visible, prefix_visible, positions = packed_masks(
-            freeze_len, num_groups, seq_len, self.num_masks, T=T
-        )
         F = freeze_len.long()
         F_max = int(F.max())
         N = int((seq_len.long() - F).max())
