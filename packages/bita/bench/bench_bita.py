@@ -85,7 +85,7 @@ def main() -> None:
     from leanlm.core.evaluation.speed import render_markdown
     from leanlm.core.generation import get_backend
     from leanlm.core.models import load_model, load_tokenizer
-    from leanlm.core.records import read_jsonl, write_json, write_jsonl, write_text
+    from leanlm.core.records import read_json, read_jsonl, write_json, write_jsonl, write_text
 
     setup_logging()
     torch.set_num_threads(args.threads)
@@ -157,12 +157,36 @@ def main() -> None:
         title="BiTA on Spec-Bench (CPU, embedded SmolLM2-135M)",
     )
     timings["eval_s"] = time.time() - t0
+
+    # 4. teacher-forced mask accuracy: on greedy's answers to the evaluated questions, and on
+    #    training pairs (is the adapter or the per-step cost the limit?)
+    from leanlm.bita.data import tokenize_pair
+    from leanlm.bita.diagnostics import mask_accuracy
+
+    prompt_of = {q["id"]: q["prompt"] for q in questions}
+    greedy_runs = read_json(out / "runs.json")["greedy"]
+    eval_pairs = [
+        (tok(prompt_of[r["id"]], add_special_tokens=True)["input_ids"], r["output_ids"])
+        for r in greedy_runs
+        if r["id"] in prompt_of
+    ]
+    train_pairs = [tokenize_pair(tok, r["prompt"], r["output"]) for r in records[:64]]
+    accuracy = {
+        "eval_answers": mask_accuracy(bita, eval_pairs, cutoff=args.cutoff),
+        "train_answers": mask_accuracy(bita, train_pairs, cutoff=args.cutoff),
+    }
     settings = vars(args) | {
         "train_records": len(records),
         "questions": len(questions),
         "torch_threads": torch.get_num_threads(),
     }
-    results = {"settings": settings, "timings": timings, "training": summary, "report": report}
+    results = {
+        "settings": settings,
+        "timings": timings,
+        "training": summary,
+        "report": report,
+        "mask_accuracy": accuracy,
+    }
     write_json(out / "results.json", results)
     methods = report["methods"]
     best = max((m for m in methods if m.startswith("bita")), key=lambda m: methods[m]["overall"]["speedup"])
@@ -170,6 +194,15 @@ def main() -> None:
         render_markdown(report, "BiTA on Spec-Bench (CPU, embedded SmolLM2-135M)"),
         f"Fastest tree here: `{best}` ({methods[best]['overall']['speedup']:.2f}x, "
         f"mean accepted {methods[best]['overall']['mean_accepted']:.2f}).",
+        "",
+        "Teacher-forced mask accuracy (top-1 / top-5 per mask):",
+        *(
+            f"- {where}: "
+            + ", ".join(
+                f"mask {m['mask']} {m['top1']:.3f} / {m['top5']:.3f} (n={m['n']})" for m in acc["masks"]
+            )
+            for where, acc in accuracy.items()
+        ),
         "",
         f"Settings: {json.dumps(settings)}",
         f"Timings (s): {json.dumps({k: round(v, 1) for k, v in timings.items()})}",

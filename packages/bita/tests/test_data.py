@@ -149,3 +149,55 @@ def test_two_pass_loss_and_gradients_equal_joint(tiny_bita):
     assert torch.allclose(lj, lt, atol=1e-5)
     assert torch.allclose(pj, pt, atol=1e-5, rtol=1e-4)
     assert torch.allclose(ej, et, atol=1e-5, rtol=1e-4)
+
+
+def test_mask_accuracy_counts_each_group_run_separately(tiny_bita):
+    """Teacher-forced top-1/top-3 hits per mask equal those of every group run as its own sequence."""
+    from leanlm.bita.decoding import BiTADecoder
+    from leanlm.bita.diagnostics import mask_accuracy
+
+    m = tiny_bita
+    rng = random.Random(5)
+    pairs = [
+        ([rng.randrange(3, 500) for _ in range(n)], [rng.randrange(3, 500) for _ in range(t)])
+        for n, t in [(4, 9), (2, 7), (6, 5)]
+    ]
+    dec = BiTADecoder(m, "1,1,1")
+
+    def group_top(ctx):
+        with torch.no_grad():
+            h = dec._forward(
+                m.prefix_cache(1),
+                0,
+                ctx[:-1],
+                int(ctx[-1]),
+                torch.zeros(0, dtype=torch.long),
+                dec.prefill_layout,
+            )
+            return m.logits(h[dec.prefill_layout.group_rows(0)]).topk(3, -1).indices
+
+    # make the first group of the first pair right on every mask (its context is the prompt alone)
+    pairs[0][1][1:4] = group_top(torch.tensor(pairs[0][0]))[:, 0].tolist()
+    got = mask_accuracy(m, pairs, top_k=3, batch_size=2)
+    hits1, hits3, n = [0] * 3, [0] * 3, [0] * 3
+    for s, t in pairs:
+        for j in range(len(t) - 3):
+            ctx = torch.tensor(s + t[:j])
+            with torch.no_grad():
+                h = dec._forward(
+                    m.prefix_cache(1),
+                    0,
+                    ctx[:-1],
+                    int(ctx[-1]),
+                    torch.zeros(0, dtype=torch.long),
+                    dec.prefill_layout,
+                )
+                top = m.logits(h[dec.prefill_layout.group_rows(0)]).topk(3, -1).indices
+            for k in range(3):
+                n[k] += 1
+                hits1[k] += int(top[k, 0] == t[j + 1 + k])
+                hits3[k] += int(t[j + 1 + k] in top[k].tolist())
+    assert [x["n"] for x in got["masks"]] == n
+    assert [round(x["top1"] * n[k]) for k, x in enumerate(got["masks"])] == hits1
+    assert [round(x["top3"] * n[k]) for k, x in enumerate(got["masks"])] == hits3
+    assert min(hits1) >= 1 and sum(n) > sum(hits3)  # hits and misses on every mask

@@ -211,11 +211,10 @@ class BiTAModel(nn.Module):
         )
         if self.training_forward == "joint":
             return {"loss": self.joint_loss(input_ids, labels, visible, prefix_visible, positions)}
-        return {
-            "loss": self.two_pass_loss(
-                input_ids, labels, visible, prefix_visible, positions, freeze_len, seq_len
-            )
-        }
+        hidden, mask_labels = self.two_pass_hidden(
+            input_ids, labels, visible, prefix_visible, positions, freeze_len, seq_len
+        )
+        return {"loss": self._mask_loss(hidden, mask_labels)}
 
     def joint_loss(
         self,
@@ -234,7 +233,7 @@ class BiTAModel(nn.Module):
         hidden = self.hidden_states(input_ids, mask.unsqueeze(1), positions, cache)
         return self._mask_loss(hidden, labels)
 
-    def two_pass_loss(
+    def two_pass_hidden(
         self,
         input_ids: torch.Tensor,
         labels: torch.Tensor,
@@ -243,8 +242,10 @@ class BiTAModel(nn.Module):
         positions: torch.Tensor,
         freeze_len: torch.Tensor,
         seq_len: torch.Tensor,
-    ) -> torch.Tensor:
-        """Same loss as ``joint_loss``, cheaper.
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hidden states of the mask tokens ``[b, N, H]`` and their labels ``[b, N]`` (-100 on
+        padding); row r of example i is packed row ``freeze_len[i] + r``, mask ``r % M``. The loss
+        on them equals ``joint_loss``, at less cost.
 
         Real tokens see neither the prefix nor any mask, so their keys and values do not depend on
         the adapter. Pass 1 runs the real tokens ``[b, F_max]`` under ``no_grad`` and keeps their
@@ -291,8 +292,7 @@ class BiTAModel(nn.Module):
         for layer, (k, v) in zip(cache.layers, real_kv, strict=True):
             layer.keys = torch.cat([layer.keys, k], dim=2)
             layer.values = torch.cat([layer.values, v], dim=2)
-        hidden = self.hidden_states(ids2, mask.unsqueeze(1), pos2, cache)
-        return self._mask_loss(hidden, labels2)
+        return self.hidden_states(ids2, mask.unsqueeze(1), pos2, cache), labels2
 
     def _with_prefix(self, prefix_visible: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
         """[b, q] prefix visibility + [b, q, k] key visibility -> additive [b, q, P + k]."""
