@@ -171,7 +171,7 @@ def test_eval_and_generate(pipeline, tiny_model_dir):
     assert [a["new_tokens"] for a in answers] == [r["new_tokens"] for r in runs["greedy"]]
 
 
-def test_eval_second_turn(pipeline, tiny_model, tokenizer):
+def test_eval_second_turn(pipeline, tiny_model, tokenizer, capsys):
     """--turns 2: MT-Bench's second turn runs after greedy's first answer, for every method."""
     import torch
 
@@ -209,8 +209,10 @@ def test_eval_second_turn(pipeline, tiny_model, tokenizer):
     assert ref[0, ids.shape[1] :].tolist()[: len(second)] == second
     report = json.loads((pipeline / "eval2" / "speed.json").read_text())
     assert report["settings"]["turns"] == 2
-    with pytest.raises(SystemExit):
-        call(cli.evaluate, "bita-eval", *args, "--output_dir", pipeline / "eval3", "--turns", 0)
+    err = user_error(
+        capsys, cli.evaluate, "bita-eval", *args, "--output_dir", pipeline / "eval3", "--turns", 0
+    )
+    assert "turns must be at least 1" in err
 
 
 def test_user_errors(pipeline, tiny_model_dir, capsys, tmp_path):

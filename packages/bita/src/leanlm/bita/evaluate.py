@@ -53,6 +53,8 @@ def load_eval_prompts(
     from leanlm.core.datasets import load_records
     from leanlm.core.templates import format_prompt
 
+    if int(turns) < 1:
+        raise UserError(f"turns must be at least 1, got {turns}")
     records = load_records(data)
     if not records:
         raise UserError(f"{data}: no records")
@@ -86,8 +88,6 @@ def load_eval_prompts(
         out = kept
     if limit:
         out = out[: int(limit)]
-    if int(turns) < 1:
-        raise UserError(f"turns must be at least 1, got {turns}")
     return out
 
 
