@@ -86,6 +86,15 @@ def test_truncation_leaves_room_for_targets():
         build_example(src, tgt, num_masks=3, vocab_size=V, cutoff=6)
 
 
+def group_logits(m, dec, ctx: torch.Tensor) -> torch.Tensor:
+    """Logits [M, V] of one mask group after context ``ctx``, run as its own sequence."""
+    with torch.no_grad():
+        h = dec._forward(
+            m.prefix_cache(1), 0, ctx[:-1], int(ctx[-1]), torch.zeros(0, dtype=torch.long), dec.prefill_layout
+        )
+        return m.logits(h[dec.prefill_layout.group_rows(0)])
+
+
 @pytest.mark.parametrize("training_forward", ["joint", "two_pass"])
 def test_packed_loss_equals_groups_run_separately(tiny_bita, training_forward, monkeypatch):
     """The packed forward's loss equals the mean CE of every group run as its own sequence."""
@@ -104,13 +113,7 @@ def test_packed_loss_equals_groups_run_separately(tiny_bita, training_forward, m
     ce = []
     for s, t in [(src, tgt), (src[:2], tgt[:6])]:
         for j in range(len(t) - 3):
-            ctx = torch.tensor(s + t[:j])
-            cache = m.prefix_cache(1)
-            with torch.no_grad():
-                h = dec._forward(
-                    cache, 0, ctx[:-1], int(ctx[-1]), torch.zeros(0, dtype=torch.long), dec.prefill_layout
-                )
-                logits = m.logits(h[dec.prefill_layout.group_rows(0)])
+            logits = group_logits(m, dec, torch.tensor(s + t[:j]))
             ce.append(
                 torch.nn.functional.cross_entropy(logits, torch.tensor(t[j + 1 : j + 4]), reduction="none")
             )
@@ -165,16 +168,7 @@ def test_mask_accuracy_counts_each_group_run_separately(tiny_bita):
     dec = BiTADecoder(m, "1,1,1")
 
     def group_top(ctx):
-        with torch.no_grad():
-            h = dec._forward(
-                m.prefix_cache(1),
-                0,
-                ctx[:-1],
-                int(ctx[-1]),
-                torch.zeros(0, dtype=torch.long),
-                dec.prefill_layout,
-            )
-            return m.logits(h[dec.prefill_layout.group_rows(0)]).topk(3, -1).indices
+        return group_logits(m, dec, ctx).topk(3, -1).indices
 
     # make the first group of the first pair right on every mask (its context is the prompt alone)
     pairs[0][1][1:4] = group_top(torch.tensor(pairs[0][0]))[:, 0].tolist()
@@ -182,17 +176,7 @@ def test_mask_accuracy_counts_each_group_run_separately(tiny_bita):
     hits1, hits3, n = [0] * 3, [0] * 3, [0] * 3
     for s, t in pairs:
         for j in range(len(t) - 3):
-            ctx = torch.tensor(s + t[:j])
-            with torch.no_grad():
-                h = dec._forward(
-                    m.prefix_cache(1),
-                    0,
-                    ctx[:-1],
-                    int(ctx[-1]),
-                    torch.zeros(0, dtype=torch.long),
-                    dec.prefill_layout,
-                )
-                top = m.logits(h[dec.prefill_layout.group_rows(0)]).topk(3, -1).indices
+            top = group_top(torch.tensor(s + t[:j]))
             for k in range(3):
                 n[k] += 1
                 hits1[k] += int(top[k, 0] == t[j + 1 + k])
