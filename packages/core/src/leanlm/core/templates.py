@@ -79,14 +79,18 @@ def _falcon(instruction: str, input: str, system: str | None, tokenizer: Any) ->
     return f"{system + chr(10) if system else ''}User: {body}\nAssistant:"
 
 
-def _chat_template(instruction: str, input: str, system: str | None, tokenizer: Any) -> str:
+def _apply_chat_template(messages: list[dict[str, str]], tokenizer: Any) -> str:
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):
         raise UserError("template 'chat' needs a tokenizer with a chat template; pass tokenizer=")
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def _chat_template(instruction: str, input: str, system: str | None, tokenizer: Any) -> str:
     body = f"{instruction}\n\n{input}" if input else instruction
     messages = ([{"role": "system", "content": system}] if system else []) + [
         {"role": "user", "content": body}
     ]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return _apply_chat_template(messages, tokenizer)
 
 
 _FORMATTERS = {
@@ -155,14 +159,12 @@ def format_conversation(
             f"a conversation needs n user turns and n-1 answers, got {len(user_turns)} and {len(answers)}"
         )
     if template == "chat":
-        if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-            raise UserError("template 'chat' needs a tokenizer with a chat template; pass tokenizer=")
         messages = [{"role": "system", "content": system}] if system else []
         for user, answer in zip(user_turns, [*answers, None], strict=True):
             messages.append({"role": "user", "content": user})
             if answer is not None:
                 messages.append({"role": "assistant", "content": answer.strip()})
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return _apply_chat_template(messages, tokenizer)
     text = format_prompt(template, user_turns[0], system=system, tokenizer=tokenizer)
     for answer, user in zip(answers, user_turns[1:], strict=True):
         text += _NEXT_TURN[template](answer.strip(), user)
