@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -75,9 +75,15 @@ def build_example(
     }
 
 
+class PackedMasks(NamedTuple):
+    visible: torch.Tensor  # [b, T, T] bool, over non-prefix keys
+    prefix_visible: torch.Tensor  # [b, T] bool
+    positions: torch.Tensor  # [b, T] position ids
+
+
 def packed_masks(
     freeze_len: torch.Tensor, num_groups: torch.Tensor, seq_len: torch.Tensor, num_masks: int, T: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> PackedMasks:
     """Visibility and positions for a right-padded batch of packed examples.
 
     freeze_len F, num_groups G, seq_len S: [b] -> (visible [b, T, T] bool over non-prefix keys,
@@ -104,7 +110,7 @@ def packed_masks(
     k = torch.remainder(rows - F1, M)
     positions = torch.where(rows < F1, rows, limit.squeeze(-1) + k)
     positions = torch.where(rows < S1, positions, torch.zeros_like(positions))
-    return visible, prefix_visible, positions
+    return PackedMasks(visible, prefix_visible, positions)
 
 
 def tokenize_pair(tokenizer: Any, prompt: str, response: str) -> tuple[list[int], list[int]]:

@@ -57,17 +57,11 @@ def mask_accuracy(
         for start in range(0, len(examples), batch_size):
             batch = {k: v.to(model.device) for k, v in collate(examples[start : start + batch_size]).items()}
             ids = batch["input_ids"]
-            visible, prefix_visible, positions = packed_masks(
+            masks = packed_masks(
                 batch["freeze_len"], batch["num_groups"], batch["seq_len"], M, T=ids.shape[1]
             )
             hidden, labels = model.two_pass_hidden(
-                ids,
-                batch["labels"],
-                visible,
-                prefix_visible,
-                positions,
-                batch["freeze_len"],
-                batch["seq_len"],
+                ids, batch["labels"], masks, batch["freeze_len"], batch["seq_len"]
             )
             which = torch.arange(labels.shape[1], device=labels.device).remainder(M).expand_as(labels)
             keep = labels != -100

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from leanlm.bita.data import PackedMasks, packed_masks
 from leanlm.core.errors import UserError
 
 ADAPTER_FILE = "adapter.safetensors"
@@ -204,42 +205,24 @@ class BiTAModel(nn.Module):
         runs the real tokens once without autograd and only the mask tokens with it; ``joint``
         runs the packed sequence in one forward. Both give the same loss and gradients.
         """
-        from leanlm.bita.data import packed_masks
-
-        visible, prefix_visible, positions = packed_masks(
-            freeze_len, num_groups, seq_len, self.num_masks, T=input_ids.shape[1]
-        )
+        masks = packed_masks(freeze_len, num_groups, seq_len, self.num_masks, T=input_ids.shape[1])
         if self.training_forward == "joint":
-            return {"loss": self.joint_loss(input_ids, labels, visible, prefix_visible, positions)}
-        hidden, mask_labels = self.two_pass_hidden(
-            input_ids, labels, visible, prefix_visible, positions, freeze_len, seq_len
-        )
+            return {"loss": self.joint_loss(input_ids, labels, masks)}
+        hidden, mask_labels = self.two_pass_hidden(input_ids, labels, masks, freeze_len, seq_len)
         return {"loss": self._mask_loss(hidden, mask_labels)}
 
-    def joint_loss(
-        self,
-        input_ids: torch.Tensor,
-        labels: torch.Tensor,
-        visible: torch.Tensor,
-        prefix_visible: torch.Tensor,
-        positions: torch.Tensor,
-    ) -> torch.Tensor:
-        """The whole packed sequence [b, T] in one forward with autograd (the original's way).
-
-        visible [b, T, T], prefix_visible [b, T], positions [b, T]: from ``data.packed_masks``.
-        """
-        mask = self._with_prefix(prefix_visible, visible)
+    def joint_loss(self, input_ids: torch.Tensor, labels: torch.Tensor, masks: PackedMasks) -> torch.Tensor:
+        """The whole packed sequence [b, T] in one forward with autograd (the original's way)."""
+        mask = self._with_prefix(masks.prefix_visible, masks.visible)
         cache = self.prefix_cache(input_ids.shape[0])
-        hidden = self.hidden_states(input_ids, mask.unsqueeze(1), positions, cache)
+        hidden = self.hidden_states(input_ids, mask.unsqueeze(1), masks.positions, cache)
         return self._mask_loss(hidden, labels)
 
     def two_pass_hidden(
         self,
         input_ids: torch.Tensor,
         labels: torch.Tensor,
-        visible: torch.Tensor,
-        prefix_visible: torch.Tensor,
-        positions: torch.Tensor,
+        masks: PackedMasks,
         freeze_len: torch.Tensor,
         seq_len: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -276,18 +259,19 @@ class BiTAModel(nn.Module):
             real_kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
 
         # pass 2: the mask tokens (rows F_b .. F_b+N-1, clamped; rows past seq_len are padding)
-        rows = (F.view(-1, 1) + torch.arange(N, device=dev).view(1, -1)).clamp(max=T - 1)  # [b, N]
-        valid = (F.view(-1, 1) + torch.arange(N, device=dev).view(1, -1)) < seq_len.view(-1, 1)
+        packed_rows = F.view(-1, 1) + torch.arange(N, device=dev).view(1, -1)  # [b, N]
+        valid = packed_rows < seq_len.view(-1, 1)
+        rows = packed_rows.clamp(max=T - 1)
         ids2 = input_ids.gather(1, rows)
         labels2 = labels.gather(1, rows).masked_fill(~valid, -100)
-        pos2 = positions.gather(1, rows)
-        vis_rows = visible.gather(1, rows.unsqueeze(-1).expand(-1, -1, T))  # [b, N, T]
+        pos2 = masks.positions.gather(1, rows)
+        vis_rows = masks.visible.gather(1, rows.unsqueeze(-1).expand(-1, -1, T))  # [b, N, T]
         vis_real = vis_rows[:, :, :F_max] & real.unsqueeze(1)
         vis_mask = vis_rows.gather(2, rows.unsqueeze(1).expand(-1, N, -1))  # [b, N, N]
         # clamped rows repeat row T-1: hide them as keys (else that row would see itself twice);
         # padding rows see only themselves
         vis_mask = (vis_mask & valid.unsqueeze(1)) | torch.eye(N, dtype=torch.bool, device=dev)
-        mask = self._with_prefix(prefix_visible.gather(1, rows), torch.cat([vis_real, vis_mask], -1))
+        mask = self._with_prefix(masks.prefix_visible.gather(1, rows), torch.cat([vis_real, vis_mask], -1))
         cache = self.prefix_cache(b)
         for layer, (k, v) in zip(cache.layers, real_kv, strict=True):
             layer.keys = torch.cat([layer.keys, k], dim=2)
