@@ -17,6 +17,38 @@ def _show(result: dict[str, Any]) -> str:
     return json.dumps(result, indent=2, default=str)
 
 
+GROUP_SIZES = (128, 64, 32)  # tried in this order when --group-size is not given
+
+
+def _fit_group_size(model: str, group_size: int | None) -> int:
+    """The group size for ``model``, checked on a weightless (meta-device) copy before anything loads.
+
+    None picks the largest of ``GROUP_SIZES`` that divides the input size of every quantized layer
+    (the embedded model's 576-wide layers take 64, not the paper's 128).
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from leanlm.bitdistiller.modules import check_group_size
+    from leanlm.core.models import check_model_folder, model_location
+
+    config = AutoConfig.from_pretrained(check_model_folder(model_location(model)))
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config)
+    if group_size is not None:
+        check_group_size(skeleton, group_size)
+        return group_size
+    for g in GROUP_SIZES[:-1]:
+        try:
+            check_group_size(skeleton, g)
+        except UserError:
+            continue
+        log.info("--group-size not given: using %d, the largest of %s that fits %s", g, GROUP_SIZES, model)
+        return g
+    check_group_size(skeleton, GROUP_SIZES[-1])  # fits, or names the layer it does not fit
+    return GROUP_SIZES[-1]
+
+
 def _load(model: str, quant_type: str | None, w_bit: int | None, group_size: int | None, clip: str | None,
           dtype: str | None, device: str | None) -> tuple[Any, Any, Any]:  # fmt: skip
     from leanlm.bitdistiller.checkpoint import load_model_for_eval
@@ -34,7 +66,7 @@ def clip(
     model: str = "default",
     quant_type: str = "int",
     w_bit: int = 2,
-    group_size: int = 128,
+    group_size: int | None = None,
     calib_dataset: str = "text",
     dump_clip: str | None = None,
     n_samples: int = 128,
@@ -65,9 +97,9 @@ def clip(
     from leanlm.bitdistiller.quant import QuantSpec
     from leanlm.core.models import load_model, load_tokenizer
 
-    spec = QuantSpec(quant_type, w_bit, group_size)
     if apply is None and dump_clip is None:
         raise UserError("give --dump-clip PATH (where to save the clip cache) or --apply CACHE")
+    spec = QuantSpec(quant_type, w_bit, _fit_group_size(model, group_size))
     if apply is None and Path(dump_clip).exists() and not parse_bool(overwrite, "--overwrite"):
         if save_model is None:
             return f"{dump_clip} exists; nothing to do (pass --overwrite to search again)"
@@ -146,7 +178,7 @@ def train(
     clip: str | None = None,
     quant_type: str = "int",
     w_bit: int = 2,
-    group_size: int = 128,
+    group_size: int | None = None,
     loss: str = "cakld",
     gamma: float | None = None,
     gamma_batches: int = 10,
@@ -177,8 +209,8 @@ def train(
     from leanlm.bitdistiller.train import train as run_train
     from leanlm.core.distributed import maybe_launch
 
+    spec = QuantSpec(quant_type, w_bit, _fit_group_size(model, group_size))
     maybe_launch(nproc)
-    spec = QuantSpec(quant_type, w_bit, group_size)
     overrides = {
         "num_train_epochs": epochs, "max_steps": max_steps, "learning_rate": learning_rate,
         "per_device_train_batch_size": batch_size, "gradient_accumulation_steps": grad_accum,

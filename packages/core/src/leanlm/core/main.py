@@ -4,16 +4,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from leanlm.core.cli import entry
 from leanlm.core.errors import UserError
 
 
 class LeanLM:
     """leanlm: one toolkit for five methods that make LLMs cheaper (BiTA, BitDistiller, D-LLM, SwitchBack, Lion)."""
 
-    def models(self) -> str:
-        """List the model aliases, where each would load from, and whether it is available here."""
-        from leanlm.core.models import ALIAS_SYNONYMS, ALIASES, resolve_model
+    def models(self, name: str | None = None) -> str:
+        """List the model aliases, where each would load from, and whether it is available here.
 
+        With NAME (an alias, a path or a hub id): where that one model would load from.
+        """
+        from leanlm.core.models import ALIAS_SYNONYMS, ALIASES, model_location, resolve_model
+
+        if name is not None:
+            r = resolve_model(str(name))
+            if r.kind == "missing":
+                model_location(str(name))  # raises the one-line reason
+            return f"{name}: {r.kind}, available {r.status}, {r.location}"
         rows = ["alias                 source      available  location"]
         for alias in ALIASES:
             r = resolve_model(alias)
@@ -55,10 +64,7 @@ class LeanLM:
         return report.read_text() + "\n" + status
 
 
-def main() -> None:
-    from leanlm.core.cli import run_cli
-
-    run_cli(LeanLM(), "leanlm")
+main = entry(LeanLM(), "leanlm")
 
 
 if __name__ == "__main__":

@@ -70,7 +70,12 @@ def canonical_alias(name: str) -> str:
 
 
 def checkpoints_dir() -> Path:
-    return Path(os.environ.get("LEANLM_CHECKPOINTS", "checkpoints"))
+    """``$LEANLM_CHECKPOINTS`` (default ``./checkpoints``): where ``<alias>`` folders are looked up."""
+    env = os.environ.get("LEANLM_CHECKPOINTS")
+    folder = Path(env or "checkpoints").expanduser()
+    if env and folder.exists() and not folder.is_dir():
+        raise UserError(f"LEANLM_CHECKPOINTS={env}: is a file; point it at a folder of <alias> checkpoints")
+    return folder
 
 
 def hub_offline() -> bool:
@@ -133,6 +138,15 @@ def model_location(name: str) -> str:
     if r.kind == "embedded":
         return str(ensure_embedded_model())
     return r.location
+
+
+def check_model_folder(location: str) -> str:
+    """``location`` unchanged; a local folder without ``config.json`` raises a one-line UserError."""
+    folder = Path(location)
+    if folder.is_dir() and not (folder / "config.json").exists():
+        what = "is empty" if not any(folder.iterdir()) else "has no config.json"
+        raise UserError(f"{folder}: {what}; expected a model folder (HF format: config.json + weights)")
+    return location
 
 
 # ----------------------------------------------------------------------------- dtype / device
@@ -277,7 +291,7 @@ def load_model(
     """Load a causal LM by alias, path or hub id, on ``device`` (auto) in ``dtype`` (auto), in eval mode."""
     from transformers import AutoModelForCausalLM
 
-    location = model_location(name)
+    location = check_model_folder(model_location(name))
     dev = pick_device(device)
     try:
         model = AutoModelForCausalLM.from_pretrained(location, dtype=pick_dtype(dtype, dev), **kwargs)
