@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from leanlm.dllm.flops import CostModel, request_costs
-from leanlm.dllm.model import DLLM, block_finish, block_qkv, masked_attention, position_ids_from_mask
+from leanlm.dllm.model import DLLM, AttentionPlan, dllm_attention, position_ids_from_mask, run_layer
 
 
 class KVCache:
@@ -35,8 +35,8 @@ class KVCache:
         """Allocate (or reuse when big enough) and clear the validity mask."""
         layers = dllm.layers
         attn = layers[0].self_attn
-        n_kv = attn.k_proj.out_features // attn.head_dim
-        dtype, device = attn.k_proj.weight.dtype, dllm.device
+        n_kv = dllm.lm.config.num_key_value_heads
+        dtype, device = next(attn.parameters()).dtype, dllm.device
         fits = (
             self.k
             and len(self.k) == len(layers)
@@ -98,24 +98,12 @@ def _decode_step(dllm: DLLM, cache: KVCache, tok: torch.Tensor, pos: torch.Tenso
             continue  # no row runs this block: no compute, no KV written
         executed[:, i] = run
         if everyone and bool(run.all()):  # common batch-1 case: plain slices, no gather/scatter
-            q, k, v = block_qkv(layer, h, cos, sin)
-            cache.k[i][:, :, slot], cache.v[i][:, :, slot] = k[:, :, 0], v[:, :, 0]
-            cache.valid[i, :, slot] = True
-            allowed = cache.valid[i, :, None, None, : slot + 1]
-            attn = masked_attention(q, cache.k[i][:, :, : slot + 1], cache.v[i][:, :, : slot + 1], allowed,
-                                    layer.self_attn.scaling)  # fmt: skip
-            h = block_finish(layer, h, attn)
+            h = run_layer(layer, h, (cos, sin), AttentionPlan("decode", cache=cache, layer=i, slot=slot))
             continue
         rows = run.nonzero().squeeze(1)
-        x = h[rows]
-        q, k, v = block_qkv(layer, x, cos[rows], sin[rows])
-        cache.k[i][rows, :, slot], cache.v[i][rows, :, slot] = k[:, :, 0], v[:, :, 0]
-        cache.valid[i, rows, slot] = True
-        allowed = cache.valid[i][rows][:, None, None, : slot + 1]
-        attn = masked_attention(q, cache.k[i][rows, :, : slot + 1], cache.v[i][rows, :, : slot + 1], allowed,
-                                layer.self_attn.scaling)  # fmt: skip
-        h = h.index_copy(0, rows, block_finish(layer, x, attn))
-    return lm.lm_head(lm.model.norm(h))[:, 0], executed
+        plan = AttentionPlan("decode", cache=cache, layer=i, slot=slot, rows=rows)
+        h = h.index_copy(0, rows, run_layer(layer, h[rows], (cos[rows], sin[rows]), plan))
+    return dllm.head(lm.model.norm(h))[:, 0], executed
 
 
 @torch.no_grad()
@@ -160,21 +148,22 @@ def generate(
     step_execs: list[torch.Tensor] = []  # [B, L] per fed token
     step_active: list[torch.Tensor] = []
     pos = positions[:, -1].cpu() + 1
-    for step in range(max_new_tokens):
-        for r in range(b):
-            if active[r]:
-                tokens[r].append(int(tok[r]))
-                if int(tok[r]) in eos:
-                    active[r] = False
-        if step == max_new_tokens - 1 or not bool(active.any()):
-            break
-        logits, executed = _decode_step(
-            dllm, cache, tok.to(device), pos.to(device), t + step, active.to(device)
-        )
-        step_execs.append(executed.cpu())
-        step_active.append(active.clone())
-        tok = _sample(logits, temperature, top_p, gen).cpu()
-        pos = pos + 1
+    with dllm_attention(dllm.layers):  # HF layers attend through D-LLM's masks and cache
+        for step in range(max_new_tokens):
+            for r in range(b):
+                if active[r]:
+                    tokens[r].append(int(tok[r]))
+                    if int(tok[r]) in eos:
+                        active[r] = False
+            if step == max_new_tokens - 1 or not bool(active.any()):
+                break
+            logits, executed = _decode_step(
+                dllm, cache, tok.to(device), pos.to(device), t + step, active.to(device)
+            )
+            step_execs.append(executed.cpu())
+            step_active.append(active.clone())
+            tok = _sample(logits, temperature, top_p, gen).cpu()
+            pos = pos + 1
     t_end = time.perf_counter()
 
     cost = CostModel.of(dllm)

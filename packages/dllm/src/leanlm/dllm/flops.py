@@ -34,7 +34,7 @@ class CostModel:
                 if isinstance(m, nn.Linear) and "lora_" not in name
             )
             linear.append(2 * weights)
-            heads = layer.self_attn.q_proj.out_features // layer.self_attn.head_dim
+            heads = dllm.lm.config.num_attention_heads  # also right for Phi-3's fused qkv_proj
             attn.append(4 * heads * layer.self_attn.head_dim)
             r = dllm.router(i)
             router.append(r.flops_per_token() if r is not None else 0)

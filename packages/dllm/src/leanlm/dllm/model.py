@@ -1,21 +1,28 @@
-"""The D-LLM model: an HF LLaMA-family causal LM with a router per block and LoRA on q/k/v.
+"""The D-LLM model: an HF causal LM with a router per block and LoRA on q/k/v.
 
-The forward pass is written over ``model.model.layers`` (reusing each layer's norms, projections
-and MLP, and the model's rotary embedding) so that every block can be gated per token:
+The forward pass walks ``model.model.layers`` and calls each HF decoder layer itself (its norms,
+projections, q/k norms, MLP: whatever the architecture has), with the layer's attention routed
+through ``leanlm_dllm``, an HF attention interface that applies D-LLM's masks. So every block can
+be gated per token:
 
     w_l   = router_l(x_l)                 [B, T] in {0, 1}  (1 for l < start_layer and reserved tokens)
-    f(x)  = x + Attn(norm(x); keys j with w_l[j] = 0 removed) ; f(x) + MLP(norm(f(x)))
+    f(x)  = layer_l(x) with the keys j with w_l[j] = 0 removed from its attention
     x_l+1 = w_l * f(x_l) + (1 - w_l) * x_l
 
 Training removes the keys of skipping tokens after the softmax and renormalises (so the mask
 passes gradient to the routers, as in the original); evaluation removes them with a boolean mask.
-The two are the same function up to the 1e-6 in the renormalisation.
+The two are the same function up to the 1e-6 in the renormalisation. Sliding windows (Mistral,
+Qwen2, Gemma2, Phi-3) and attention soft-capping (Gemma2) come from the kwargs HF's attention
+modules pass; final-logit soft-capping (Gemma2) is applied by ``DLLM.head``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +30,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from leanlm.core.errors import UserError
 from leanlm.dllm.config import DLLMConfig
@@ -52,50 +58,169 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def block_qkv(layer: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple:
-    """x [B, T, H] -> q [B, n_heads, T, d], k and v [B, n_kv, T, d] (RoPE applied to q and k)."""
-    attn = layer.self_attn
-    b, t, _ = x.shape
-    xn = layer.input_layernorm(x)
-    q = attn.q_proj(xn).view(b, t, -1, attn.head_dim).transpose(1, 2)
-    k = attn.k_proj(xn).view(b, t, -1, attn.head_dim).transpose(1, 2)
-    v = attn.v_proj(xn).view(b, t, -1, attn.head_dim).transpose(1, 2)
-    q, k = apply_rotary_pos_emb(q, k, cos, sin)
-    return q, k, v
+SUPPORTED_MODEL_TYPES: tuple[str, ...] = ("llama", "qwen2", "qwen3", "mistral", "gemma", "gemma2", "phi3")
+SUPPORTED_NAMES = "Llama (LLaMA-2, Llama-3, TinyLlama, SmolLM2), Qwen2, Qwen3, Mistral, Gemma, Gemma2, Phi-3"
+ATTN_IMPL = "leanlm_dllm"
 
 
-def block_finish(layer: nn.Module, x: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
-    """Residual + o_proj, then the MLP half. attn_out [B, n_heads, T, d] -> [B, T, H]."""
-    b, _, t, _ = attn_out.shape
-    h = x + layer.self_attn.o_proj(attn_out.transpose(1, 2).reshape(b, t, -1))
-    return h + layer.mlp(layer.post_attention_layernorm(h))
+def check_supported(model: nn.Module) -> str:
+    """The model's ``model_type`` if D-LLM handles its blocks, else one UserError naming the supported ones."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise UserError(
+            f"D-LLM supports {SUPPORTED_NAMES} (model_type {', '.join(SUPPORTED_MODEL_TYPES)}); "
+            f"got {model_type or type(model).__name__}"
+        )
+    return model_type
 
 
-def masked_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor, scale: float
-) -> torch.Tensor:
-    """Scaled dot-product attention (GQA) with a boolean ``allowed`` [B, 1, Tq, Tk] (True = may attend)."""
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=scale, enable_gqa=True)
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor, scale: float,
+            softcap: float | None, keep: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    """Attention of q [B, nh, Tq, d] over k, v [B, nkv, Tk, d] (GQA) -> [B, nh, Tq, d].
 
-
-def soft_masked_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, base: torch.Tensor, keep: torch.Tensor, scale: float
-) -> torch.Tensor:
-    """Training attention: softmax over ``base`` [B,1,Tq,Tk], times ``keep`` [B,1,Tq,Tk] in [0,1], renormalised.
-
-    ``keep`` carries the routers' straight-through gradient into the attention of later tokens.
+    ``allowed`` [B, 1, Tq, Tk] (True = may attend); ``softcap``: scores -> c * tanh(scores / c)
+    (Gemma2). ``keep`` [B, 1, Tq, Tk] in [0, 1] (training): softmax over ``allowed``, times ``keep``,
+    renormalised, which carries the routers' straight-through gradient into later tokens' attention.
     """
+    if keep is None and softcap is None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=scale, enable_gqa=True)
     rep = q.shape[1] // k.shape[1]
     k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
     scores = (q @ k.transpose(-1, -2)) * scale
-    scores = scores.masked_fill(~base, torch.finfo(scores.dtype).min)
-    probs = torch.softmax(scores.float(), dim=-1) * keep
-    probs = probs / (probs.sum(-1, keepdim=True) + 1e-6)
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
+    probs = torch.softmax(scores.float(), dim=-1)
+    if keep is not None:
+        probs = probs * keep
+        probs = probs / (probs.sum(-1, keepdim=True) + 1e-6)
     return probs.to(v.dtype) @ v
 
 
+def _window(
+    allowed_q: torch.Tensor, q_idx: torch.Tensor, k_idx: torch.Tensor, window: int | None
+) -> torch.Tensor:
+    """Restrict ``allowed`` to HF's sliding window: key index > query index - window."""
+    if not window:
+        return allowed_q
+    return allowed_q & (k_idx[None, :] > q_idx[:, None] - window)
+
+
+@dataclass
+class AttentionPlan:
+    """What the D-LLM attention does inside one HF decoder-layer call (passed down as ``dllm_plan``).
+
+    ``full``: a whole sequence. ``base`` [B, 1, T, T] (causal over real keys, plus the diagonal so no
+    row is empty), ``w`` [B, T] this layer's decisions (keys of tokens with w = 0 are removed: softly
+    with ``soft``, else by the boolean mask), ``kv`` collects (k, v) [B, nkv, T, d] when not None.
+    ``decode``: one new token per row in ``rows`` (None: every row) at cache ``slot`` of ``layer``:
+    its K/V are written there, valid is set, and it attends over the valid slots up to ``slot``.
+    """
+
+    mode: str
+    base: torch.Tensor | None = None
+    w: torch.Tensor | None = None
+    soft: bool = False
+    kv: list | None = None
+    cache: Any = None
+    layer: int = 0
+    slot: int = 0
+    rows: torch.Tensor | None = None
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+               window: int | None, softcap: float | None) -> torch.Tensor:  # fmt: skip
+        """q [B, nh, T, d], k/v [B, nkv, T, d] (after the layer's norms and RoPE) -> [B, nh, T, d]."""
+        if self.mode == "decode":
+            return self._decode(q, k, v, scale, window, softcap)
+        if self.kv is not None:
+            self.kv.append((k, v))
+        t = q.shape[2]
+        idx = torch.arange(t, device=q.device)
+        base = _window(self.base, idx, idx, window)
+        eye = torch.eye(t, dtype=torch.bool, device=q.device)
+        if self.soft:
+            keep = torch.maximum(self.w[:, None, None, :], eye.float())
+            return _attend(q, k, v, base, scale, softcap, keep)
+        allowed = base & ((self.w > 0.5)[:, None, None, :] | eye)
+        return _attend(q, k, v, allowed, scale, softcap)
+
+    def _decode(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+                window: int | None, softcap: float | None) -> torch.Tensor:  # fmt: skip
+        c, i, s, rows = self.cache, self.layer, self.slot, self.rows
+        if rows is None:  # common batch-1 case: plain slices, no gather/scatter
+            c.k[i][:, :, s], c.v[i][:, :, s] = k[:, :, 0], v[:, :, 0]
+            c.valid[i, :, s] = True
+            keys, values, valid = c.k[i][:, :, : s + 1], c.v[i][:, :, : s + 1], c.valid[i][:, : s + 1]
+        else:
+            c.k[i][rows, :, s], c.v[i][rows, :, s] = k[:, :, 0], v[:, :, 0]
+            c.valid[i, rows, s] = True
+            keys, values, valid = (
+                c.k[i][rows, :, : s + 1],
+                c.v[i][rows, :, : s + 1],
+                c.valid[i][rows, : s + 1],
+            )
+        idx = torch.arange(s + 1, device=q.device)
+        allowed = _window(valid[:, None, :], idx[-1:], idx, window)[:, None]  # [b, 1, 1, s+1]
+        return _attend(q, keys, values, allowed, scale, softcap)
+
+
+def _dllm_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                    attention_mask: Any, scaling: float | None = None, dropout: float = 0.0,
+                    sliding_window: int | None = None, softcap: float | None = None,
+                    dllm_plan: AttentionPlan | None = None, **_: Any) -> tuple[torch.Tensor, None]:  # fmt: skip
+    """An HF attention interface: the layer's own projections, norms and RoPE ran before this call.
+
+    HF's ``attention_mask`` is ignored (D-LLM builds its own from the routers); attention dropout is
+    not applied (0 in every supported config). Returns [B, T, nh, d] as HF's interfaces do.
+    """
+    if dllm_plan is None:
+        raise RuntimeError("the leanlm_dllm attention runs only inside a D-LLM forward")
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    out = dllm_plan.attend(query, key, value, scale, sliding_window, softcap)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _register_attention() -> None:
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(ATTN_IMPL, _dllm_attention)
+
+
+@contextlib.contextmanager
+def dllm_attention(layers: nn.ModuleList) -> Iterator[None]:
+    """Route the HF layers' attention through ``_dllm_attention`` for the duration (restored after,
+    so the same model called outside a D-LLM forward is plain HF again)."""
+    configs = {id(layer.self_attn.config): layer.self_attn.config for layer in layers}
+    old = {key: c._attn_implementation for key, c in configs.items()}
+    try:
+        for c in configs.values():
+            c._attn_implementation = ATTN_IMPL
+        yield
+    finally:
+        for key, c in configs.items():
+            c._attn_implementation = old[key]
+
+
+def run_layer(
+    layer: nn.Module, h: torch.Tensor, position_embeddings: tuple, plan: AttentionPlan
+) -> torch.Tensor:
+    """One HF decoder layer on h [B, T, H] (its norms, projections, MLP), attention as ``plan`` says."""
+    out = layer(h, attention_mask=None, position_embeddings=position_embeddings, dllm_plan=plan)
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _lora_targets(model: nn.Module, targets: tuple[str, ...]) -> tuple[str, ...]:
+    """The default q/k/v targets on a fused ``qkv_proj`` model (Phi-3) become the fused projection."""
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    if targets == ("q_proj", "k_proj", "v_proj") and "q_proj" not in names and "qkv_proj" in names:
+        return ("qkv_proj",)
+    return targets
+
+
 class DLLM(nn.Module):
-    """Routers + (optional) peft LoRA around a ``LlamaForCausalLM``-like model.
+    """Routers + (optional) peft LoRA around an HF causal LM of ``SUPPORTED_MODEL_TYPES``.
+
+    Phi-3's fused ``qkv_proj`` takes the LoRA the q/k/v projections get elsewhere.
 
     ``self.model`` is a ``peft.PeftModel`` while LoRA is unmerged, else the plain causal LM.
     ``self.routers[str(l)]`` exists for every layer ``l >= start_layer`` when ``config.dynamic``.
@@ -103,7 +228,10 @@ class DLLM(nn.Module):
 
     def __init__(self, model: nn.Module, config: DLLMConfig, *, lora: bool = True):
         super().__init__()
+        check_supported(model)  # before anything else: one line naming the supported architectures
         layers = _layers(model)
+        _register_attention()
+        config = dataclasses.replace(config, lora_targets=_lora_targets(model, tuple(config.lora_targets)))
         self.config = config.validate(len(layers))
         hidden = model.config.hidden_size
         width = config.router_width(hidden)
@@ -163,6 +291,13 @@ class DLLM(nn.Module):
             self.model = self.model.merge_and_unload()
         return self
 
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        """Final hidden states [..., H] (after the model's norm) -> logits [..., V], soft-capped where
+        the model does it (Gemma2: c * tanh(logits / c))."""
+        logits = self.lm.lm_head(h)
+        cap = getattr(self.lm.config, "final_logit_softcapping", None)
+        return torch.tanh(logits / cap) * cap if cap else logits
+
     # ------------------------------------------------------------------ forward
 
     def decisions(
@@ -202,8 +337,8 @@ class DLLM(nn.Module):
         real = attention_mask.bool()
         pos = position_ids_from_mask(attention_mask)
         lm = self.lm
-        h = lm.model.embed_tokens(input_ids)
-        cos, sin = lm.model.rotary_emb(h, pos)
+        h = lm.model.embed_tokens(input_ids)  # Gemma's embedding module applies its sqrt(H) scale itself
+        pe = lm.model.rotary_emb(h, pos)
         reserved = pos < self.config.reserve_initials
         causal = torch.ones(t, t, dtype=torch.bool, device=h.device).tril()
         eye = torch.eye(t, dtype=torch.bool, device=h.device)
@@ -214,22 +349,14 @@ class DLLM(nn.Module):
             override = torch.as_tensor(exec_override, device=h.device).float().expand(b, t, self.num_layers)
 
         execs, kv = [], []
-        for i, layer in enumerate(self.layers):
-            w = self.decisions(i, h, reserved, None if override is None else override[..., i])
-            q, k, v = block_qkv(layer, h, cos, sin)
-            scale = layer.self_attn.scaling
-            if self.training:
-                keep = torch.maximum(w[:, None, None, :], eye.float())
-                attn = soft_masked_attention(q, k, v, base, keep, scale)
-            else:
-                allowed = base & ((w > 0.5)[:, None, None, :] | eye)
-                attn = masked_attention(q, k, v, allowed, scale)
-            out = block_finish(layer, h, attn)
-            gate = w[..., None].to(h.dtype)
-            h = gate * out + (1 - gate) * h if self.training else torch.where(gate > 0.5, out, h)
-            execs.append(w)
-            if return_kv:
-                kv.append((k, v))
+        with dllm_attention(self.layers):
+            for i, layer in enumerate(self.layers):
+                w = self.decisions(i, h, reserved, None if override is None else override[..., i])
+                plan = AttentionPlan("full", base=base, w=w, soft=self.training, kv=kv if return_kv else None)
+                out = run_layer(layer, h, pe, plan)
+                gate = w[..., None].to(h.dtype)
+                h = gate * out + (1 - gate) * h if self.training else torch.where(gate > 0.5, out, h)
+                execs.append(w)
         h = lm.model.norm(h)
         execs_t = torch.stack(execs, dim=-1)
         if self.recorder is not None:  # evaluation helpers collect decisions from forwards they do not own
@@ -239,7 +366,7 @@ class DLLM(nn.Module):
             from leanlm.dllm.loss import dllm_loss, exec_ratio
 
             predict = labels[:, 1:] != -100
-            logits = lm.lm_head(h[:, :-1][predict])  # [N, V]
+            logits = self.head(h[:, :-1][predict])  # [N, V]
             lam = self.config.lambda_max if lambda_now is None else lambda_now
             counted = real & ~reserved  # padding and the always-executed first tokens are not routed
             loss, ce, ratio = dllm_loss(logits, labels[:, 1:][predict], execs_t, counted,
@@ -247,7 +374,7 @@ class DLLM(nn.Module):
                                         scope=self.config.ratio_scope)  # fmt: skip
             return DLLMOutput(logits=logits, execs=execs_t, loss=loss, ce_loss=ce, ratio_loss=ratio,
                               exec_ratio=float(exec_ratio(execs_t.detach(), counted)))  # fmt: skip
-        logits = lm.lm_head(h[:, -1:] if last_only else h)
+        logits = self.head(h[:, -1:] if last_only else h)
         return DLLMOutput(logits=logits, execs=execs_t, kv=kv if return_kv else None)
 
     # ------------------------------------------------------------------ save / load
