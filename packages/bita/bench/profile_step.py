@@ -1,19 +1,25 @@
-"""Per-step cost of BiTA decoding vs a greedy KV-cache step (embedded model, CPU, 1 thread).
+"""Per-step cost of BiTA decoding in greedy steps, before (HF engine) and after (fast engine).
 
-    OMP_NUM_THREADS=1 uv run python packages/bita/bench/profile_step.py [--adapter DIR] [--trees "1,1;3,2,1"] [--threads 1]
+    OMP_NUM_THREADS=1 uv run python packages/bita/bench/profile_step.py [--adapter DIR] \
+        [--ctx 128,8000] [--trees "1;1-1;1-1-1;3-2-1"] [--threads 1] [--label NAME]
 
-Times (median of ``--reps``) for a context of ``--ctx`` tokens:
+For each context length the context's keys/values are computed ONCE by the base model and copied
+into every variant's cache, then single decoding steps are timed **interleaved** (round r runs one
+step of every variant, in a rotated order) and each variant's median is reported:
 
-* ``greedy``: one base-model forward of 1 token against a DynamicCache, plus the LM head and argmax
-  (what HF ``generate`` does per token, without its Python overhead);
-* ``hf_generate``: per-token time of ``generate(do_sample=False)`` (KV cache), the real baseline;
-* ``bita[tree]``: one full decoding step: (``BiTADecoder.generate`` time minus greedy's prefill
-  time) / (forwards - 1) over a run with no EOS, so it includes input construction, forward,
-  LM head, verification, drafts and cache compaction (the prefill estimate is approximate).
+* ``greedy_hf``: one base-model forward of 1 token against a ``DynamicCache`` + LM head + argmax:
+  what HF ``generate`` (the bita-eval baseline) does per token;
+* ``greedy_prealloc``: the fast engine's own layer loop on 1 token with the preallocated buffer
+  (what greedy would cost with the same machinery);
+* ``bita[tree] hf``: a full BiTA step on the previous path (DynamicCache, one additive mask over
+  every key, ``index_select`` of the whole cache when tokens are accepted);
+* ``bita[tree] fast``: the same step on the preallocated buffer (fused unmasked SDPA over the
+  context + masked attention over prefix and step tokens, only accepted rows copied).
 
-From the step cost c (in greedy steps) it derives the mean accepted tokens a tree needs to break
-even (c) and to reach 1.3x (1.3 c), next to the most it can accept (depth + 1). Writes the table
-to ``step_cost/results.{json,md}`` next to this file (key ``step_cost_<threads>t``).
+A BiTA step advances its own generation (it really accepts tokens), so contexts grow by a few
+tokens over a run; with a random prompt and an untrained adapter almost nothing is accepted.
+Step cost c = median step / median ``greedy_hf`` step; a tree needs c accepted tokens per forward
+to break even. Writes ``results.{json,md}`` under ``--out``/``--label``.
 """
 
 from __future__ import annotations
@@ -25,23 +31,147 @@ import time
 from pathlib import Path
 
 
+def machine() -> dict:
+    import torch
+
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next((line.split(":", 1)[1].strip() for line in flags.splitlines() if "model name" in line), "?")
+    return {
+        "cpu": model,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "amx": "amx_tile" in flags,
+        "torch_threads": torch.get_num_threads(),
+        "load_avg_start": os.getloadavg()[0],
+    }
+
+
+def measure(model, base, ctx: int, trees: list[str], rounds: int) -> list[dict]:
+    """Interleaved single-step medians of every variant at one context length."""
+    import torch
+    from transformers import DynamicCache
+
+    from leanlm.bita.decoding import BiTADecoder
+    from leanlm.bita.trees import StepTree
+
+    results: list[dict] = []
+    g = torch.Generator().manual_seed(ctx)
+    prompt = torch.randint(0, 40000, (ctx,), generator=g).tolist()
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        out = base(torch.tensor([prompt[:-1]]), use_cache=True)
+    kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+    del out
+    prefill_s = time.perf_counter() - t0
+    print(f"ctx {ctx}: context K/V in {prefill_s:.1f} s")
+    n = ctx - 1
+
+    steppers = {}
+
+    # greedy as HF generate runs it: DynamicCache (grows by concatenation), 1 token, LM head, argmax
+    gcache = DynamicCache(config=base.config)
+    for i, (k, v) in enumerate(kv):
+        gcache.update(k.clone(), v.clone(), i)
+    gstate = {"tok": prompt[-1], "pos": n}
+
+    def greedy_hf(gcache=gcache, gstate=gstate):
+        o = base(
+            torch.tensor([[gstate["tok"]]]),
+            past_key_values=gcache,
+            position_ids=torch.tensor([[gstate["pos"]]]),
+            use_cache=True,
+        )
+        gstate["tok"], gstate["pos"] = int(o.logits[0, -1].argmax()), gstate["pos"] + 1
+
+    steppers["greedy_hf"] = greedy_hf
+
+    def make_bita(spec: str, engine: str):
+        dec = BiTADecoder(model, spec, engine=engine)
+        st = dec.start(prompt, max_new_tokens=400)
+        if engine == "fast":
+            buf = dec.engine.buf
+            for i, (k, v) in enumerate(kv):
+                buf[i, 0, :, model.num_prefix : model.num_prefix + n] = k[0]
+                buf[i, 1, :, model.num_prefix : model.num_prefix + n] = v[0]
+        else:
+            for layer, (k, v) in zip(dec.engine.cache.layers, kv, strict=True):
+                layer.keys = torch.cat([layer.keys, k], dim=2)
+                layer.values = torch.cat([layer.values, v], dim=2)
+        dec.engine.n = n
+        dec.step(st)  # the first step: root + one group (drafts for the next)
+        return dec, st
+
+    decs = {}
+    for spec in trees:
+        for engine in ("hf", "fast"):
+            dec, st = make_bita(spec, engine)
+            name = f"bita[{dec.tree.label()}] {engine}"
+            decs[name] = dec
+            steppers[name] = lambda dec=dec, st=st: dec.step(st)
+
+    # greedy with the preallocated buffer and the same layer loop: a 1-token "tree" without masks
+    pdec, pst = make_bita("1", "fast")
+    lone = StepTree([-1], 0)
+    empty = torch.zeros(0, dtype=torch.long)
+    no_masks = torch.zeros(0, dtype=torch.long)
+    pstate = {"tok": prompt[-1]}
+
+    def greedy_prealloc(eng=pdec.engine, pstate=pstate):
+        h = eng.run(empty, pstate["tok"], empty, no_masks, lone)
+        pstate["tok"] = int(model.logits(h)[0].argmax())
+        eng.accept([])
+
+    steppers["greedy_prealloc"] = greedy_prealloc
+
+    names = list(steppers)
+    times: dict[str, list[float]] = {k: [] for k in names}
+    with torch.no_grad():
+        for name in names:  # warm-up
+            steppers[name]()
+        for r in range(rounds):
+            order = names[r % len(names) :] + names[: r % len(names)]
+            for name in order:
+                t = time.perf_counter()
+                steppers[name]()
+                times[name].append(time.perf_counter() - t)
+    greedy = statistics.median(times["greedy_hf"])
+    for name in names:
+        med = statistics.median(times[name])
+        row = {
+            "ctx": ctx,
+            "variant": name,
+            "q": decs[name].layout.q if name in decs else 1,
+            "step_ms": 1e3 * med,
+            "min_ms": 1e3 * min(times[name]),
+            "max_ms": 1e3 * max(times[name]),
+            "cost_greedy_steps": med / greedy,
+            "rounds": rounds,
+        }
+        results.append(row)
+        print(
+            f"ctx {ctx:5d} {name:22s} q={row['q']:3d} median {row['step_ms']:7.1f} ms "
+            f"(min {row['min_ms']:.1f}, max {row['max_ms']:.1f}) = {row['cost_greedy_steps']:.2f} greedy steps"
+        )
+    return results
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--adapter", default=None)
-    ap.add_argument("--trees", default="1,1;1,1,1;3,2,1")
-    ap.add_argument("--ctx", type=int, default=120)
-    ap.add_argument("--tokens", type=int, default=40)
-    ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--profile", action="store_true", help="torch.profiler table of one BiTA run")
+    ap.add_argument("--trees", default="1;1-1;1-1-1;3-2-1")
+    ap.add_argument("--long-trees", default="1;1-1", help="trees timed at contexts above 1000")
+    ap.add_argument("--ctx", default="128,8000")
+    ap.add_argument("--rounds", type=int, default=15, help="interleaved rounds at short contexts")
+    ap.add_argument("--long-rounds", type=int, default=5, help="rounds at contexts above 1000")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "step_cost"))
+    ap.add_argument("--label", default="step_cost")
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     args = ap.parse_args()
 
     import torch
 
-    from leanlm.bita.decoding import BiTADecoder
     from leanlm.bita.model import BiTAConfig, BiTAModel, load_bita
     from leanlm.core.models import load_model
+    from leanlm.core.records import write_json, write_text
 
     torch.set_num_threads(args.threads)
     base = load_model("default", device="cpu")
@@ -51,110 +181,32 @@ def main() -> None:
         else BiTAModel(base, BiTAConfig(prefix_dropout=0.0))
     )
     model.eval()
-    g = torch.Generator().manual_seed(0)
-    prompt = torch.randint(0, 40000, (args.ctx,), generator=g).tolist()
-    x = torch.tensor([prompt])
-
-    def med(f):
-        ts = []
-        for _ in range(args.reps):
-            t0 = time.perf_counter()
-            r = f()
-            ts.append(time.perf_counter() - t0)
-        return statistics.median(ts), r
-
-    # greedy step: raw forward of one token with a cache
-    with torch.no_grad():
-        out = base(x, use_cache=True)
-        cache = out.past_key_values
-
-        def one_step():
-            o = base(torch.tensor([[5]]), past_key_values=cache, use_cache=True)
-            cache.crop(-1)
-            return int(o.logits[0, -1].argmax())
-
-        for _ in range(3):
-            one_step()
-        greedy_s, _ = med(one_step)
-
-        def hf():
-            return base.generate(
-                x,
-                attention_mask=torch.ones_like(x),
-                do_sample=False,
-                max_new_tokens=args.tokens,
-                min_new_tokens=args.tokens,
-                pad_token_id=0,
-            )
-
-        hf()
-        hf_s, _ = med(hf)
-        hf_prefill, _ = med(
-            lambda: base.generate(
-                x, attention_mask=torch.ones_like(x), do_sample=False, max_new_tokens=1, pad_token_id=0
-            )
-        )
-        hf_step = (hf_s - hf_prefill) / (args.tokens - 1)
-    print(
-        f"greedy raw step {1e3 * greedy_s:.2f} ms; hf_generate per token {1e3 * hf_step:.2f} ms "
-        f"(prefill {1e3 * hf_prefill:.1f} ms)"
-    )
-    rows = []
-    for spec in args.trees.split(";"):
-        dec = BiTADecoder(model, spec)
-        dec.generate(prompt, 8)
-        ts = []
-        for _ in range(args.reps):
-            r = dec.generate(prompt, args.tokens)
-            ts.append((r.seconds - hf_prefill) / max(1, r.forwards - 1))
-        step = statistics.median(ts)
-        print(
-            f"bita[{dec.tree.label()}] q={dec.layout.q}: step {1e3 * step:.2f} ms = "
-            f"{step / greedy_s:.2f}x raw greedy, {step / hf_step:.2f}x hf_generate step; "
-            f"mean accepted {r.mean_accepted:.2f}"
-        )
-        cost = step / hf_step
-        rows.append(
-            {
-                "tree": dec.tree.label(),
-                "q": dec.layout.q,
-                "step_ms": 1e3 * step,
-                "cost_vs_greedy_step": cost,
-                "accepted_for_1x": cost,
-                "accepted_for_1.3x": 1.3 * cost,
-                "max_accepted": len(dec.tree.widths) + 1,
-                "mean_accepted_this_adapter": r.mean_accepted,
-            }
-        )
-        if args.profile:
-            from torch.profiler import ProfilerActivity, profile
-
-            with profile(activities=[ProfilerActivity.CPU]) as prof:
-                dec.generate(prompt, args.tokens)
-            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
-
-    from leanlm.core.bench_report import save_section
-
+    info = machine()
+    print(info)
+    results = []
+    for ctx in [int(c) for c in args.ctx.split(",")]:
+        long = ctx > 1000
+        trees = (args.long_trees if long else args.trees).split(";")
+        results += measure(model, base, ctx, trees, args.long_rounds if long else args.rounds)
+    info["load_avg_end"] = os.getloadavg()[0]
+    out = Path(args.out) / args.label
+    write_json(out / "results.json", {"settings": vars(args), "machine": info, "rows": results})
     lines = [
-        f"## Step cost, {args.threads} thread(s), context {args.ctx}",
+        f"# BiTA step cost, {args.threads} thread(s), fp32",
         "",
-        f"HF generate greedy step {1e3 * hf_step:.1f} ms (raw forward {1e3 * greedy_s:.1f} ms), median of {args.reps}.",
+        f"Machine: {info['cpu']}, capability {info['cpu_capability']}, AMX {'yes' if info['amx'] else 'no'}; "
+        f"load average {info['load_avg_start']:.1f} at start, {info['load_avg_end']:.1f} at end (shared machine).",
+        "Interleaved single steps, medians; cost in HF greedy steps (`greedy_hf` = 1.00).",
         "",
-        "| tree | tokens per step | step ms | cost (greedy steps) | accepted for 1.0x | for 1.3x | most possible |",
-        "|---|---|---|---|---|---|---|",
+        "| context | variant | tokens per step | median ms | min-max ms | cost (greedy steps) |",
+        "|---|---|---|---|---|---|",
         *(
-            f"| {r['tree']} | {r['q']} | {r['step_ms']:.1f} | {r['cost_vs_greedy_step']:.2f} | "
-            f"{r['accepted_for_1x']:.2f} | {r['accepted_for_1.3x']:.2f} | {r['max_accepted']} |"
-            for r in rows
+            f"| {r['ctx']} | {r['variant']} | {r['q']} | {r['step_ms']:.1f} | {r['min_ms']:.1f}-{r['max_ms']:.1f} | "
+            f"{r['cost_greedy_steps']:.2f} |"
+            for r in results
         ),
     ]
-    result = {
-        "settings": vars(args),
-        "greedy_step_ms": 1e3 * hf_step,
-        "raw_step_ms": 1e3 * greedy_s,
-        "rows": rows,
-    }
-    save_section(args.out, f"step_cost_{args.threads}t", result, "\n".join(lines))
+    write_text(out / "results.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

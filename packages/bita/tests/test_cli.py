@@ -139,7 +139,7 @@ def test_eval_and_generate(pipeline, tiny_model_dir):
         "--max_new_tokens",
         12,
         "--tree",
-        "3;1,1,1",
+        "tri:3;1-1-1",
         "--template",
         "alpaca",
         "--pld_tokens",
@@ -183,7 +183,7 @@ def test_eval_second_turn(pipeline, tiny_model, tokenizer, capsys):
         {"question_id": 8, "category": "qa", "turns": ["Who wrote Hamlet?"]},
     ]
     q.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    args = ["--data", q, "--adapter", pipeline / "adapter", "--max_new_tokens", 10, "--tree", "1,1"]
+    args = ["--data", q, "--adapter", pipeline / "adapter", "--max_new_tokens", 10, "--tree", "1-1"]
     out = call(
         cli.evaluate,
         "bita-eval",
@@ -239,28 +239,14 @@ def test_user_errors(pipeline, tiny_model_dir, capsys, tmp_path):
         "--num_masks",
         0,
     )
-    assert "K" in user_error(
-        capsys,
-        cli.generate,
-        "bita-generate",
-        "--prompt",
-        "hi",
-        "--adapter",
-        pipeline / "adapter",
-        "--tree",
-        0,
-    )
-    assert "levels" in user_error(
-        capsys,
-        cli.generate,
-        "bita-generate",
-        "--prompt",
-        "hi",
-        "--adapter",
-        pipeline / "adapter",
-        "--tree",
-        "1,1,1,1",
-    )
+    gen = ["--prompt", "hi", "--adapter", pipeline / "adapter", "--tree"]
+    assert "widths" in user_error(capsys, cli.generate, "bita-generate", *gen, 0)
+    assert "K" in user_error(capsys, cli.generate, "bita-generate", *gen, "tri:0")
+    assert "levels" in user_error(capsys, cli.generate, "bita-generate", *gen, "1-1-1-1")
+    # the old comma forms (fire reads them as tuples) are ambiguous and refused
+    for bad in ("1,1", "1,", "3,2,1"):
+        assert "commas are ambiguous" in user_error(capsys, cli.generate, "bita-generate", *gen, bad)
+    assert "calibrat" in user_error(capsys, cli.generate, "bita-generate", *gen, "auto:8")
     assert "style" in user_error(
         capsys,
         cli.gen_prompts,
@@ -287,3 +273,5 @@ def test_help(script):
     )
     text = r.stdout + r.stderr  # fire prints help to stderr when not on a terminal
     assert r.returncode == 0 and "--output" in text and "NAME" in text
+    if script in ("bita-eval", "bita-generate"):  # the tree syntax is shown with examples
+        assert "1-1" in text and "tri:5" in text and "auto:" in text

@@ -88,11 +88,12 @@ def test_truncation_leaves_room_for_targets():
 
 def group_logits(m, dec, ctx: torch.Tensor) -> torch.Tensor:
     """Logits [M, V] of one mask group after context ``ctx``, run as its own sequence."""
+    from leanlm.bita.trees import StepTree
+
+    lay = StepTree([-1], dec.depth)
     with torch.no_grad():
-        h = dec._forward(
-            m.prefix_cache(1), 0, ctx[:-1], int(ctx[-1]), torch.zeros(0, dtype=torch.long), dec.prefill_layout
-        )
-        return m.logits(h[dec.prefill_layout.group_rows(0)])
+        h = dec.run_once(ctx, torch.zeros(0, dtype=torch.long), lay)
+        return m.logits(h[lay.group_rows(0)])
 
 
 @pytest.mark.parametrize("training_forward", ["joint", "two_pass"])
@@ -109,7 +110,7 @@ def test_packed_loss_equals_groups_run_separately(tiny_bita, training_forward, m
     batch = PaddingCollator(0, pad_to_multiple_of=4)([ex, ex2])
     with torch.no_grad():
         packed = m(**batch)["loss"]
-    dec = BiTADecoder(m, "1,1,1")
+    dec = BiTADecoder(m, "1-1-1")
     ce = []
     for s, t in [(src, tgt), (src[:2], tgt[:6])]:
         for j in range(len(t) - 3):
@@ -165,7 +166,7 @@ def test_mask_accuracy_counts_each_group_run_separately(tiny_bita):
         ([rng.randrange(3, 500) for _ in range(n)], [rng.randrange(3, 500) for _ in range(t)])
         for n, t in [(4, 9), (2, 7), (6, 5)]
     ]
-    dec = BiTADecoder(m, "1,1,1")
+    dec = BiTADecoder(m, "1-1-1")
 
     def group_top(ctx):
         return group_logits(m, dec, ctx).topk(3, -1).indices

@@ -18,19 +18,19 @@ def test_only_adapter_trains(tiny_bita):
     assert c.num_kv_heads == 2 and c.num_layers == 4
 
 
-def test_prefix_invisible_to_context_and_candidates(tiny_bita, tokenizer):
+@pytest.mark.parametrize("engine", ["fast", "hf"])
+def test_prefix_invisible_to_context_and_candidates(tiny_bita, tokenizer, engine):
     """Root/candidate logits equal the base model's; mask logits do depend on the prefix."""
     m = copy.deepcopy(tiny_bita)
     ids = tokenizer("The cat sat on the mat and then", add_special_tokens=True)["input_ids"]
-    dec = BiTADecoder(m, "3,2,1")
+    dec = BiTADecoder(m, "3-2-1", engine=engine)
     lay = dec.layout
     cands = torch.tensor([5, 6, 7, 8, 9, 10])  # level 0: 5,6,7; level 1: 8,9; level 2: 10
     ctx = torch.tensor(ids)
 
     def run():
         with torch.no_grad():
-            h = dec._forward(m.prefix_cache(1), 0, ctx[:-1], int(ctx[-1]), cands, lay)
-            return m.logits(h)
+            return m.logits(dec.run_once(ctx, cands, lay))
 
     logits = run()
     # base model on the spine path root -> 5 -> 8 -> 10 and on a side branch root -> 6
@@ -54,7 +54,7 @@ def test_save_load_round_trip(tiny_bita, tiny_model, tokenizer, tmp_path):
     assert loaded.config.base_model == "tiny" and loaded.num_masks == 2 and loaded.num_prefix == 3
     assert torch.equal(loaded.prefix, m.prefix) and torch.equal(loaded.mask_embeddings, m.mask_embeddings)
     ids = tokenizer("Once upon a time", add_special_tokens=True)["input_ids"]
-    a, b = BiTADecoder(m, "3,2").generate(ids, 20), BiTADecoder(loaded, "3,2").generate(ids, 20)
+    a, b = BiTADecoder(m, "3-2").generate(ids, 20), BiTADecoder(loaded, "3-2").generate(ids, 20)
     assert a.tokens == b.tokens and a.accepted == b.accepted
     # a different base model does not fit this adapter
     from leanlm.core.models import tiny_llama
@@ -71,23 +71,44 @@ def test_config_and_tree_errors(tiny_model):
     with pytest.raises(UserError, match="num_masks"):
         BiTAConfig(num_masks=99).validate()
     with pytest.raises(UserError, match="K"):
+        TreeSpec.parse("tri:0", 3)
+    with pytest.raises(UserError, match="widths"):
         TreeSpec.parse(0, 3)
     with pytest.raises(UserError, match="levels"):
-        TreeSpec.parse("2,2,2,2", 3)
+        TreeSpec.parse("2-2-2-2", 3)
     with pytest.raises(UserError, match="widths"):
-        TreeSpec.parse("2,0", 3)
-    with pytest.raises(UserError, match="expected widths"):
-        TreeSpec.parse("a,b", 3)
-    assert TreeSpec.parse(5, 3).widths == (5, 4, 3)
-    assert TreeSpec.parse("2", 3).widths == (2, 1, 1)
+        TreeSpec.parse("2-0", 3)
+    with pytest.raises(UserError, match="not understood"):
+        TreeSpec.parse("a-b", 3)
+    with pytest.raises(UserError, match="calibrat"):
+        TreeSpec.parse("auto:10", 3)
+
+
+@pytest.mark.parametrize("bad", ["1,1", "1,", ",1", "3,2,1", "1-", "-1", "1--1", "1 1", "tri:", "5;3"])
+def test_ambiguous_tree_forms_are_rejected(bad):
+    """The old syntax read '1' and '1,' as K=1 (a 1-1-1 tree): commas and odd forms are refused."""
+    with pytest.raises(UserError, match="tree"):
+        TreeSpec.parse(bad, 3)
+
+
+def test_tree_syntax_says_what_it_means():
+    one = TreeSpec.parse("1", 3)
+    assert one.depth == 1 and one.paths == ((0,),) and one.label() == "1"
+    assert TreeSpec.parse(1, 3) == one  # fire turns --tree 1 into an int
+    chain = TreeSpec.parse("1-1", 3)
+    assert chain.paths == ((0,), (0, 0)) and chain.label() == "1-1"
+    assert TreeSpec.parse("tri:5", 3).widths == (5, 4, 3)
+    assert TreeSpec.parse("tri:2", 3).widths == (2, 1, 1)
     assert TreeSpec.parse("4-1", 3).widths == (4, 1)
+    assert TreeSpec.parse([3, 2, 1], 3).paths == ((0,), (1,), (2,), (0, 0), (0, 1), (0, 0, 0))
+    assert TreeSpec.parse(None, 3).label() == "5-4-3"
 
 
 def test_tree_layout_matches_upper_triangle():
     """K=5, M=3: 12 candidates; each sees the root, the top-1 node of every shallower level, itself."""
-    from leanlm.bita.decoding import TreeLayout
+    from leanlm.bita.trees import StepTree
 
-    lay = TreeLayout([5, 4, 3], 3)
+    lay = StepTree(TreeSpec.from_widths([5, 4, 3]).parents(), 3)
     assert lay.C == 12 and lay.q == 1 + 12 + 13 * 3
     cand = lay.block[1:13, 1:13]
     for i in range(12):

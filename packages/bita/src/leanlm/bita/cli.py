@@ -137,9 +137,10 @@ def _load(adapter: str | None, model: str, dtype: str | None, num_masks: int = 3
 
 
 def _tree_text(tree: Any) -> str:
-    """fire reads ``--tree 1,1`` as the tuple (1, 1) and ``--tree 5`` as an int: back to text."""
+    """fire reads ``--tree 1,1`` as the tuple (1, 1), ``--tree 1,`` as (1,) and ``--tree 5`` as an
+    int: back to the text that was typed, so that the tree parser can reject the comma forms."""
     if isinstance(tree, (tuple, list)):
-        return ",".join(str(w) for w in tree)
+        return ",".join(str(w) for w in tree) + ("," if len(tree) == 1 else "")
     return str(tree)
 
 
@@ -152,7 +153,7 @@ def evaluate(
     max_new_tokens: int = 128,
     limit: int | None = None,
     per_category: int | None = None,
-    tree: str = "5",
+    tree: str = "tri:5",
     pld_tokens: int = 10,
     dtype: str | None = None,
     warmup: int = 1,
@@ -162,9 +163,12 @@ def evaluate(
 
     DATA: a Spec-Bench / MT-Bench question file, a bita-gen-prompts file, humaneval, or any core
     dataset. turns: how many turns of multi-turn questions to run (2 adds MT-Bench's second turn,
-    after greedy's first answer, as rows <id>-turn2). tree: K (upper triangle, K, K-1, ... per
-    level) or widths '3,2,1'; several shapes separated by ';' are timed side by side. pld_tokens 0
-    skips prompt lookup. Writes speed.json, speed.md and runs.json to OUTPUT_DIR.
+    after greedy's first answer, as rows <id>-turn2). tree: candidates per level separated by '-'
+    ('1' = one level with one candidate, '1-1' = a chain of two, '3-2-1'), 'tri:K' (the paper's
+    upper triangle, K, K-1, ... over all M levels) or 'auto:N' (N nodes chosen from the adapter's
+    calibration); several shapes separated by ';' are timed side by side, e.g. --tree "1;1-1;tri:5".
+    Commas are refused (ambiguous). pld_tokens 0 skips prompt lookup. Writes speed.json, speed.md
+    and runs.json to OUTPUT_DIR.
     """
     from leanlm.bita.evaluate import evaluate_speed, load_eval_prompts
     from leanlm.core.models import load_tokenizer
@@ -204,14 +208,15 @@ def generate(
     output: str = "bita_answers.jsonl",
     template: str | None = None,
     max_new_tokens: int = 256,
-    tree: str = "5",
+    tree: str = "tri:5",
     limit: int | None = None,
     dtype: str | None = None,
 ) -> Any:
     """Answer PROMPTS (a file like bita-eval's DATA) or one --prompt with BiTA decoding.
 
     Writes a resumable JSONL (id, prompt, output, new_tokens, forwards, mean_accepted, seconds);
-    with --prompt prints the answer instead.
+    with --prompt prints the answer instead. tree: as in bita-eval, e.g. --tree 1 (one level, one
+    candidate), --tree 1-1 (a chain of two), --tree 3-2-1, --tree tri:5, --tree auto:12.
     """
     from leanlm.bita.evaluate import answer_prompts, load_eval_prompts
     from leanlm.core.models import load_tokenizer

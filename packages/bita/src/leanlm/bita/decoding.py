@@ -1,22 +1,26 @@
-"""Lossless greedy BiTA decoding: tree draft-and-verify in one forward, with a KV cache.
+"""Lossless BiTA decoding: tree draft-and-verify in one forward, with a KV cache.
 
 State between steps: the cache holds ``[prefix (P) | context x_0 .. x_{n-1}]``; the last accepted
 token ``x_n`` (the *root*) is not yet in the cache. Drafts for positions ``n+1 .. n+D`` come from
-the previous step's mask predictions: level m holds the top-``widths[m]`` tokens of mask m.
+the previous step's mask predictions: node ``(r0, .., rm)`` of the tree (``trees.py``) holds rank
+``rm`` of mask m. With ``lookup_tokens`` > 0 a prompt-lookup branch (the tokens that followed the
+latest earlier occurrence of the last n-gram of the text) is merged into the same tree (hybrid
+drafts).
 
-One step feeds ``[root | candidates | one mask group per tree node]``:
+One step feeds ``[root | candidates | one group of D masks per node]`` (``StepTree``):
 
-* the tree ("upper triangle"): candidate (m, c) hangs off the top-1 node of level m-1 (the root
-  for m = 0), so only the top-1 spine has children; candidate (m, c) sits at position n+1+m;
-* group g of D masks (D = tree depth <= M) hangs off node g (0 = root): it sees the prefix, the context, the node's path
-  and its own earlier masks; mask k sits at position p+1+k for a node at position p;
-* root and candidates never see the prefix or any mask: their logits are the base model's.
+* candidate nodes see the context and their own path, never the prefix or any mask, so their
+  logits are the base model's;
+* the group of node g sees the prefix, the context, g's path and its own earlier masks.
 
-Verification: t = argmax at the root; while t equals a candidate of the next level, accept it and
-take t = argmax at that candidate (stop after a non-spine candidate, it has no children). The
-final t is the bonus token. 1 .. D+1 tokens per forward; every one is the base model's own greedy
-choice, so the output equals greedy decoding token for token. The cache then keeps only the
-root and the accepted candidates; the next drafts come from the group of the last accepted node.
+Verification (``trees.verify_greedy``, a pure function of the argmax and the tree): the deepest
+node whose every token equals its parent's argmax is accepted, its argmax is the bonus token. So
+every emitted token is the base model's greedy choice and the output equals greedy decoding token
+for token (in fp32; in bf16 a multi-token forward rounds differently from one-token steps, so a
+near-tie can flip, see the README). With ``temperature`` > 0, ``trees.verify_sample`` applies the
+speculative acceptance rule instead and the output follows the base model's sampling distribution.
+The cache then keeps only the root and the accepted nodes; the next drafts come from the group of
+the last accepted node.
 """
 
 from __future__ import annotations
@@ -28,114 +32,25 @@ from typing import Any
 
 import torch
 
-from leanlm.bita.model import BiTAModel, additive_mask
+from leanlm.bita.engine import FastEngine, HFEngine, fast_supported
+from leanlm.bita.model import BiTAModel
+from leanlm.bita.trees import StepTree, TreeSpec, verify_greedy, verify_sample
 from leanlm.core.errors import UserError
 
-
-@dataclass(frozen=True)
-class TreeSpec:
-    """Candidates per tree level; ``widths[m]`` top tokens of mask m (len(widths) <= M)."""
-
-    widths: tuple[int, ...]
-
-    @classmethod
-    def from_k(cls, num_candidates: int, num_masks: int, depth: int | None = None) -> TreeSpec:
-        """The paper's upper-triangle tree: K, K-1, ... candidates per level (at least 1), ``depth`` levels."""
-        depth = num_masks if depth is None else depth
-        if int(num_candidates) < 1:
-            raise UserError(f"num_candidates (K) must be at least 1, got {num_candidates}")
-        if not 1 <= int(depth) <= num_masks:
-            raise UserError(f"tree depth must be between 1 and M={num_masks}, got {depth}")
-        return cls(tuple(max(int(num_candidates) - m, 1) for m in range(int(depth))))
-
-    @classmethod
-    def parse(cls, spec: str | Sequence[int] | int | None, num_masks: int) -> TreeSpec:
-        """``"3,2,1"`` / ``[3, 2, 1]`` (explicit widths) or an int K (upper triangle over M levels)."""
-        if spec is None:
-            return cls.from_k(5, num_masks)
-        if isinstance(spec, int):
-            return cls.from_k(spec, num_masks)
-        if isinstance(spec, str):
-            text = spec.strip()
-            if text.isdigit():
-                return cls.from_k(int(text), num_masks)
-            try:
-                spec = [int(x) for x in text.replace("-", ",").split(",") if x.strip()]
-            except ValueError:
-                raise UserError(f"tree {text!r}: expected widths like '3,2,1' or an integer K") from None
-        widths = tuple(int(w) for w in spec)
-        if not 1 <= len(widths) <= num_masks:
-            raise UserError(f"tree {list(widths)}: needs 1 to M={num_masks} levels")
-        if any(w < 1 or w > 64 for w in widths):
-            raise UserError(f"tree {list(widths)}: widths must be between 1 and 64")
-        return cls(widths)
-
-    @property
-    def num_candidates(self) -> int:
-        return sum(self.widths)
-
-    def label(self) -> str:
-        return "-".join(str(w) for w in self.widths)
-
-
-class TreeLayout:
-    """Static per-step structure for a tree: indices, relative positions and the in-step mask.
-
-    Step input order: root (0), candidates level-major (1 .. C), then group g (0 .. C) masks at
-    ``1 + C + g*M + k``. ``rel_pos``: positions relative to the root. ``block``: [q, q] bool
-    visibility among step tokens; ``mask_rows``: [q] bool, rows that see the prefix.
-    """
-
-    def __init__(self, widths: Sequence[int], num_masks: int):
-        # A group needs only as many masks as the tree has levels: mask k sees masks 0..k only,
-        # so dropping masks >= depth leaves the others' predictions unchanged (and saves tokens).
-        M = num_masks
-        self.widths = list(widths)
-        self.level_start = [sum(self.widths[:m]) for m in range(len(self.widths))]
-        C = sum(self.widths)
-        self.C, self.M = C, M
-        q = 1 + C + (C + 1) * M
-        self.q = q
-        depth = [0]  # node depth (root 0, level m -> m+1), node index = step index for root/candidates
-        ancestors: list[list[int]] = [[0]]
-        for m, w in enumerate(self.widths):
-            parent = 0 if m == 0 else 1 + self.level_start[m - 1]  # top-1 node of level m-1
-            for _c in range(w):
-                node = len(depth)
-                depth.append(m + 1)
-                ancestors.append(ancestors[parent] + [node])
-        block = torch.zeros(q, q, dtype=torch.bool)
-        rel = torch.zeros(q, dtype=torch.long)
-        for node in range(1 + C):
-            block[node, ancestors[node]] = True
-            rel[node] = depth[node]
-        for g in range(1 + C):
-            first = 1 + C + g * M
-            for k in range(M):
-                row = first + k
-                block[row, ancestors[g]] = True
-                block[row, first : row + 1] = True
-                rel[row] = depth[g] + 1 + k
-        self.block = block
-        self.rel_pos = rel
-        self.mask_rows = torch.zeros(q, dtype=torch.bool)
-        self.mask_rows[1 + C :] = True
-
-    def group_rows(self, node: int) -> slice:
-        first = 1 + self.C + node * self.M
-        return slice(first, first + self.M)
+__all__ = ["BiTADecoder", "DecodeOutput", "TreeSpec", "greedy_reference", "lookup_draft", "merge_chain"]
 
 
 @dataclass
 class DecodeOutput:
     tokens: list[int]
     forwards: int = 0  # model calls, prefill included
-    accepted: list[int] = field(default_factory=list)  # tokens emitted per forward
+    accepted: list[int] = field(default_factory=list)  # tokens kept per forward (sums to len(tokens))
     seconds: float = 0.0
 
     @property
     def mean_accepted(self) -> float:
-        """Tokens per forward, the bonus token included (Spec-Bench's #mean accepted tokens)."""
+        """Tokens per forward, the bonus token included (Spec-Bench's #mean accepted tokens); tokens
+        of the last step cut off by EOS or the token budget are not counted."""
         return sum(self.accepted) / max(1, len(self.accepted))
 
 
@@ -147,98 +62,245 @@ def _eos_set(eos_token_id: int | Sequence[int] | None) -> set[int]:
     return {int(e) for e in eos_token_id}
 
 
+def lookup_draft(history: torch.Tensor, num_tokens: int, max_ngram: int = 3) -> list[int]:
+    """Prompt lookup: for n = max_ngram .. 1, the latest earlier occurrence of the last n tokens of
+    ``history`` [T] (CPU, long); returns up to ``num_tokens`` tokens that followed it ([] if none)."""
+    T = history.numel()
+    for n in range(min(int(max_ngram), T - 1), 0, -1):
+        windows = history[:-1].unfold(0, n, 1)  # window j = history[j : j+n], j + n <= T - 1
+        hits = (windows == history[-n:]).all(1).nonzero()
+        if hits.numel():
+            start = int(hits[-1]) + n
+            return history[start : start + int(num_tokens)].tolist()
+    return []
+
+
+def merge_chain(tokens: list[int], parents: list[int], chain: Sequence[int]) -> tuple[list[int], list[int]]:
+    """Add the token chain under the root of a step tree (``parents[0] = -1``, ``tokens[i-1]`` is node
+    i's token), following existing nodes while their tokens agree, so no two siblings repeat a token."""
+    tokens, parents = list(tokens), list(parents)
+    children: dict[tuple[int, int], int] = {(parents[i], tokens[i - 1]): i for i in range(1, len(parents))}
+    node = 0
+    for tok in chain:
+        key = (node, int(tok))
+        if key in children:
+            node = children[key]
+            continue
+        parents.append(node)
+        tokens.append(int(tok))
+        node = len(parents) - 1
+        children[key] = node
+    return tokens, parents
+
+
+def warp_probs(logits: torch.Tensor, temperature: float, top_p: float = 1.0) -> torch.Tensor:
+    """Sampling distribution [n, V] from logits [n, V]: softmax(logits / T), then nucleus filtering
+    (keep the most likely tokens until their mass reaches ``top_p``, at least one) renormalised."""
+    probs = torch.softmax(logits.float() / float(temperature), dim=-1)
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        before = sorted_p.cumsum(-1) - sorted_p  # mass of the tokens ranked above each one
+        keep_sorted = before < float(top_p)
+        keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
+        probs = torch.where(keep, probs, torch.zeros_like(probs))
+        probs = probs / probs.sum(-1, keepdim=True)
+    return probs
+
+
+@dataclass
+class DecodeState:
+    """One generation in progress (``BiTADecoder.start`` / ``step``)."""
+
+    history: list[int]
+    history_t: torch.Tensor  # the same tokens, CPU, preallocated (prompt lookup)
+    max_new_tokens: int
+    eos: set[int]
+    out: DecodeOutput
+    drafts: list[list[int]] | None = None
+    done: bool = False
+    t0: float = 0.0
+
+
 class BiTADecoder:
-    """Greedy tree decoding for batch size 1. ``use_cache=False`` recomputes the context every
-    step (the original's way; kept as a reference for tests)."""
+    """Tree decoding for batch size 1.
+
+    engine: ``auto`` (the preallocated-cache ``FastEngine`` where the model is LLaMA-family, else
+    ``hf``), ``fast`` or ``hf`` (the HF decoder with a DynamicCache). ``use_cache=False``
+    recomputes the context every step (the original's way; a reference for tests).
+    lookup_tokens > 0 adds a prompt-lookup branch of that many tokens (n-grams up to
+    ``lookup_ngram``). temperature > 0 samples (nucleus ``top_p``) with speculative acceptance,
+    seeded by ``seed``.
+    """
 
     def __init__(
         self,
         model: BiTAModel,
         tree: TreeSpec | str | Sequence[int] | int | None = None,
         use_cache: bool = True,
+        *,
+        engine: str = "auto",
+        lookup_tokens: int = 0,
+        lookup_ngram: int = 3,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int = 0,
+        calibration: Any = None,
     ):
         self.model = model
-        self.tree = tree if isinstance(tree, TreeSpec) else TreeSpec.parse(tree, model.num_masks)
-        if len(self.tree.widths) > model.num_masks:
-            raise UserError(f"tree {self.tree.label()} is deeper than M={model.num_masks}")
+        self.tree = TreeSpec.parse(tree, model.num_masks, calibration)
+        if not 0 <= int(lookup_tokens) <= 64:
+            raise UserError(f"lookup_tokens must be between 0 and 64, got {lookup_tokens}")
+        if int(lookup_ngram) < 1:
+            raise UserError(f"lookup_ngram must be at least 1, got {lookup_ngram}")
+        if float(temperature) < 0 or not 0.0 < float(top_p) <= 1.0:
+            raise UserError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
+        self.lookup_tokens, self.lookup_ngram = int(lookup_tokens), int(lookup_ngram)
+        self.temperature, self.top_p, self.seed = float(temperature), float(top_p), int(seed)
         self.use_cache = use_cache
         dev = model.device
-        depth = len(self.tree.widths)
-        self.layout = TreeLayout(self.tree.widths, depth)
-        self.prefill_layout = TreeLayout([], depth)
-        for lay in (self.layout, self.prefill_layout):
-            lay.block, lay.rel_pos, lay.mask_rows = (
-                lay.block.to(dev),
-                lay.rel_pos.to(dev),
-                lay.mask_rows.to(dev),
-            )
-        self.mask_ids = torch.tensor(model.mask_ids()[:depth], device=dev)
-
-    # ------------------------------------------------------------------ one forward
-
-    def _forward(
-        self, cache: Any, cached: int, new_ctx: torch.Tensor, root: int, cands: torch.Tensor, lay: TreeLayout
-    ) -> torch.Tensor:
-        """Run ``[new_ctx | root | cands | groups]``; returns hidden states of the tree part [q, H].
-
-        ``cached``: context tokens already in the cache (after the P prefix entries).
-        """
-        m = self.model
-        dev = m.device
-        a = new_ctx.numel()
-        n = cached + a  # root position
-        P = m.num_prefix
-        ids = torch.cat([new_ctx, torch.tensor([root], device=dev), cands, self.mask_ids.repeat(lay.C + 1)])
-        pos = torch.cat([torch.arange(cached, n, device=dev), n + lay.rel_pos])
-        q = lay.q
-        # keys: [prefix P | cached ctx | new ctx a | tree q]
-        tree_rows = torch.cat(
-            [
-                lay.mask_rows.unsqueeze(1).expand(q, P),
-                torch.ones(q, cached + a, dtype=torch.bool, device=dev),
-                lay.block,
-            ],
-            dim=1,
-        )
-        if a:
-            ctx_rows = torch.cat(
-                [
-                    torch.zeros(a, P, dtype=torch.bool, device=dev),
-                    torch.ones(a, cached, dtype=torch.bool, device=dev),
-                    torch.ones(a, a, dtype=torch.bool, device=dev).tril(),
-                    torch.zeros(a, q, dtype=torch.bool, device=dev),
-                ],
-                dim=1,
-            )
-            visible = torch.cat([ctx_rows, tree_rows], dim=0)
+        self.depth = self.tree.depth
+        self.mask_ids = torch.tensor(model.mask_ids()[: self.depth], device=dev)
+        self._parents = self.tree.parents()
+        self._node_level_rank = [(len(p) - 1, p[-1]) for p in self.tree.paths]
+        self._ranks = self.tree.ranks_per_level
+        self._layouts: dict[tuple[int, ...], StepTree] = {}
+        self.layout = self._layout(self._parents)
+        if engine not in {"auto", "fast", "hf"}:
+            raise UserError(f"engine must be auto, fast or hf, got {engine!r}")
+        if not use_cache:
+            self.engine: Any = HFEngine(model, use_cache=False)
+        elif engine == "hf" or (engine == "auto" and not fast_supported(model)):
+            self.engine = HFEngine(model)
         else:
-            visible = tree_rows
-        mask = additive_mask(visible, m.dtype)[None, None]
-        hidden = m.hidden_states(ids[None], mask, pos[None], cache)[0]
-        return hidden[a:]
+            if not fast_supported(model):
+                raise UserError(
+                    f"engine 'fast' supports {sorted({'llama', 'mistral', 'qwen2', 'qwen3'})} models"
+                )
+            self.engine = FastEngine(model)
+        self.engine_name = type(self.engine).__name__
+        # calibration hook: when a list, every step appends (new tokens known, top-R ids per mask)
+        self.record: list[tuple[int, list[list[int]]]] | None = None
+        self.record_ranks = 10
+
+    def _layout(self, parents: Sequence[int]) -> StepTree:
+        key = tuple(parents)
+        lay = self._layouts.get(key)
+        if lay is None:
+            if len(self._layouts) > 256:  # hybrid trees vary with the lookup branch
+                self._layouts.clear()
+            lay = self._layouts[key] = StepTree(key, self.depth, self.model.device)
+        return lay
 
     def _drafts(self, mask_logits: torch.Tensor, produced: int) -> list[list[int]]:
-        """Level m candidates = top-widths[m] tokens of mask m. mask_logits: [M, V].
+        """Top tokens of each mask, as many as the tree uses at that level. mask_logits: [D, V].
 
         ``produced``: new tokens known so far (level m drafts new token number produced + m);
         unused here, a hook for tests and alternative drafters."""
-        k = max(self.tree.widths)
-        top = mask_logits[: len(self.tree.widths)].topk(k, dim=-1).indices.tolist()
-        return [row[:w] for row, w in zip(top, self.tree.widths, strict=True)]
+        k = max(self._ranks)
+        top = mask_logits[: self.depth].topk(k, dim=-1).indices.tolist()
+        return [row[:w] for row, w in zip(top, self._ranks, strict=True)]
 
-    @staticmethod
-    def _keep(cache: Any, keep_len: int, extra: list[int]) -> None:
-        """Crop every layer to ``keep_len`` entries plus the entries at ``extra`` (sorted, > keep_len)."""
-        for layer in cache.layers:
-            if extra:
-                idx = torch.tensor(list(range(keep_len)) + extra, device=layer.keys.device)
-                layer.keys = layer.keys.index_select(-2, idx)
-                layer.values = layer.values.index_select(-2, idx)
-            else:
-                layer.keys = layer.keys[..., :keep_len, :]
-                layer.values = layer.values[..., :keep_len, :]
+    @torch.no_grad()
+    def run_once(self, context: torch.Tensor, cands: torch.Tensor, tree: StepTree) -> torch.Tensor:
+        """One forward from an empty cache: ``context`` [n] (its last token is the root) then the
+        tree; hidden states of the tree rows [q, H] (for tests and diagnostics)."""
+        ctx = torch.as_tensor(context, dtype=torch.long, device=self.model.device).reshape(-1)
+        self.engine.reset(ctx.numel() + tree.q + 1)
+        return self.engine.run(ctx[:-1], int(ctx[-1]), cands.to(ctx.device), self.mask_ids, tree)
 
     # ------------------------------------------------------------------ the loop
+
+    def start(
+        self,
+        input_ids: Sequence[int] | torch.Tensor,
+        max_new_tokens: int = 256,
+        eos_token_id: int | Sequence[int] | None = None,
+    ) -> DecodeState:
+        """Set up a generation; the first ``step`` is the prefill."""
+        prompt = torch.as_tensor(input_ids, dtype=torch.long).reshape(-1).cpu()
+        if prompt.numel() == 0:
+            raise UserError("empty prompt: BiTA decoding needs at least one prompt token")
+        if int(max_new_tokens) < 1:
+            raise UserError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        max_new = int(max_new_tokens)
+        biggest_c = self.tree.num_candidates + self.lookup_tokens
+        slack = self.tree.depth + self.lookup_tokens + 2
+        self.engine.reset(prompt.numel() + max_new + slack + (1 + biggest_c) * (1 + self.depth))
+        hist = torch.zeros(prompt.numel() + max_new + slack, dtype=torch.long)
+        hist[: prompt.numel()] = prompt
+        self._generator = torch.Generator().manual_seed(self.seed)
+        return DecodeState(
+            history=prompt.tolist(),
+            history_t=hist,
+            max_new_tokens=max_new,
+            eos=_eos_set(eos_token_id),
+            out=DecodeOutput(tokens=[]),
+            t0=time.perf_counter(),
+        )
+
+    @torch.no_grad()
+    def step(self, st: DecodeState) -> list[int]:
+        """One draft-and-verify forward; returns the tokens it emitted."""
+        m = self.model
+        dev = m.device
+        root = st.history[-1]
+        if st.drafts is None:
+            tokens, parents = [], [-1]
+        else:
+            tokens = [st.drafts[lv][r] for lv, r in self._node_level_rank]
+            parents = self._parents
+        if self.lookup_tokens:
+            chain = lookup_draft(st.history_t[: len(st.history)], self.lookup_tokens, self.lookup_ngram)
+            if chain:
+                tokens, parents = merge_chain(tokens, parents, chain)
+        tree = self._layout(parents)
+        cands = torch.tensor(tokens, dtype=torch.long, device=dev)
+        new_ctx = torch.tensor(st.history[self.engine.n : -1], dtype=torch.long, device=dev)
+        hidden = self.engine.run(new_ctx, root, cands, self.mask_ids, tree)
+        # One LM-head call for every row (root, candidates and all mask groups): the head is the
+        # largest matrix, and one call over q rows costs far less than two calls over a few rows
+        # each (small-row matmuls run one weight pass per row on CPU).
+        logits = m.logits(hidden)
+        if self.temperature > 0:
+            probs = warp_probs(logits[: 1 + tree.C], self.temperature, self.top_p)
+            path, bonus = verify_sample(probs, tokens, tree, self._generator)
+        else:
+            path, bonus = verify_greedy(logits[: 1 + tree.C].argmax(-1), cands, tree)
+        self.engine.accept(path)
+        emitted = [tokens[node - 1] for node in path] + [bonus]
+        out = st.out
+        produced = len(out.tokens) + len(emitted)
+        group = logits[tree.group_rows(path[-1] if path else 0)]
+        st.drafts = self._drafts(group, produced)
+        if self.record is not None:
+            self.record.append((produced, group.topk(self.record_ranks, dim=-1).indices.tolist()))
+        out.forwards += 1
+        out.accepted.append(len(emitted))
+        out.tokens.extend(emitted)
+        n0 = len(st.history)
+        st.history.extend(emitted)
+        if n0 + len(emitted) <= st.history_t.numel():
+            st.history_t[n0 : n0 + len(emitted)] = torch.tensor(emitted)
+        if any(tok in st.eos for tok in emitted) or len(out.tokens) >= st.max_new_tokens:
+            self._finish(st)
+        return emitted
+
+    @staticmethod
+    def _finish(st: DecodeState) -> None:
+        """Stop exactly where plain decoding would (first EOS, or the token budget); the last
+        step's count keeps only the tokens that remain."""
+        out = st.out
+        for i, tok in enumerate(out.tokens):
+            if tok in st.eos:
+                del out.tokens[i + 1 :]
+                break
+        del out.tokens[st.max_new_tokens :]
+        excess = sum(out.accepted) - len(out.tokens)
+        if excess:
+            out.accepted[-1] -= excess
+            assert out.accepted[-1] >= 1, "truncation removed a whole step"
+        st.done = True
+        out.seconds = time.perf_counter() - st.t0
 
     @torch.no_grad()
     def generate(
@@ -247,80 +309,18 @@ class BiTADecoder:
         max_new_tokens: int = 256,
         eos_token_id: int | Sequence[int] | None = None,
     ) -> DecodeOutput:
-        """Greedy continuation of ``input_ids`` (1-D, batch size 1), identical to greedy decoding."""
+        """Continuation of ``input_ids`` (1-D, batch size 1); greedy (identical to greedy decoding)
+        unless the decoder samples."""
         m = self.model
-        dev = m.device
-        prompt = torch.as_tensor(input_ids, dtype=torch.long, device=dev).reshape(-1)
-        if prompt.numel() == 0:
-            raise UserError("empty prompt: BiTA decoding needs at least one prompt token")
-        if int(max_new_tokens) < 1:
-            raise UserError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-        eos = _eos_set(eos_token_id)
-        P = m.num_prefix
-        t0 = time.perf_counter()
         was_training = m.training
         m.eval()
-        out = DecodeOutput(tokens=[])
-        empty = torch.zeros(0, dtype=torch.long, device=dev)
         try:
-            # prefill: the prompt minus its last token is context, the last token is the root of an empty tree
-            cache = m.prefix_cache(1)
-            pl = self.prefill_layout
-            logits = m.logits(self._forward(cache, 0, prompt[:-1], int(prompt[-1]), empty, pl))
-            t = int(logits[0].argmax(-1))
-            drafts = self._drafts(logits[pl.group_rows(0)], 1)
-            n = prompt.numel()  # tokens in context incl. root; new root t sits at position n
-            self._keep(cache, P + n, [])
-            history = prompt.tolist()
-            out.forwards, out.accepted = 1, [1]
-            emitted = [t]
-            lay = self.layout
-            while True:
-                out.tokens.extend(emitted)
-                if any(tok in eos for tok in emitted) or len(out.tokens) >= max_new_tokens:
-                    break
-                history.extend(emitted)
-                root = emitted[-1]
-                cands = torch.tensor([tok for level in drafts for tok in level], device=dev)
-                if self.use_cache:
-                    h = self._forward(cache, n, empty, root, cands, lay)
-                else:
-                    cache = m.prefix_cache(1)
-                    h = self._forward(cache, 0, torch.tensor(history[:-1], device=dev), root, cands, lay)
-                # One LM-head call for every row (root, candidates and all mask groups): the head
-                # is the largest matrix, and one call over q rows costs far less than two calls
-                # over a few rows each (small-row matmuls run one weight pass per row on CPU).
-                logits = m.logits(h)
-                pred = logits[: 1 + lay.C].argmax(-1).tolist()
-                t, path = pred[0], []
-                for level, options in enumerate(drafts):
-                    if t not in options:
-                        break
-                    c = options.index(t)
-                    node = 1 + lay.level_start[level] + c
-                    path.append(node)
-                    t = pred[node]
-                    if c > 0:  # only the top-1 node has children
-                        break
-                flat = [tok for level in drafts for tok in level]
-                emitted = [flat[node - 1] for node in path] + [t]
-                owner = path[-1] if path else 0
-                drafts = self._drafts(logits[lay.group_rows(owner)], len(out.tokens) + len(emitted))
-                if self.use_cache:
-                    self._keep(cache, P + n + 1, [P + n + p for p in path])
-                n += 1 + len(path)
-                out.forwards += 1
-                out.accepted.append(len(emitted))
-            # stop exactly where greedy decoding would: first EOS, or the token budget
-            for i, tok in enumerate(out.tokens):
-                if tok in eos:
-                    del out.tokens[i + 1 :]
-                    break
-            del out.tokens[max_new_tokens:]
+            st = self.start(input_ids, max_new_tokens, eos_token_id)
+            while not st.done:
+                self.step(st)
         finally:
             m.train(was_training)
-        out.seconds = time.perf_counter() - t0
-        return out
+        return st.out
 
 
 def greedy_reference(

@@ -64,7 +64,7 @@ def run_demo(out_dir: Path, model: str = "default") -> DemoResult:
         questions,
         out_dir / "eval",
         max_new_tokens=32,
-        trees=["1,1,1"],
+        trees=["1-1-1"],
         pld_tokens=10,
         title="BiTA demo (toy scale)",
     )
