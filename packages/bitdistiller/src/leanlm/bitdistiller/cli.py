@@ -317,14 +317,28 @@ def export(
     clip: str | None = None,
     scale_dtype: str = "fp16",
     dtype: str | None = None,
+    format: str = "packed",  # noqa: A002 - the flag users type is --format
+    lm_head: str = "float",
 ) -> str:
-    """Pack a (trained) model into real int32 words + per-group scales/zeros (GPTQ layout, sym=False, v2 zeros)."""
+    """Pack a (trained) model: --format packed (default: int32 words + per-group scales/zeros, GPTQ layout,
+    sym=False, v2 zeros; --lm-head int8|float) or --format gguf (exact Q4_1 blocks, one .gguf file that
+    llama.cpp runs; OUT_DIR may end in .gguf, else OUT_DIR/model.gguf)."""
     from leanlm.bitdistiller.export import export_packed
 
+    if format not in ("packed", "gguf"):
+        raise UserError(f"--format must be packed or gguf, got {format!r}")
+    if lm_head not in ("float", "int8"):
+        raise UserError(f"--lm-head must be float or int8, got {lm_head!r}")
+    if format == "gguf":
+        from leanlm.bitdistiller.gguf_export import check_gguf_spec, export_gguf
+
+        check_gguf_spec(model, quant_type, w_bit, group_size)
     m, tok, spec = _load(model, quant_type, w_bit, group_size, clip, dtype, "cpu")
     if spec is None:
         raise UserError(f"{model} has no quantization_config; pass --quant-type/--w-bit/--group-size")
-    return _show({"out_dir": out_dir, **export_packed(m, tok, out_dir, spec, scale_dtype)})
+    if format == "gguf":
+        return _show(export_gguf(m, tok, out_dir, spec))
+    return _show({"out_dir": out_dir, **export_packed(m, tok, out_dir, spec, scale_dtype, lm_head)})
 
 
 clip_main = entry(clip, "bitdistiller-clip")

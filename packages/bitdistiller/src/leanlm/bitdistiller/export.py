@@ -9,16 +9,17 @@ zero-points, i.e. stored as is rather than minus one, so a zero-point of 0 survi
 * ``scales``  fp16 (or fp32) ``[K/g, N]``
 * ``g_idx``   int32 ``[K]`` = k // g (no act-order)
 
-Everything else (embeddings, norms, ``lm_head``) is stored in the model's dtype. ``config.json``
+Everything else (embeddings, norms, ``lm_head``) is stored in the model's dtype (``lm_head="int8"``:
+the head and a tied embedding as per-channel int8 instead). ``config.json``
 carries ``quantization_config = {"quant_method": "gptq", "bits", "group_size", "sym": false,
 "desc_act": false, "checkpoint_format": "gptq_v2", "leanlm_bitdistiller": {...}}`` and a
-``quantize_config.json`` is written for GPTQ tools. ``load_packed`` builds the model with
-``PackedLinear`` layers that run ``lowbit_matmul`` (Triton on CUDA, PyTorch on CPU).
+``quantize_config.json`` is written for GPTQ tools. The reader and the layers live in
+``leanlm.core.packed`` (so ``leanlm.core.models.load_model`` opens packed folders for every command);
+``export_gguf`` in ``leanlm.bitdistiller.gguf_export`` writes the same codes as GGUF Q4_1.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -30,77 +31,27 @@ from leanlm.bitdistiller.modules import QuantLinear
 from leanlm.bitdistiller.quant import QuantSpec
 from leanlm.core.errors import UserError
 from leanlm.core.kernels import lowbit
+from leanlm.core.packed import (
+    LM_HEAD_MODES,
+    SCALE_DTYPES,
+    PackedLinear,
+    gptq_quantization_config,
+    packed_sizes,
+    quantize_lm_head,
+    save_packed,
+)
 
 log = logging.getLogger(__name__)
 
-SCALE_DTYPES = {
-    "fp16": torch.float16,
-    "float16": torch.float16,
-    "fp32": torch.float32,
-    "float32": torch.float32,
-}
 
-
-class PackedLinear(nn.Module):
-    """A linear layer stored as packed b-bit codes; ``forward`` is the dequantize-matmul kernel."""
-
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        bits: int,
-        group_size: int,
-        bias: bool,
-        scale_dtype: torch.dtype,
-    ):
-        super().__init__()
-        self.in_features, self.out_features = in_features, out_features
-        self.bits, self.group_size = bits, group_size
-        n_groups = in_features // group_size
-        self.register_buffer(
-            "qweight", torch.zeros(lowbit.packed_words(in_features, bits), out_features, dtype=torch.int32)
-        )
-        self.register_buffer(
-            "qzeros", torch.zeros(n_groups, lowbit.packed_words(out_features, bits), dtype=torch.int32)
-        )
-        self.register_buffer("scales", torch.zeros(n_groups, out_features, dtype=scale_dtype))
-        self.register_buffer("g_idx", torch.arange(in_features, dtype=torch.int32) // group_size)
-        self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
-        self._zeros_nk: torch.Tensor | None = None
-
-    def zeros_nk(self) -> torch.Tensor:
-        """Unpacked zero-points ``[N, K/g]`` (small), cached after the first call."""
-        if self._zeros_nk is None or self._zeros_nk.device != self.qzeros.device:
-            self._zeros_nk = lowbit.unpack(self.qzeros, self.bits, self.out_features).t().contiguous()
-        return self._zeros_nk
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return lowbit.lowbit_matmul(
-            x, self.qweight.t(), self.scales.t(), self.zeros_nk(), self.bits, self.group_size, self.bias
-        )
-
-    @classmethod
-    @torch.no_grad()
-    def from_quant_linear(cls, layer: QuantLinear, scale_dtype: torch.dtype) -> PackedLinear:
-        spec = layer.spec
+def packed_from_quant_linear(layer: QuantLinear, scale_dtype: torch.dtype) -> PackedLinear:
+    """A QuantLinear's round-to-nearest codes (the same the fake-quantized forward uses) as a PackedLinear."""
+    spec = layer.spec
+    with torch.no_grad():
         q = lowbit.quantize_asym(layer.weight.detach(), spec.bits, spec.group_size)
-        p = cls(
-            layer.in_features,
-            layer.out_features,
-            spec.bits,
-            spec.group_size,
-            layer.bias is not None,
-            scale_dtype,
-        )
-        p.qweight.copy_(lowbit.pack(q.codes, spec.bits).t())
-        p.qzeros.copy_(lowbit.pack(q.zeros.t().contiguous(), spec.bits))
-        p.scales.copy_(q.scales.t())
-        if layer.bias is not None:
-            p.bias.data.copy_(layer.bias.detach().float())
-        return p.to(layer.weight.device)
-
-    def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, int{self.bits}-g{self.group_size}"
+    return PackedLinear.from_codes(
+        q.codes, q.scales, q.zeros, spec.bits, spec.group_size, layer.bias, scale_dtype
+    )
 
 
 def _swap(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -123,119 +74,51 @@ def pack_model(model: nn.Module, scale_dtype: torch.dtype = torch.float16) -> in
                 raise UserError(
                     f"layer {name}: {what} size {dim} x {m.spec.bits} bits does not fill int32 words"
                 )
-        _swap(model, name, PackedLinear.from_quant_linear(m, scale_dtype))
+        _swap(model, name, packed_from_quant_linear(m, scale_dtype))
     return len(layers)
 
 
-def gptq_config(spec: QuantSpec, scale_dtype: torch.dtype) -> dict[str, Any]:
-    return {
-        "quant_method": "gptq",
-        "bits": spec.bits,
-        "group_size": spec.group_size,
-        "sym": False,
-        "desc_act": False,
-        "checkpoint_format": "gptq_v2",
-        "leanlm_bitdistiller": {
-            "format": "packed",
-            "quant_type": spec.quant_type,
-            "scale_dtype": str(scale_dtype).split(".")[-1],
-        },
-    }
+def gptq_config(spec: QuantSpec, scale_dtype: torch.dtype, lm_head: str = "float") -> dict[str, Any]:
+    return gptq_quantization_config(spec.bits, spec.group_size, spec.quant_type, scale_dtype, lm_head)
 
 
 def export_packed(
-    model: nn.Module, tokenizer: Any, out_dir: str | Path, spec: QuantSpec, scale_dtype: str = "fp16"
+    model: nn.Module,
+    tokenizer: Any,
+    out_dir: str | Path,
+    spec: QuantSpec,
+    scale_dtype: str = "fp16",
+    lm_head: str = "float",
 ) -> dict[str, Any]:
-    """Pack ``model`` (with QuantLinear layers) and save it to ``out_dir``; returns sizes in bytes."""
-    from safetensors.torch import save_model
+    """Pack ``model`` (with QuantLinear layers) and save it to ``out_dir``; returns sizes in bytes.
 
+    ``lm_head`` "int8" also stores the output head (and a tied embedding) as per-channel int8.
+    """
     from leanlm.core.records import write_json
 
     if scale_dtype not in SCALE_DTYPES:
         raise UserError(f"scale dtype must be one of fp16, fp32; got {scale_dtype!r}")
+    if lm_head not in LM_HEAD_MODES:
+        raise UserError(f"--lm-head must be one of {', '.join(LM_HEAD_MODES)}, got {lm_head!r}")
     sd = SCALE_DTYPES[scale_dtype]
     n = pack_model(model, sd)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    config = model.config.to_dict()
-    config["quantization_config"] = gptq_config(spec, sd)
-    write_json(out / "config.json", config)
-    write_json(
-        out / "quantize_config.json",
-        {k: v for k, v in config["quantization_config"].items() if k != "quant_method"},
-    )
-    save_model(model, str(out / "model.safetensors"))
-    if tokenizer is not None:
-        tokenizer.save_pretrained(str(out))
-    sizes = packed_sizes(model)
-    sizes["file_bytes"] = (out / "model.safetensors").stat().st_size
+    if lm_head == "int8":
+        quantize_lm_head(model, "int8")
+    sizes = save_packed(model, out_dir, gptq_config(spec, sd, lm_head), tokenizer)
     sizes["layers"] = n
-    write_json(out / "export_summary.json", sizes)
+    write_json(Path(out_dir) / "export_summary.json", sizes)
     return sizes
 
 
-def packed_sizes(model: nn.Module) -> dict[str, int]:
-    """Bytes of the packed linear layers (codes + scales + zeros) and of everything else."""
-    packed = other = 0
-    seen: set[int] = set()
-    for m in model.modules():
-        for t in list(m.parameters(recurse=False)) + list(m.buffers(recurse=False)):
-            if id(t) in seen or (isinstance(m, PackedLinear) and t is m.g_idx):
-                continue
-            seen.add(id(t))
-            nbytes = t.numel() * t.element_size()
-            if isinstance(m, PackedLinear):
-                packed += nbytes
-            else:
-                other += nbytes
-    return {"packed_linear_bytes": packed, "other_bytes": other, "total_bytes": packed + other}
-
-
 def load_packed(
-    location: str | Path, dtype: str | None = None, device: str | None = None
+    location: str | Path, dtype: str | None = None, device: str | None = None, lm_head: str | None = None
 ) -> tuple[nn.Module, QuantSpec]:
-    """Load an ``export_packed`` folder as a model with PackedLinear layers; (model, spec)."""
-    from safetensors import safe_open
-    from safetensors.torch import load_model
-    from transformers import AutoConfig, AutoModelForCausalLM
+    """Load an ``export_packed`` folder (``leanlm.core.packed.load_packed``); (model, spec)."""
+    from leanlm.core.packed import load_packed as core_load_packed
 
-    from leanlm.core.models import pick_device, pick_dtype
+    model = core_load_packed(location, dtype=dtype, device=device, lm_head=lm_head)
+    info = model.leanlm_packed
+    return model, QuantSpec(info["quant_type"], info["bits"], info["group_size"])
 
-    folder = Path(location)
-    config = AutoConfig.from_pretrained(str(folder))
-    qc = config.quantization_config
-    qc = qc if isinstance(qc, dict) else qc.to_dict()
-    meta = qc.get("leanlm_bitdistiller") or {}
-    spec = QuantSpec(meta.get("quant_type", "int"), qc["bits"], qc["group_size"])
-    del config.quantization_config
-    dev = pick_device(device)
-    raw = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    saved_dtype = raw.get("dtype") or raw.get("torch_dtype")
-    model = AutoModelForCausalLM.from_config(config, dtype=pick_dtype(dtype or saved_dtype, dev))
-    scale_dtype = SCALE_DTYPES.get(meta.get("scale_dtype", "float16"), torch.float16)
-    with safe_open(str(folder / "model.safetensors"), "pt") as f:
-        keys = list(f.keys())  # noqa: SIM118 - a safetensors handle is not a dict
-    names = [k[: -len(".qweight")] for k in keys if k.endswith(".qweight")]
-    for name in names:
-        lin = model.get_submodule(name)
-        _swap(
-            model,
-            name,
-            PackedLinear(
-                lin.in_features,
-                lin.out_features,
-                spec.bits,
-                spec.group_size,
-                lin.bias is not None,
-                scale_dtype,
-            ),
-        )
-    missing, unexpected = load_model(model, str(folder / "model.safetensors"), strict=False)
-    missing = [k for k in missing if not k.endswith("lm_head.weight")]  # tied to the embeddings
-    if missing or unexpected:
-        raise UserError(
-            f"{folder}: export does not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})"
-        )
-    if getattr(config, "tie_word_embeddings", False):
-        model.tie_weights()
-    return model.to(dev).eval(), spec
+
+__all__ = ["PackedLinear", "export_packed", "gptq_config", "load_packed", "pack_model", "packed_sizes"]

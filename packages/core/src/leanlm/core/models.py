@@ -293,6 +293,10 @@ def load_model(
 
     location = check_model_folder(model_location(name))
     dev = pick_device(device)
+    from leanlm.core.packed import is_packed_folder, load_packed
+
+    if is_packed_folder(location):  # a low-bit export: PackedLinear layers on the fast kernels
+        return load_packed(location, dtype=dtype, device=dev, lm_head=kwargs.pop("lm_head", None))
     try:
         model = AutoModelForCausalLM.from_pretrained(location, dtype=pick_dtype(dtype, dev), **kwargs)
     except OSError as e:  # unreachable hub, gated repo, missing files: one line, not a traceback
