@@ -275,3 +275,21 @@ def test_help(script):
     assert r.returncode == 0 and "--output" in text and "NAME" in text
     if script in ("bita-eval", "bita-generate"):  # the tree syntax is shown with examples
         assert "1-1" in text and "tri:5" in text and "auto:" in text
+
+
+def test_calibrate_then_auto_tree(pipeline, capsys):
+    """--calibrate writes calibration.json beside the adapter; --tree auto:N then uses it, losslessly."""
+    q = pipeline / "calib_questions.jsonl"
+    rows = [{"question_id": i, "category": "c", "turns": [f"Tell me about {w}."]} for i, w in enumerate("ab")]
+    q.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    common = ["--data", q, "--adapter", pipeline / "adapter", "--template", "alpaca", "--max_new_tokens", 10]
+    res = call(cli.evaluate, "bita-eval", *common, "--calibrate", "--calibration_ranks", 4)
+    saved = json.loads((pipeline / "adapter" / "calibration.json").read_text())
+    assert saved["max_rank"] == 4 and saved["steps"] == res["steps"] > 0
+    assert "auto:4" in res["auto_trees"]
+    out = call(
+        cli.evaluate, "bita-eval", *common, "--output_dir", pipeline / "eval_auto", "--tree", "auto:4;1"
+    )
+    assert out["bita[auto:4]"]["equal_outputs"] == 1.0 and out["bita[1]"]["equal_outputs"] == 1.0
+    msg = user_error(capsys, cli.evaluate, "bita-eval", "--data", q, "--calibrate", "--model", pipeline)
+    assert "--calibrate needs --adapter" in msg

@@ -158,6 +158,8 @@ def evaluate(
     dtype: str | None = None,
     warmup: int = 1,
     turns: int = 1,
+    calibrate: bool = False,
+    calibration_ranks: int = 10,
 ) -> dict[str, Any]:
     """Speed of BiTA vs greedy (HF generate WITH KV cache) and prompt-lookup decoding on DATA.
 
@@ -169,10 +171,19 @@ def evaluate(
     calibration); several shapes separated by ';' are timed side by side, e.g. --tree "1;1-1;tri:5".
     Commas are refused (ambiguous). pld_tokens 0 skips prompt lookup. Writes speed.json, speed.md
     and runs.json to OUTPUT_DIR.
+
+    --calibrate: instead of timing, decode DATA (held-in prompts, e.g. training prompts; not the
+    evaluated questions) and save per-(mask, rank) acceptance (top --calibration_ranks) as
+    calibration.json beside the adapter, which --tree auto:N then uses.
     """
-    from leanlm.bita.evaluate import evaluate_speed, load_eval_prompts
+    from leanlm.bita.calibration import load_calibration
+    from leanlm.bita.evaluate import calibrate_adapter, evaluate_speed, load_eval_prompts
     from leanlm.core.models import load_tokenizer
 
+    if calibrate and not adapter:
+        raise UserError("--calibrate needs --adapter (the statistics are saved beside it)")
+    if not 1 <= int(calibration_ranks) <= 64:
+        raise UserError(f"--calibration_ranks must be between 1 and 64, got {calibration_ranks}")
     bita, base_name = _load(adapter, model, dtype)
     tokenizer = load_tokenizer(base_name)
     trees = [t.strip() for t in _tree_text(tree).split(";") if t.strip()]
@@ -184,6 +195,15 @@ def evaluate(
         _limit(per_category, "per_category"),
         turns=int(turns),
     )
+    if calibrate:
+        return calibrate_adapter(
+            bita,
+            tokenizer,
+            prompts,
+            adapter,
+            max_new_tokens=int(max_new_tokens),
+            max_rank=int(calibration_ranks),
+        )
     report = evaluate_speed(
         bita,
         tokenizer,
@@ -193,6 +213,7 @@ def evaluate(
         trees=trees,
         pld_tokens=int(pld_tokens),
         warmup=int(warmup),
+        calibration=load_calibration(adapter),
     )
     from leanlm.core.evaluation.speed import render_markdown
 
@@ -218,6 +239,7 @@ def generate(
     with --prompt prints the answer instead. tree: as in bita-eval, e.g. --tree 1 (one level, one
     candidate), --tree 1-1 (a chain of two), --tree 3-2-1, --tree tri:5, --tree auto:12.
     """
+    from leanlm.bita.calibration import load_calibration
     from leanlm.bita.evaluate import answer_prompts, load_eval_prompts
     from leanlm.core.models import load_tokenizer
     from leanlm.core.templates import format_prompt
@@ -247,11 +269,18 @@ def generate(
                 Path(tmp) / "a.jsonl",
                 max_new_tokens=int(max_new_tokens),
                 tree=_tree_text(tree),
+                calibration=load_calibration(adapter),
             )
         return rows[0]["output"]
     items = load_eval_prompts(prompts, tokenizer, name, _limit(limit))
     rows = answer_prompts(
-        bita, tokenizer, items, output, max_new_tokens=int(max_new_tokens), tree=_tree_text(tree)
+        bita,
+        tokenizer,
+        items,
+        output,
+        max_new_tokens=int(max_new_tokens),
+        tree=_tree_text(tree),
+        calibration=load_calibration(adapter),
     )
     return {"answers": len(rows), "output": output}
 

@@ -145,8 +145,10 @@ def speed_runs(
     trees: list[str] | None = None,
     pld_tokens: int | None = 10,
     warmup: int = 1,
+    calibration: Any = None,
 ) -> dict[str, list[dict[str, Any]]]:
-    """Per-method, per-question records for ``speed_report`` (see the module docstring)."""
+    """Per-method, per-question records for ``speed_report`` (see the module docstring).
+    ``calibration``: the adapter's ``Calibration``, for ``auto:N`` trees."""
     base = model.base
     eos_id = base.generation_config.eos_token_id
     if eos_id is None:
@@ -154,8 +156,8 @@ def speed_runs(
     eos = {eos_id} if isinstance(eos_id, int) else set(eos_id or [])
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     decoders = {}
-    for spec in trees or ["5"]:
-        tree = TreeSpec.parse(spec, model.num_masks)
+    for spec in trees or ["tri:5"]:
+        tree = TreeSpec.parse(spec, model.num_masks, calibration)
         decoders[f"bita[{tree.label()}]"] = BiTADecoder(model, tree)
     runs: dict[str, list[dict[str, Any]]] = {"greedy": []}
     if pld_tokens:
@@ -224,6 +226,7 @@ def evaluate_speed(
     pld_tokens: int | None = 10,
     warmup: int = 1,
     title: str = "BiTA decoding speed",
+    calibration: Any = None,
 ) -> dict[str, Any]:
     """Run ``speed_runs`` and write ``speed.json`` / ``speed.md`` + the raw runs into ``output_dir``."""
     from leanlm.core.evaluation.speed import speed_report, write_report
@@ -237,13 +240,14 @@ def evaluate_speed(
         trees=trees,
         pld_tokens=pld_tokens,
         warmup=warmup,
+        calibration=calibration,
     )
     report = speed_report(runs, baseline="greedy")
     report["settings"] = {
         "max_new_tokens": max_new_tokens,
         "questions": len(prompts),
         "turns": 1 + max((len(p.get("followups", [])) for p in prompts), default=0),
-        "trees": trees or ["5"],
+        "trees": trees or ["tri:5"],
         "pld_tokens": pld_tokens,
         "baseline": "HF generate, greedy, KV cache, batch size 1",
         "device": str(model.device),
@@ -264,11 +268,12 @@ def answer_prompts(
     *,
     max_new_tokens: int = 256,
     tree: str | None = None,
+    calibration: Any = None,
 ) -> list[dict[str, Any]]:
     """BiTA answers, appended to ``output`` (resumable JSONL keyed by id)."""
     from leanlm.core.records import ResumableJsonlWriter
 
-    decoder = BiTADecoder(model, tree)
+    decoder = BiTADecoder(model, tree, calibration=calibration)
     eos_id = model.base.generation_config.eos_token_id
     if eos_id is None:
         eos_id = tokenizer.eos_token_id
@@ -292,3 +297,27 @@ def answer_prompts(
                 }
             )
         return [writer.done[p["id"]] for p in prompts]
+
+
+def calibrate_adapter(
+    model: BiTAModel,
+    tokenizer: Any,
+    prompts: list[dict[str, Any]],
+    adapter: str | Path,
+    *,
+    max_new_tokens: int = 128,
+    max_rank: int = 10,
+) -> dict[str, Any]:
+    """Collect per-(mask, rank) acceptance on ``prompts`` (held-in: not the evaluated questions)
+    and save ``calibration.json`` beside the adapter; returns a summary."""
+    from leanlm.bita.calibration import collect_calibration, summary
+
+    eos_id = model.base.generation_config.eos_token_id
+    if eos_id is None:
+        eos_id = tokenizer.eos_token_id
+    ids = [tokenizer(p["prompt"], add_special_tokens=True)["input_ids"] for p in prompts]
+    cal = collect_calibration(
+        model, ids, max_new_tokens=max_new_tokens, eos_token_id=eos_id, max_rank=max_rank
+    )
+    path = cal.save(adapter)
+    return {"calibration": str(path)} | summary(cal)
