@@ -44,3 +44,20 @@ def test_bad_input(problems):
         humaneval_pass_at_1({"HumanEval/9999": "pass"}, problems)
     with pytest.raises(UserError):
         humaneval_pass_at_1({}, problems)
+
+
+def test_escaping_sample_fails_alone(problems, tmp_path):
+    # one sample truncates a file outside its sandbox; only that sample fails, and the file survives
+    # where the sandbox has namespaces (the rlimits fallback does not protect files)
+    from leanlm.core.evaluation.sandbox import sandbox_level
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    p0 = problems[0]
+    escape = f"    open({str(victim)!r}, 'w').write('pwned')\n" + p0["canonical_solution"]
+    res = humaneval_pass_at_1({p0["id"]: [p0["canonical_solution"], escape]}, problems)
+    level = sandbox_level()[0]
+    assert res["sandbox"].startswith(level)
+    if level == "namespace":
+        assert res["pass@1"] == pytest.approx(0.5) and victim.read_text() == "precious\n"
+        assert "Read-only file system" in res["per_task"][p0["id"]]["results"][1]

