@@ -202,3 +202,10 @@ def test_every_denied_syscall_has_a_number():
         missing = [n for n in sandbox._DENIED if n not in numbers]
         assert missing == ([] if machine == "x86_64" else ["fork", "vfork"]), (machine, missing)
         assert "clone" in numbers and "clone3" in numbers
+
+
+@pytest.mark.skipif(not SECCOMP or os.uname().machine != "x86_64", reason="x86_64 seccomp only")
+def test_foreign_syscall_abi_kills_the_process():
+    # getpid through the x32 table (bit 30 set): the filter kills rather than let another table through
+    res = run_sandboxed("import ctypes\nctypes.CDLL(None).syscall(0x40000000 + 39)\n")
+    assert "no verdict" in res.status and res.returncode in (-31, 128 + 31), res  # SIGSYS
