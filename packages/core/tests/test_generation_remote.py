@@ -9,7 +9,13 @@ import pytest
 
 from leanlm.core.errors import UserError
 from leanlm.core.fake_servers import FakeServer
-from leanlm.core.generation import GenerationRequest, SamplingParams, generate, get_backend
+from leanlm.core.generation import (
+    GenerationRequest,
+    IncompleteGeneration,
+    SamplingParams,
+    generate,
+    get_backend,
+)
 from leanlm.core.generation.remote import normalize_url
 from leanlm.core.generation.vllm_backend import vllm_available
 
@@ -79,7 +85,7 @@ def test_exhausted_retries_are_recorded_then_resumed_without_duplicates(kind, tm
     always_down = {"q2": ["500"] * 10, "q5": ["timeout:2"] * 10, "q7": ["malformed"] * 10}
     with FakeServer(responder, faults=always_down) as server:
         backend = make(kind, server, concurrency=3, max_retries=2, timeout=0.3)
-        first = generate(reqs(9), backend, output=out)
+        first = generate(reqs(9), backend, output=out, max_failed_fraction=None)
         failed = {r.id for r in first if not r.ok}
         assert failed == {"r2", "r5", "r7"}  # every record is answered or recorded failed
         assert all(r.error for r in first if not r.ok) and all(r.text == "" for r in first if not r.ok)
@@ -91,13 +97,13 @@ def test_exhausted_retries_are_recorded_then_resumed_without_duplicates(kind, tm
 
         server.set_faults(None)
         server.clear()
-        second = generate(reqs(9), backend, output=out)
+        second = generate(reqs(9), backend, output=out, max_failed_fraction=None)
         assert all(r.ok for r in second)
         assert sorted(server.keys()) == ["q2", "q5", "q7"]  # finished ids were not sent again
         assert [r.text for r in second if r.id not in failed] == [r.text for r in first if r.id not in failed]
 
         server.clear()
-        third = generate(reqs(9), backend, output=out)
+        third = generate(reqs(9), backend, output=out, max_failed_fraction=None)
         assert server.keys() == [] and third == second
 
 
@@ -178,19 +184,50 @@ def test_openai_key_from_environment(monkeypatch):
     assert backend.api_key == "from-env" and backend.base_url == "http://10.0.0.5:8080/v1"
 
 
-def test_unreachable_server_records_failures():
+def test_unreachable_server_stops_at_once_without_sending():
     server = FakeServer().start()
     url = server.openai_url
     server.stop()  # nothing listens there any more
-    backend = get_backend("openai", base_url=url, api_key="k", model="m", max_retries=1, **FAST)
-    results = generate(reqs(3), backend, progress=False)
-    assert not any(r.ok for r in results) and all("connection" in r.error for r in results)
-    assert backend.stats.requests == 6 and backend.stats.failed == 3
+    backend = get_backend("openai", base_url=url, api_key="k", model="m", max_retries=6, **FAST)
+    t0 = time.perf_counter()
+    with pytest.raises(UserError, match=r"cannot reach the server at .*check --base_url"):
+        generate(reqs(8), backend, progress=False)
+    assert time.perf_counter() - t0 < 2 and backend.stats.requests == 0
+
+
+def test_server_lost_mid_run_stops_after_consecutive_connect_failures(tmp_path):
+    server = FakeServer(responder).start()
+    server.stop_after(3)  # three answers, then the server goes away
+    backend = get_backend("openai", base_url=server.openai_url, api_key="k", model="m", concurrency=1,
+                          max_retries=20, **FAST)  # fmt: skip
+    out = tmp_path / "out.jsonl"
+    t0 = time.perf_counter()
+    with pytest.raises(UserError, match=r"lost the server at .*8 connection attempts in a row failed"):
+        generate(reqs(30), backend, output=out, progress=False)
+    assert time.perf_counter() - t0 < 15  # not 30 requests x 20 retries of backoff
+    kept = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in kept if r["ok"]] == ["r0", "r1", "r2"]
+
+
+def test_failed_requests_fail_the_run_unless_allowed(tmp_path):
+    faults = {"q1": ["400"] * 5, "q4": ["400"] * 5}
+    with FakeServer(responder, faults=faults) as server:
+        out = tmp_path / "out.jsonl"
+        with pytest.raises(IncompleteGeneration, match=r"2 of 6 requests failed .* saved in .*re-run") as e:
+            generate(reqs(6), make("openai", server), output=out, progress=False)
+        assert sorted(e.value.failed) == ["r1", "r4"]
+        assert sum(json.loads(line)["ok"] for line in out.read_text().splitlines()) == 4
+        results = generate(
+            reqs(6), make("openai", server), output=out, progress=False, max_failed_fraction=0.4
+        )
+        assert [r.ok for r in results] == [True, False, True, True, False, True]
+        with pytest.raises(IncompleteGeneration):  # 2/6 > 0.3
+            generate(reqs(6), make("openai", server), output=out, progress=False, max_failed_fraction=0.3)
 
 
 def test_bad_request_fails_that_record_only():
     with FakeServer(responder, faults={"q1": ["400"]}) as server:
-        results = generate(reqs(3), make("openai", server), progress=False)
+        results = generate(reqs(3), make("openai", server), progress=False, max_failed_fraction=None)
         assert [r.ok for r in results] == [True, False, True]
         assert "HTTP 400" in results[1].error and server.keys().count("q1") == 1  # a 400 is not retried
 

@@ -29,8 +29,10 @@ def test_teacher_with_429_500_timeout_and_malformed(tmp_path):
               key(4): ["500"] * 10}  # fmt: skip
     with FakeServer(ScriptedTeacher(), faults=faults) as server:
         b = _backend(server, timeout=0.5, max_retries=3)
-        answers, report = stages.teacher_answers(pool, b, tmp_path / "t.jsonl", passes=1)
-        # key(4) fails 4 times (1 + 3 retries): reported by id, not lost
+        answers, report = stages.teacher_answers(
+            pool, b, tmp_path / "t.jsonl", passes=1, max_failed_fraction=0.1
+        )
+        # key(4) fails 4 times (1 + 3 retries): reported by id, not lost (1 of 12 is allowed here)
         assert report.failed == [pool[4]["id"]] and report.ok == 11
         assert {a["id"] for a in answers} == {r["id"] for r in pool} - {pool[4]["id"]}
         assert all(a["output"].startswith("Teacher:") for a in answers)
@@ -113,5 +115,5 @@ def test_all_requests_failing_is_one_error(tmp_path):
     pool = normalize_pool(make_pool(3))
     with FakeServer(ScriptedTeacher(), faults=lambda n, body: "500") as server:
         b = _backend(server, max_retries=1)
-        with pytest.raises(UserError, match="all 3 requests failed"):
+        with pytest.raises(UserError, match="teacher: 3 of 3 requests failed"):
             stages.teacher_answers(pool, b, tmp_path / "t.jsonl", passes=1)

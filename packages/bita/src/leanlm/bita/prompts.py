@@ -64,6 +64,7 @@ def generate_outputs(
     backend: Any,
     max_new_tokens: int = 512,
     stop: list[str] | None = None,
+    max_failed_fraction: float = 0.0,
 ) -> list[Any]:
     """Greedy answers for every prompt record, appended to ``output`` as they arrive (resumable)."""
     from leanlm.core.generation import GenerationRequest, SamplingParams, generate
@@ -76,7 +77,14 @@ def generate_outputs(
         meta["prompt"] = p["prompt"]
         requests.append(GenerationRequest(id=str(p.get("id", i)), prompt=p["prompt"], meta=meta))
     params = SamplingParams(max_new_tokens=int(max_new_tokens), temperature=0.0, stop=stop)
-    return generate(requests, backend, params, output=output, desc="bita-gen-outputs")
+    return generate(
+        requests,
+        backend,
+        params,
+        output=output,
+        desc="bita-gen-outputs",
+        max_failed_fraction=max_failed_fraction,
+    )
 
 
 def training_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:

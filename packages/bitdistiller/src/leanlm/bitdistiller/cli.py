@@ -138,6 +138,7 @@ def generate(
     base_url: str | None = None,
     api_key: str | None = None,
     concurrency: int = 8,
+    max_failed_fraction: float = 0.0,
 ) -> str:
     """Teacher data: the full-precision model answers a dataset's prompts (wikitext|alpaca|code|math|FILE).
 
@@ -154,7 +155,7 @@ def generate(
             if v is not None
         }
     result = generate_teacher_data(model, dataset, out, out_dir, max_sample, temperature, top_p, max_new_tokens, seed,
-                                   backend, batch_size, options)  # fmt: skip
+                                   backend, batch_size, options, max_failed_fraction)  # fmt: skip
     return _show(result)
 
 

@@ -29,6 +29,7 @@ def generate_teacher_data(
     backend: str = "hf",
     batch_size: int = 16,
     backend_options: dict[str, Any] | None = None,
+    max_failed_fraction: float = 0.0,
 ) -> dict[str, Any]:
     """Generate (or resume) teacher answers; returns {"path", "records", "failed", "stats"}."""
     from leanlm.core.generation import SamplingParams, generate, get_backend
@@ -53,7 +54,14 @@ def generate_teacher_data(
         for p in prompts
     ]
     try:
-        results = generate(requests, be, params, output=path, desc=f"teacher:{dataset}")
+        results = generate(
+            requests,
+            be,
+            params,
+            output=path,
+            desc=f"teacher:{dataset}",
+            max_failed_fraction=max_failed_fraction,
+        )
     finally:
         be.close()
     failed = sum(not r.ok for r in results)

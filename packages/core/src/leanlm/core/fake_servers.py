@@ -124,6 +124,8 @@ class _State:
     in_flight: int = 0
     max_in_flight: int = 0  # the most POSTs being handled at once (checks a client's concurrency limit)
     plan_start: int = 0  # request number before the current fault plan was set (lists index from it)
+    stop_after: int | None = None  # answer this many POSTs, then close every connection and stop listening
+    on_stop: Callable[[], None] | None = None
 
     def decide(self, body: dict[str, Any] | None) -> tuple[int, Fault | None]:
         with self.lock:
@@ -205,6 +207,10 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             with state.lock:
                 state.in_flight -= 1
+        if state.stop_after is not None and number >= state.stop_after:
+            self.close_connection = True  # a server that went away keeps no connection open
+            if number == state.stop_after and state.on_stop is not None:
+                threading.Thread(target=state.on_stop, daemon=True).start()
 
     def _answer(self, path: str, body: Any, number: int, fault: Fault | None) -> None:
         state = self.server.state
@@ -375,6 +381,12 @@ class FakeServer:
             self.state.faults = faults
             self.state.attempts.clear()
             self.state.plan_start = self.state.last_number
+
+    def stop_after(self, answered: int) -> None:
+        """Answer ``answered`` more POSTs, then go away (connections closed, the port refuses)."""
+        with self.state.lock:
+            self.state.stop_after = self.state.last_number + answered
+            self.state.on_stop = self.stop
 
     def set_latency(self, seconds: float) -> None:
         self.state.latency = seconds

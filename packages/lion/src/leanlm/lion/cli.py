@@ -69,12 +69,15 @@ def teacher(
     max_new_tokens: int = 1024,
     temperature: float = 0.7,
     limit: int | None = None,
+    max_failed_fraction: float = 0.0,
 ) -> dict[str, Any]:
     """Teacher answers for every instruction of POOL (.json/.jsonl or `instructions`) -> OUTPUT (JSONL)."""
     records = load_pool(pool, limit=limit)
     b = make_backend(_role(backend, model, base_url, api_key, concurrency, max_retries, timeout))
     params = SamplingParams(max_new_tokens=int(max_new_tokens), temperature=float(temperature))
-    answers, report = stages.teacher_answers(records, b, _cache(output), params)
+    answers, report = stages.teacher_answers(
+        records, b, _cache(output), params, max_failed_fraction=max_failed_fraction
+    )
     write_jsonl(output, answers)
     return _summary(report)
 
@@ -91,6 +94,7 @@ def infer(
     max_new_tokens: int = 1024,
     temperature: float = 0.7,
     limit: int | None = None,
+    max_failed_fraction: float = 0.0,
 ) -> dict[str, Any]:
     """Student answers (### Instruction/### Response prompt) for POOL with MODEL -> OUTPUT (JSONL).
 
@@ -99,7 +103,9 @@ def infer(
     records = load_pool(pool, limit=limit)
     b = make_backend(_role(backend, model, base_url, api_key, concurrency, batch_size=batch_size))
     params = SamplingParams(max_new_tokens=int(max_new_tokens), temperature=float(temperature))
-    answers, report = stages.student_answers(records, b, _cache(output), params)
+    answers, report = stages.student_answers(
+        records, b, _cache(output), params, max_failed_fraction=max_failed_fraction
+    )
     write_jsonl(output, answers)
     return _summary(report)
 
@@ -119,6 +125,7 @@ def referee(
     max_new_tokens: int = 512,
     temperature: float = 0.2,
     referee_format: str = "auto",
+    max_failed_fraction: float = 0.0,
 ) -> dict[str, Any]:
     """Referee marks for TEACHER vs STUDENT answers (matched by id), in both orders -> OUTPUT (JSONL).
 
@@ -139,7 +146,7 @@ def referee(
     b = make_backend(role)
     params = SamplingParams(max_new_tokens=int(max_new_tokens), temperature=float(temperature))
     scores, reviews, report = stages.referee_scores(items, b, _cache(output), params, attempts=int(attempts),
-                                                    render=render)  # fmt: skip
+                                                    render=render, max_failed_fraction=max_failed_fraction)  # fmt: skip
     rows = []
     for it in items:
         sc = scores[it["id"]]
@@ -185,6 +192,7 @@ def generate(
     rouge_threshold: float = ROUGE_THRESHOLD,
     max_requests: int | None = None,
     seed: int = 0,
+    max_failed_fraction: float = 0.0,
 ) -> dict[str, Any]:
     """Up to NUM new KIND (hard|easy) instructions from SEEDS (lion-discriminate's output) -> OUTPUT.
 
@@ -202,7 +210,8 @@ def generate(
     b = make_backend(_role(backend, model, base_url, api_key, concurrency, max_retries, timeout))
     params = SamplingParams(max_new_tokens=int(max_new_tokens), temperature=float(temperature))
     accepted, report = stages.generate_instructions(kind, seed_pool, int(num), b, _cache(output), deduper, params,
-                                                    seed=int(seed), max_requests=max_requests)  # fmt: skip
+                                                    seed=int(seed), max_requests=max_requests,
+                                                    max_failed_fraction=max_failed_fraction)  # fmt: skip
     write_jsonl(output, accepted)
     return _summary(report)
 
@@ -318,6 +327,7 @@ def iterate(
     price_in: float = 0.0,
     price_out: float = 0.0,
     seed: int = 0,
+    max_failed_fraction: float = 0.0,
 ) -> list[dict[str, Any]]:
     """The whole Lion loop for ITERATIONS rounds in RUN_DIR; re-run the same command to resume.
 
@@ -325,6 +335,8 @@ def iterate(
     differ). The student is trained from STUDENT on the train pool each iteration and answers with
     --student_backend hf|vllm (in process) or openai --student_base_url (a server you restart on the
     new weights). --price_in/--price_out (USD per 1M tokens) fill the cost column of the report.
+    A stage whose requests still fail after the retries stops the run (exit 2; re-run to resume)
+    unless --max_failed_fraction allows that share to fail.
     """
     from leanlm.lion.iterate import IterateConfig, LionRun
 
@@ -367,6 +379,7 @@ def iterate(
         price_in=float(price_in),
         price_out=float(price_out),
         seed=int(seed),
+        max_failed_fraction=float(max_failed_fraction),
     )
     reports = LionRun(run_dir, cfg).run()
     for r in reports:

@@ -28,12 +28,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from leanlm.core.errors import UserError
-from leanlm.core.generation import BackendStats, SamplingParams
+from leanlm.core.generation import BackendStats, SamplingParams, usage_since
 from leanlm.core.records import read_jsonl, write_json, write_jsonl, write_text
 from leanlm.lion.discriminate import HARD_THRESHOLD, discriminate
 from leanlm.lion.filters import ROUGE_THRESHOLD, RougeDeduper
@@ -51,7 +52,7 @@ from leanlm.lion.stages import (
     student_answers,
     teacher_answers,
 )
-from leanlm.lion.state import RunState
+from leanlm.lion.state import RunState, digest
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,7 @@ class IterateConfig:
     seed: int = 0
     price_in: float = 0.0  # USD per 1M prompt tokens (for the cost column)
     price_out: float = 0.0  # USD per 1M completion tokens
+    max_failed_fraction: float = 0.0  # share of a stage's requests allowed to fail (0: any failure stops)
 
     def roles(self) -> dict[str, RoleConfig]:
         return {
@@ -125,10 +127,16 @@ class _Lazy:
     def stats(self) -> BackendStats:
         return self._b.stats if self._b is not None else self._stats
 
-    def run(self, *args: Any, **kwargs: Any) -> None:
+    def _backend(self) -> Any:
         if self._b is None:
             self._b = make_backend(self.cfg)
-        return self._b.run(*args, **kwargs)
+        return self._b
+
+    def preflight(self) -> None:
+        self._backend().preflight()
+
+    def run(self, *args: Any, **kwargs: Any) -> None:
+        return self._backend().run(*args, **kwargs)
 
     def close(self) -> None:
         if self._b is not None and hasattr(self._b, "close"):
@@ -144,13 +152,45 @@ class Iteration:
         self.dir = run.run_dir / f"iter_{i}"
         self.dir.mkdir(parents=True, exist_ok=True)
 
-    def stage(self, name: str, fn: Any) -> Any:
-        """Run (or replay) a stage; record its first report in the state file."""
+    def redo_if_changed(self, name: str, inputs: str) -> bool:
+        """Undo a finished stage whose inputs changed since it ran; True when it was undone."""
+        if not self.run.state.inputs_changed(self.i, name, inputs):
+            return False
+        log.info("iteration %d: the inputs of %s changed since it ran; redoing it", self.i, name)
+        self.run.state.undo(self.i, name)
+        return True
+
+    def stage(self, name: str, fn: Any, inputs: str, cache: Path | None = None) -> Any:
+        """Run (or replay) a stage; record its first report and its inputs' digest in the state file.
+
+        ``cache``: the stage's results file; the report's ``paid`` then counts the answers (and
+        tokens) recorded there since the stage first started, over every attempt.
+        """
         state = self.run.state
+        self.redo_if_changed(name, inputs)
+        if (state.report(self.i, name) or {}).get("failed_count"):  # finished with allowed failures:
+            state.undo(self.i, name)  # ask the failed ones again and report afresh
+        start = None
+        if cache is not None and not state.is_done(self.i, name):
+            start = state.cache_start(self.i, name, cache.stat().st_size if cache.exists() else 0)
         value, report = fn()
         if not state.is_done(self.i, name):
-            state.mark_done(self.i, name, report.as_dict() if isinstance(report, StageReport) else report)
+            report = report.as_dict() if isinstance(report, StageReport) else report
+            if start is not None:
+                report["paid"] = usage_since(cache, start)
+            state.mark_done(self.i, name, report, inputs)
         return value
+
+    def set_aside(self, path: Path) -> None:
+        """Move ``path`` (a folder or file made from stale inputs) to ``<name>.stale``, replacing an older one."""
+        if not path.exists():
+            return
+        stale = path.with_name(path.name + ".stale")
+        if stale.is_dir():
+            shutil.rmtree(stale)
+        elif stale.exists():
+            stale.unlink()
+        path.rename(stale)
 
 
 class LionRun:
@@ -206,15 +246,20 @@ class LionRun:
             )
 
         teacher_params = SamplingParams(max_new_tokens=c.teacher_max_tokens, temperature=0.7, seed=c.seed)
+        asked = merge_pools(train_pool, cache_pool)
         answers = it.stage(
             "teacher",
-            lambda: teacher_answers(merge_pools(train_pool, cache_pool), self.backend("teacher"),
-                                    self.run_dir / "teacher.jsonl", teacher_params),
+            lambda: teacher_answers(asked, self.backend("teacher"), self.run_dir / "teacher.jsonl", teacher_params,
+                                    max_failed_fraction=c.max_failed_fraction),
+            digest(asked), self.run_dir / "teacher.jsonl",
         )  # fmt: skip
         by_id = {a["id"]: a for a in answers}
         train_records = [by_id[r["id"]] for r in train_pool if r["id"] in by_id]
 
         student_dir = it.dir / "student"
+        train_inputs = digest(train_records, c.student, c.train, c.train_options)
+        if it.redo_if_changed("train", train_inputs):
+            it.set_aside(student_dir)  # its checkpoints were trained on other data: never resume them
         if c.train:
             if not self.state.is_done(i, "train"):
                 from leanlm.lion.train import train_student
@@ -224,25 +269,33 @@ class LionRun:
                 metrics = train_student(c.student, train_records, student_dir, max_length=max_length,
                                         deepspeed=c.deepspeed, fsdp=c.fsdp, seed=c.seed, **opts)  # fmt: skip
                 self.state.mark_done(
-                    i, "train", {"stage": "train", "examples": len(train_records), **metrics}
+                    i, "train", {"stage": "train", "examples": len(train_records), **metrics}, train_inputs
                 )
             student_model = str(student_dir)
         else:
             student_model = c.student
             if not self.state.is_done(i, "train"):
-                self.state.mark_done(i, "train", {"stage": "train", "skipped": True})
+                self.state.mark_done(i, "train", {"stage": "train", "skipped": True}, train_inputs)
 
         srole = c.student_role or RoleConfig(backend="hf", model=student_model)
         if c.student_role is not None and srole.backend in ("hf", "vllm"):
             srole = dataclasses.replace(srole, model=student_model)
         student_backend = _Lazy(srole)
         student_params = SamplingParams(max_new_tokens=c.student_max_tokens, temperature=0.7, seed=c.seed)
+        infer_inputs = digest(train_inputs, cache_pool, srole.key())
+        if it.redo_if_changed("infer", infer_inputs):
+            it.set_aside(it.dir / "student.jsonl")  # its answers came from another student model
         try:
             s_answers = it.stage(
                 "infer",
                 lambda: student_answers(
-                    cache_pool, student_backend, it.dir / "student.jsonl", student_params
+                    cache_pool,
+                    student_backend,
+                    it.dir / "student.jsonl",
+                    student_params,
+                    max_failed_fraction=c.max_failed_fraction,
                 ),
+                infer_inputs,
             )
         finally:
             student_backend.close()  # free the student before the referee loads anything
@@ -263,11 +316,12 @@ class LionRun:
                 ref_params,
                 attempts=c.review_attempts,
                 render=referee_renderer(c.referee_format, c.roles()["referee"]),
+                max_failed_fraction=c.max_failed_fraction,
             )
             write_jsonl(it.dir / "reviews.jsonl", reviews)
             return scores, report
 
-        scores = it.stage("referee", referee)
+        scores = it.stage("referee", referee, digest(items), it.dir / "referee.jsonl")
 
         def disc() -> tuple[Any, dict[str, Any]]:
             d = discriminate(items, scores, c.threshold)
@@ -275,11 +329,10 @@ class LionRun:
             write_jsonl(it.dir / "easy.jsonl", d.easy)
             return d, {"stage": "discriminate", **d.summary()}
 
-        d = it.stage("discriminate", disc)
+        d = it.stage("discriminate", disc, digest(items, scores, c.threshold))
 
-        deduper = RougeDeduper(
-            [r["instruction"] for r in cache_pool] + self.generated_so_far(i), c.rouge_threshold
-        )
+        deduper_seed = [r["instruction"] for r in cache_pool] + self.generated_so_far(i)
+        deduper = RougeDeduper(deduper_seed, c.rouge_threshold)
         gen_params = SamplingParams(
             max_new_tokens=c.generator_max_tokens, temperature=1.0, top_p=1.0, seed=c.seed
         )
@@ -289,14 +342,17 @@ class LionRun:
             def gen(kind: str = kind, seeds: list = seeds, num: int = num) -> tuple[Any, StageReport]:
                 accepted, report = generate_instructions(
                     kind, seeds, num, self.backend("generator"), it.dir / "generate.jsonl", deduper, gen_params,
-                    seed=c.seed + i,
+                    seed=c.seed + i, max_failed_fraction=c.max_failed_fraction,
                 )  # fmt: skip
                 write_jsonl(it.dir / f"new_{kind}.jsonl", accepted)
                 return accepted, report
 
-            new[kind] = it.stage(f"generate_{kind}", gen)
+            new[kind] = it.stage(f"generate_{kind}", gen, digest(kind, seeds, num, deduper_seed, c.seed),
+                                 it.dir / "generate.jsonl")  # fmt: skip
 
         next_train, next_cache = next_pools(train_pool, new["hard"], new["easy"])
+        pools_inputs = digest(next_train, next_cache)
+        it.redo_if_changed("pools", pools_inputs)
         if not self.state.is_done(i, "pools"):
             write_jsonl(self.run_dir / "pools" / f"cache_{i + 1}.jsonl", next_cache)
             write_jsonl(self.run_dir / "pools" / f"train_{i + 1}.jsonl", next_train)
@@ -304,7 +360,7 @@ class LionRun:
         write_json(it.dir / "report.json", report)
         if not self.state.is_done(i, "pools"):
             self.state.mark_done(i, "pools", {"stage": "pools", "next_train": len(next_train),
-                                              "next_cache": len(next_cache)})  # fmt: skip
+                                              "next_cache": len(next_cache)}, pools_inputs)  # fmt: skip
         return report
 
     # ------------------------------------------------------------------ reports
@@ -316,8 +372,12 @@ class LionRun:
         disc = stages.get("discriminate", {})
         api = {"requests": 0, "retries": 0, "prompt_tokens": 0, "completion_tokens": 0}
         for name in API_STAGES:
+            stage = stages.get(name, {})
+            paid = stage.get(
+                "paid", {}
+            )  # tokens over every attempt (a resumed stage's meter saw only the last)
             for key in api:
-                api[key] += int(stages.get(name, {}).get(key, 0) or 0)
+                api[key] += int(paid.get(key, stage.get(key, 0)) or 0)
         cost = (api["prompt_tokens"] * c.price_in + api["completion_tokens"] * c.price_out) / 1e6
         gh, ge = stages.get("generate_hard", {}), stages.get("generate_easy", {})
         return {

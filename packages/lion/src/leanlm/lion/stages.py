@@ -22,7 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from leanlm.core.errors import UserError
-from leanlm.core.generation import GenerationRequest, GenerationResult, SamplingParams, generate
+from leanlm.core.generation import (
+    GenerationRequest,
+    GenerationResult,
+    SamplingParams,
+    check_failures,
+    generate,
+)
 from leanlm.core.records import ResumableJsonlWriter
 from leanlm.lion.filters import RougeDeduper, clean_generation, rule_rejection
 from leanlm.lion.pools import Record, messages_id, text_id
@@ -83,11 +89,12 @@ def run_requests(
     desc: str,
     passes: int = 2,
     report: StageReport | None = None,
+    max_failed_fraction: float = 0.0,
 ) -> dict[str, GenerationResult]:
     """``generate`` with a resumable cache file, re-asking failures up to ``passes`` times in total.
 
-    Returns id -> result (failed results included, ``ok=False``). Raises a UserError when every
-    request failed (a dead server or a rejected key), instead of writing empty outputs.
+    Returns id -> result (failed results included, ``ok=False``). Raises ``IncompleteGeneration``
+    (a UserError) when more than ``max_failed_fraction`` of the requests still failed.
     """
     results: dict[str, GenerationResult] = {}
     todo = list(requests)
@@ -96,13 +103,14 @@ def run_requests(
             break
         if report is not None and p == 0:
             report.cached += len(_cached_ok(output) & {q.id for q in todo})
-        got = generate(todo, backend, params, output=output, desc=desc, progress=False)
+        got = generate(
+            todo, backend, params, output=output, desc=desc, progress=False, max_failed_fraction=None
+        )
         for r in got:
             results[r.id] = r
         todo = [q for q in todo if not results[q.id].ok]
-    if requests and all(not r.ok for r in results.values()):
-        first = next(iter(results.values())).error
-        raise UserError(f"{desc}: all {len(requests)} requests failed (first error: {first})")
+    # a stage that lost requests stops here (nothing downstream trains on partial answers)
+    check_failures(results.values(), max_failed_fraction, desc, output)
     return results
 
 
@@ -123,6 +131,7 @@ def teacher_answers(
     output: Path,
     params: SamplingParams = TEACHER_PARAMS,
     passes: int = 2,
+    max_failed_fraction: float = 0.0,
 ) -> tuple[list[Record], StageReport]:
     """Teacher answers for ``pool``: records ``{id, instruction, input, output}`` for the answered ones."""
     report = StageReport("teacher", items=len(pool))
@@ -131,7 +140,9 @@ def teacher_answers(
     for rec in pool:
         msgs = teacher_messages(rec["instruction"], rec.get("input"))
         reqs.append(GenerationRequest(id=messages_id(msgs), messages=msgs, meta={"pool_id": rec["id"]}))
-    results = run_requests(_unique(reqs), backend, params, output, "teacher", passes, report)
+    results = run_requests(
+        _unique(reqs), backend, params, output, "teacher", passes, report, max_failed_fraction
+    )
     out = []
     for rec, q in zip(pool, reqs):
         r = results[q.id]
@@ -150,6 +161,7 @@ def student_answers(
     output: Path,
     params: SamplingParams = STUDENT_PARAMS,
     passes: int = 2,
+    max_failed_fraction: float = 0.0,
 ) -> tuple[list[Record], StageReport]:
     """Student answers in its ``### Instruction / ### Response`` format (plain prompt, no chat template)."""
     report = StageReport("infer", items=len(pool))
@@ -160,7 +172,9 @@ def student_answers(
         reqs.append(
             GenerationRequest(id=text_id(prompt, prefix="s"), prompt=prompt, meta={"pool_id": rec["id"]})
         )
-    results = run_requests(_unique(reqs), backend, params, output, "student", passes, report)
+    results = run_requests(
+        _unique(reqs), backend, params, output, "student", passes, report, max_failed_fraction
+    )
     out = []
     for rec, q in zip(pool, reqs):
         r = results[q.id]
@@ -208,6 +222,7 @@ def referee_scores(
     params: SamplingParams = REFEREE_PARAMS,
     attempts: int = 3,
     passes: int = 2,
+    max_failed_fraction: float = 0.0,
     render: Callable[[list[dict[str, str]]], str] | None = None,
 ) -> tuple[dict[str, dict[str, tuple[float, float] | None]], list[Record], StageReport]:
     """Both-order reviews of (teacher_output, student_output) for every item.
@@ -243,7 +258,9 @@ def referee_scores(
             else:
                 prompt = render(msgs) + FORCED_PREFIX
                 reqs[(it["id"], order)] = GenerationRequest(id=rid + ":f", prompt=prompt)
-        results = run_requests(list(reqs.values()), backend, p, output, f"referee#{attempt}", passes, report)
+        results = run_requests(
+            list(reqs.values()), backend, p, output, f"referee#{attempt}", passes, report, max_failed_fraction
+        )
         still = []
         for it, order in pending:
             r = results[reqs[(it["id"], order)].id]
@@ -300,6 +317,7 @@ def generate_instructions(
     seed: int = 0,
     max_requests: int | None = None,
     passes: int = 2,
+    max_failed_fraction: float = 0.0,
     on_round: Callable[[int, int], None] | None = None,
 ) -> tuple[list[Record], StageReport]:
     """Up to ``num`` new ``kind`` (hard|easy) instructions, one seed per request.
@@ -338,7 +356,9 @@ def generate_instructions(
         budget = max(token_budget(s["instruction"]) for _, s in batch)
         p = SamplingParams(max_new_tokens=min(budget, params.max_new_tokens), temperature=params.temperature,
                            top_p=params.top_p, seed=params.seed, stop=params.stop)  # fmt: skip
-        results = run_requests([q for q, _ in batch], backend, p, output, f"generate_{kind}", passes, report)
+        results = run_requests(
+            [q for q, _ in batch], backend, p, output, f"generate_{kind}", passes, report, max_failed_fraction
+        )
         for q, s in batch:
             if len(accepted) >= num:
                 break

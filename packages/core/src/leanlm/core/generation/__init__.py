@@ -16,7 +16,7 @@ from typing import Any
 
 from leanlm.core.errors import UserError
 from leanlm.core.generation.base import Backend
-from leanlm.core.generation.runner import generate
+from leanlm.core.generation.runner import IncompleteGeneration, check_failures, generate, usage_since
 from leanlm.core.generation.types import BackendStats, GenerationRequest, GenerationResult, SamplingParams
 
 BACKENDS = ("hf", "openai", "tgi", "vllm")
@@ -50,7 +50,10 @@ __all__ = [
     "BackendStats",
     "GenerationRequest",
     "GenerationResult",
+    "IncompleteGeneration",
     "SamplingParams",
+    "check_failures",
     "generate",
     "get_backend",
+    "usage_since",
 ]

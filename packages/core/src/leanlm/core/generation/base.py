@@ -29,6 +29,12 @@ class Backend(ABC):
         already passed to ``on_result`` stay valid.
         """
 
+    def preflight(self) -> None:  # noqa: B027 (optional hook, not abstract)
+        """Fail fast (a ``UserError``) when the backend cannot work at all, e.g. an unreachable server.
+
+        ``generate`` calls it before it shows progress, so such a run ends in one line.
+        """
+
     def close(self) -> None:  # noqa: B027 (optional hook, not abstract)
         """Release resources (connections, models); the default has none."""
 
