@@ -66,7 +66,7 @@ def finetune(
     ``--ratio_scope batch`` pulls only the batch's mean execution ratio to the target (the original pulls
     every token's).
     """
-    from leanlm.core.distributed import maybe_launch, set_seed
+    from leanlm.core.distributed import is_main_process, maybe_launch, set_seed, world_size
     from leanlm.core.models import load_model, load_tokenizer
     from leanlm.dllm.config import DLLMConfig
     from leanlm.dllm.data import load_examples, tokenize
@@ -89,9 +89,11 @@ def finetune(
                            router_schedule=router_schedule, warmup_ratio=warmup_ratio, max_steps=max_steps,
                            save_steps=save_steps, seed=seed,
                            resume=parse_bool(resume, "--resume"), deepspeed=deepspeed)  # fmt: skip
-    folder = dllm.save(Path(output) / "dllm")
     summary.pop("history", None)
-    print(json.dumps({"saved": str(folder), **summary}, indent=2))
+    if not is_main_process():  # every rank holds the same routers + LoRA (DDP): rank 0 writes them
+        return
+    folder = dllm.save(Path(output) / "dllm")
+    print(json.dumps({"saved": str(folder), "world_size": world_size(), **summary}, indent=2))
 
 
 def _instructs(value: Any) -> list[str]:

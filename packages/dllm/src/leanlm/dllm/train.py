@@ -85,12 +85,14 @@ class DLLMTrainer(Trainer):
         return super().create_scheduler(num_training_steps, optimizer)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
+        # ``model`` may be wrapped (DDP, DeepSpeed): read D-LLM's own attributes from the unwrapped one
+        dllm = self.accelerator.unwrap_model(model)
         progress = self.state.global_step / max(self.state.max_steps, 1)
-        lam = lambda_schedule(progress, model.config.lambda_max, model.config.lambda_ramp)
+        lam = lambda_schedule(progress, dllm.config.lambda_max, dllm.config.lambda_ramp)
         out = model(**inputs, lambda_now=lam)
         self._parts = {"ce": float(out.ce_loss.detach()), "ratio_loss": float(out.ratio_loss.detach()), "lambda": lam,
                        "exec_ratio": out.exec_ratio}  # fmt: skip
-        if model.routers:
+        if dllm.routers:
             self._parts["router_lr"] = max(g["lr"] for g in self.optimizer.param_groups if g.get("router"))
         return (out.loss, out) if return_outputs else out.loss
 
@@ -102,12 +104,11 @@ class DLLMTrainer(Trainer):
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         folder = Path(output_dir or self.args.output_dir)
         folder.mkdir(parents=True, exist_ok=True)
-        torch.save(
-            {k: v.detach().cpu() for k, v in self.model.trainable_state().items()}, folder / TRAINABLE_FILE
-        )
+        dllm = self.accelerator.unwrap_model(self.model)
+        torch.save({k: v.detach().cpu() for k, v in dllm.trainable_state().items()}, folder / TRAINABLE_FILE)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
-        model = model or self.model
+        model = self.accelerator.unwrap_model(model or self.model)
         state = torch.load(Path(resume_from_checkpoint) / TRAINABLE_FILE, map_location="cpu")
         with torch.no_grad():
             for key, target in model.trainable_state().items():
