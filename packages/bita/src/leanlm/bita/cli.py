@@ -73,11 +73,14 @@ def gen_outputs(
     concurrency: int = 8,
     limit: int | None = None,
     dtype: str | None = None,
+    max_failed_fraction: float = 0.0,
 ) -> dict[str, Any]:
     """The base model's greedy answers to PROMPTS, into ONE resumable JSONL (re-run to resume).
 
     backend: hf (in process; --model) | tgi (--base_url host:port) | openai (any OpenAI-compatible
     server; --base_url, --api_key, --model = served name) | vllm (in process, if installed).
+    Requests still failing after the retries end the run with exit 2 (re-run to retry only them)
+    unless --max_failed_fraction allows that share; failed ones are never used as answers.
     """
     from leanlm.bita.prompts import generate_outputs
     from leanlm.core.generation import get_backend
@@ -109,7 +112,9 @@ def gen_outputs(
     else:
         raise UserError(f"unknown backend {backend!r}; use hf, tgi, openai or vllm")
     engine = get_backend(kind, **options)
-    results = generate_outputs(records, output, engine, max_new_tokens=int(max_new_tokens))
+    results = generate_outputs(
+        records, output, engine, max_new_tokens=int(max_new_tokens), max_failed_fraction=max_failed_fraction
+    )
     failed = sum(not r.ok for r in results)
     return {
         "answers": len(results) - failed,
@@ -168,7 +173,8 @@ def evaluate(
     after greedy's first answer, as rows <id>-turn2). tree: candidates per level separated by '-'
     ('1' = one level with one candidate, '1-1' = a chain of two, '3-2-1'), 'tri:K' (the paper's
     upper triangle, K, K-1, ... over all M levels) or 'auto:N' (N nodes chosen from the adapter's
-    calibration); several shapes separated by ';' are timed side by side, e.g. --tree "1;1-1;tri:5".
+    calibration); '<tree>+pld:L' adds a prompt-lookup branch of L tokens (hybrid drafts); several
+    shapes separated by ';' are timed side by side, e.g. --tree "1;1-1;tri:5;1+pld:3".
     Commas are refused (ambiguous). pld_tokens 0 skips prompt lookup. Writes speed.json, speed.md
     and runs.json to OUTPUT_DIR.
 
@@ -232,12 +238,17 @@ def generate(
     tree: str = "tri:5",
     limit: int | None = None,
     dtype: str | None = None,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int = 0,
 ) -> Any:
     """Answer PROMPTS (a file like bita-eval's DATA) or one --prompt with BiTA decoding.
 
     Writes a resumable JSONL (id, prompt, output, new_tokens, forwards, mean_accepted, seconds);
     with --prompt prints the answer instead. tree: as in bita-eval, e.g. --tree 1 (one level, one
-    candidate), --tree 1-1 (a chain of two), --tree 3-2-1, --tree tri:5, --tree auto:12.
+    candidate), --tree 1-1 (a chain of two), --tree 3-2-1, --tree tri:5, --tree auto:12, --tree
+    1+pld:3 (plus a prompt-lookup branch). --temperature > 0 samples (nucleus --top_p, --seed) with
+    the speculative acceptance rule: the output follows the base model's sampling distribution.
     """
     from leanlm.bita.calibration import load_calibration
     from leanlm.bita.evaluate import answer_prompts, load_eval_prompts
@@ -246,6 +257,9 @@ def generate(
 
     if (prompts is None) == (prompt is None):
         raise UserError("give exactly one of --prompts FILE or --prompt TEXT")
+    if float(temperature) < 0 or not 0.0 < float(top_p) <= 1.0:
+        raise UserError(f"need --temperature >= 0 and 0 < --top_p <= 1, got {temperature} and {top_p}")
+    sampling = {"temperature": float(temperature), "top_p": float(top_p), "seed": int(seed)}
     bita, base_name = _load(adapter, model, dtype)
     tokenizer = load_tokenizer(base_name)
     name = _template(template, base_name)
@@ -270,6 +284,7 @@ def generate(
                 max_new_tokens=int(max_new_tokens),
                 tree=_tree_text(tree),
                 calibration=load_calibration(adapter),
+                **sampling,
             )
         return rows[0]["output"]
     items = load_eval_prompts(prompts, tokenizer, name, _limit(limit))
@@ -281,6 +296,7 @@ def generate(
         max_new_tokens=int(max_new_tokens),
         tree=_tree_text(tree),
         calibration=load_calibration(adapter),
+        **sampling,
     )
     return {"answers": len(rows), "output": output}
 

@@ -37,7 +37,15 @@ from leanlm.bita.model import BiTAModel
 from leanlm.bita.trees import StepTree, TreeSpec, verify_greedy, verify_sample
 from leanlm.core.errors import UserError
 
-__all__ = ["BiTADecoder", "DecodeOutput", "TreeSpec", "greedy_reference", "lookup_draft", "merge_chain"]
+__all__ = [
+    "BiTADecoder",
+    "DecodeOutput",
+    "TreeSpec",
+    "greedy_reference",
+    "lookup_draft",
+    "merge_chain",
+    "split_method",
+]
 
 
 @dataclass
@@ -91,6 +99,19 @@ def merge_chain(tokens: list[int], parents: list[int], chain: Sequence[int]) -> 
         node = len(parents) - 1
         children[key] = node
     return tokens, parents
+
+
+def split_method(spec: str) -> tuple[str, int]:
+    """``"<tree>+pld:L"`` -> (tree text, L lookup tokens); a plain tree -> (tree, 0)."""
+    text = str(spec).strip()
+    tree, plus, extra = text.partition("+")
+    if not plus:
+        return text, 0
+    if not extra.startswith("pld:") or not extra[4:].isdigit() or int(extra[4:]) < 1:
+        raise UserError(
+            f"method {text!r}: a hybrid is written <tree>+pld:L with L >= 1 lookup tokens, e.g. 1+pld:3"
+        )
+    return tree.strip(), int(extra[4:])
 
 
 def warp_probs(logits: torch.Tensor, temperature: float, top_p: float = 1.0) -> torch.Tensor:
@@ -181,6 +202,10 @@ class BiTADecoder:
         # calibration hook: when a list, every step appends (new tokens known, top-R ids per mask)
         self.record: list[tuple[int, list[list[int]]]] | None = None
         self.record_ranks = 10
+
+    def label(self) -> str:
+        """The tree's label, with ``+pld:L`` for a hybrid."""
+        return self.tree.label() + (f"+pld:{self.lookup_tokens}" if self.lookup_tokens else "")
 
     def _layout(self, parents: Sequence[int]) -> StepTree:
         key = tuple(parents)

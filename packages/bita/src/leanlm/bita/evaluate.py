@@ -6,7 +6,8 @@ all of them alike), batch size 1, greedy:
 * ``greedy``: ``model.generate(do_sample=False)`` WITH the KV cache (the baseline and the reference
   output for the equality check);
 * ``pld``: HF prompt-lookup decoding (``prompt_lookup_num_tokens``), also lossless;
-* ``bita[<tree>]``: BiTA tree decoding for each tree shape asked for.
+* ``bita[<tree>]``: BiTA tree decoding for each tree shape asked for; ``bita[<tree>+pld:L]`` adds a
+  prompt-lookup branch of L tokens to the same verification forward (hybrid drafts).
 
 Multi-turn questions (Spec-Bench's MT-Bench part) are evaluated turn by turn with ``turns=2``: the
 second turn's prompt holds the first question, greedy's first answer (the same for every method,
@@ -26,7 +27,7 @@ from typing import Any
 
 import torch
 
-from leanlm.bita.decoding import BiTADecoder, TreeSpec
+from leanlm.bita.decoding import BiTADecoder, TreeSpec, split_method
 from leanlm.bita.model import BiTAModel
 from leanlm.bita.prompts import instruction_of
 from leanlm.core.errors import UserError
@@ -157,8 +158,11 @@ def speed_runs(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     decoders = {}
     for spec in trees or ["tri:5"]:
-        tree = TreeSpec.parse(spec, model.num_masks, calibration)
-        decoders[f"bita[{tree.label()}]"] = BiTADecoder(model, tree)
+        tree_text, lookup = split_method(spec)
+        dec = BiTADecoder(
+            model, TreeSpec.parse(tree_text, model.num_masks, calibration), lookup_tokens=lookup
+        )
+        decoders[f"bita[{dec.label()}]"] = dec
     runs: dict[str, list[dict[str, Any]]] = {"greedy": []}
     if pld_tokens:
         runs["pld"] = []
@@ -269,11 +273,24 @@ def answer_prompts(
     max_new_tokens: int = 256,
     tree: str | None = None,
     calibration: Any = None,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int = 0,
 ) -> list[dict[str, Any]]:
-    """BiTA answers, appended to ``output`` (resumable JSONL keyed by id)."""
+    """BiTA answers, appended to ``output`` (resumable JSONL keyed by id); greedy unless
+    ``temperature`` > 0 (then speculative sampling, the base model's distribution)."""
     from leanlm.core.records import ResumableJsonlWriter
 
-    decoder = BiTADecoder(model, tree, calibration=calibration)
+    tree_text, lookup = split_method(tree) if tree is not None else (None, 0)
+    decoder = BiTADecoder(
+        model,
+        tree_text,
+        calibration=calibration,
+        lookup_tokens=lookup,
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
+    )
     eos_id = model.base.generation_config.eos_token_id
     if eos_id is None:
         eos_id = tokenizer.eos_token_id
