@@ -7,11 +7,16 @@ optimizer state and checkpoints keep working, and ``unswap_linear_layers`` resto
 Default exclusions: ``lm_head`` (the seed project's own SwitchBack run with ``lm_head`` in int8
 diverged, train loss 7.15 vs 1.50; torchao and torchtune also keep it in float) and ``k_proj``/
 ``v_proj`` (the seed's choice; with GQA they are narrow, e.g. 2048 -> 256, where int8 does not pay).
+
+Fused projections (Phi-3's ``qkv_proj``, ``gate_up_proj``) hold several of those layers in one
+matrix: a fused layer stays in float when any of its parts is excluded (so Phi-3 keeps q, k and v
+in float under the defaults), and a one-line notice says so.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import logging
 from collections.abc import Iterable
 
 import torch
@@ -22,6 +27,13 @@ from leanlm.switchback.layers import StandardLinear, SwitchBackLinear, variant_c
 
 DEFAULT_EXCLUDE: tuple[str, ...] = ("lm_head", "k_proj", "v_proj")
 SWAPPED_TYPES = (SwitchBackLinear, StandardLinear)
+# fused projection -> the separate layers it stands for (their exclusion rules apply to it)
+FUSED: dict[str, tuple[str, ...]] = {
+    "qkv_proj": ("q_proj", "k_proj", "v_proj"),
+    "gate_up_proj": ("gate_proj", "up_proj"),
+}
+
+log = logging.getLogger(__name__)
 
 
 def parse_exclude(exclude: str | Iterable[str] | None) -> tuple[str, ...]:
@@ -39,6 +51,13 @@ def _excluded(name: str, patterns: tuple[str, ...]) -> bool:
     # a pattern matches the last name component ("k_proj") or the full dotted name ("model.layers.0.*")
     last = name.rsplit(".", 1)[-1]
     return any(last == p or fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def _fused_parts_excluded(name: str, patterns: tuple[str, ...]) -> list[str]:
+    """For a fused projection, the parts whose own name the patterns exclude (else [])."""
+    parent, _, last = name.rpartition(".")
+    parts = FUSED.get(last, ())
+    return [p for p in parts if _excluded(f"{parent}.{p}" if parent else p, patterns)]
 
 
 def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -64,11 +83,19 @@ def swap_linear_layers(
     """Replace every ``nn.Linear`` not matching ``exclude`` by the ``variant`` layer; returns the swapped names."""
     cls = variant_class(variant)
     patterns = parse_exclude(exclude)
-    targets = [
-        (name, module)
-        for name, module in model.named_modules()
-        if type(module) is nn.Linear and name and not _excluded(name, patterns)
-    ]
+    targets, kept_fused = [], {}
+    for name, module in model.named_modules():
+        if type(module) is not nn.Linear or not name or _excluded(name, patterns):
+            continue
+        parts = _fused_parts_excluded(name, patterns)
+        if parts:
+            kept = kept_fused.setdefault(name.rsplit(".", 1)[-1], [0, parts])
+            kept[0] += 1
+            continue
+        targets.append((name, module))
+    for fused, (count, parts) in kept_fused.items():
+        log.warning("%s fuses %s: %d such layers kept in float because %s excluded",
+                    fused, "/".join(FUSED[fused]), count, "/".join(parts) + (" is" if len(parts) == 1 else " are"))  # fmt: skip
     if not targets:
         raise UserError(
             f"no nn.Linear layer left to swap in {type(model).__name__} (exclude={list(patterns)})"
