@@ -150,6 +150,9 @@ def test_eval_and_generate(pipeline, tiny_model_dir):
     for name in ("pld", "bita[3-2-1]", "bita[1-1-1]"):
         assert out[name]["equal_outputs"] == 1.0
     assert set(report["methods"]["bita[3-2-1]"]["categories"]) == {"writing", "math"}
+    for name in ("pld", "bita[3-2-1]", "bita[1-1-1]"):  # fp32: no divergence, so no tie either
+        assert report["equality"][name]["identical"] == 1.0 and report["equality"][name]["divergences"] == []
+    assert "identical up to ties" in (pipeline / "eval" / "speed.md").read_text()
     assert (pipeline / "eval" / "speed.md").read_text().count("bita[") >= 2
     res = call(
         cli.generate,

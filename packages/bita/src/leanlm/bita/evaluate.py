@@ -21,6 +21,7 @@ equal = outputs token-identical to ``greedy``.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -137,6 +138,114 @@ def _strip_pad(tokens: list[int], eos: set[int]) -> list[int]:
     return tokens
 
 
+def rounding_step(value: float, dtype: torch.dtype) -> float:
+    """Distance between adjacent numbers of ``dtype`` at magnitude |value| (one unit in the last
+    place): 2^(floor(log2|x|)) * eps, eps = 2^-7 for bf16, 2^-10 for fp16, 2^-23 for fp32."""
+    ax = abs(float(value))
+    if ax == 0.0 or not math.isfinite(ax):
+        return 0.0
+    return (2.0 ** math.floor(math.log2(ax))) * torch.finfo(dtype).eps
+
+
+def first_divergence(
+    base: Any,
+    prompt_ids: list[int],
+    reference: list[int],
+    other: list[int],
+    pad: int,
+    eos: Any = None,
+) -> dict[str, Any] | None:
+    """Where ``other`` first leaves greedy's ``reference`` output, and whether it was a tie.
+
+    Greedy's logits at that step are recomputed by re-running ``generate`` (deterministic, same
+    dtype) with ``output_logits``. ``gap`` = logit of greedy's token - logit of the other token;
+    a **tie** is a gap within one rounding step of the model's dtype at greedy's logit (a
+    multi-token forward reduces in another order, so such a choice can flip). None if identical.
+    """
+    n = min(len(reference), len(other))
+    i = next((j for j in range(n) if reference[j] != other[j]), None)
+    if i is None:
+        if len(reference) == len(other):
+            return None
+        return {"position": n, "gap": None, "tie": False, "note": "one output is a prefix of the other"}
+    x = torch.tensor([prompt_ids], device=base.device)
+    with torch.no_grad():
+        res = base.generate(
+            x,
+            attention_mask=torch.ones_like(x),
+            do_sample=False,
+            max_new_tokens=i + 1,
+            eos_token_id=eos,
+            pad_token_id=pad,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
+    logits = res.logits[i][0]
+    g, b = reference[i], other[i]
+    top = float(logits[g])
+    gap = top - float(logits[b])
+    # HF hands logits back in fp32 whatever the model computes in: round in the model's dtype
+    step = rounding_step(top, getattr(base, "dtype", logits.dtype))
+    return {
+        "position": i,
+        "greedy_token": g,
+        "other_token": b,
+        "greedy_logit": top,
+        "gap": gap,
+        "rounding_step": step,
+        "tie": bool(gap <= step),
+        "rerun_matches": res.sequences[0, len(prompt_ids) :].tolist()[: i + 1] == reference[: i + 1],
+    }
+
+
+def divergence_report(
+    base: Any, runs: dict[str, list[dict[str, Any]]], prompt_ids: dict[str, list[int]], pad: int, eos: Any
+) -> dict[str, Any]:
+    """Per method (not greedy): identical rate, identical-up-to-ties rate, and every divergence."""
+    out: dict[str, Any] = {}
+    ref = {r["id"]: r["output_ids"] for r in runs["greedy"]}
+    for name, rows in runs.items():
+        if name == "greedy":
+            continue
+        divs = []
+        for r in rows:
+            d = first_divergence(base, prompt_ids[r["id"]], ref[r["id"]], r["output_ids"], pad, eos)
+            if d is not None:
+                divs.append({"id": r["id"]} | d)
+        n = max(1, len(rows))
+        out[name] = {
+            "runs": len(rows),
+            "identical": (len(rows) - len(divs)) / n,
+            "identical_or_tie": (len(rows) - sum(not d["tie"] for d in divs)) / n,
+            "ties": sum(d["tie"] for d in divs),
+            "divergences": divs,
+        }
+    return out
+
+
+def render_divergence(div: dict[str, Any], dtype: str) -> str:
+    lines = [
+        f"### Equality with greedy ({dtype})",
+        "",
+        "A *tie*: at the first divergence, greedy's logit for its own token exceeds the other token's "
+        "by at most one rounding step of the dtype.",
+        "",
+        "| method | runs | identical | identical up to ties | first divergences (position: gap) |",
+        "|---|---|---|---|---|",
+    ]
+    for name, d in div.items():
+        where = ", ".join(
+            f"{x['position']}: {x['gap']:.3g}{' tie' if x['tie'] else ''}"
+            if x.get("gap") is not None
+            else f"{x['position']}: -"
+            for x in d["divergences"][:12]
+        )
+        lines.append(
+            f"| {name} | {d['runs']} | {100 * d['identical']:.0f}% | {100 * d['identical_or_tie']:.0f}% | {where or '-'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def speed_runs(
     model: BiTAModel,
     tokenizer: Any,
@@ -147,9 +256,12 @@ def speed_runs(
     pld_tokens: int | None = 10,
     warmup: int = 1,
     calibration: Any = None,
+    divergence: dict[str, Any] | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """Per-method, per-question records for ``speed_report`` (see the module docstring).
-    ``calibration``: the adapter's ``Calibration``, for ``auto:N`` trees."""
+    ``calibration``: the adapter's ``Calibration``, for ``auto:N`` trees. ``divergence``: a dict
+    to fill with ``divergence_report`` (first divergence from greedy and ties, untimed)."""
+    prompt_ids: dict[str, list[int]] = {}
     base = model.base
     eos_id = base.generation_config.eos_token_id
     if eos_id is None:
@@ -207,6 +319,7 @@ def speed_runs(
 
     for n, (p, ids) in enumerate(encoded, start=1):
         log.info("question %d/%d", n, len(encoded))
+        prompt_ids[p["id"]] = ids
         run_all({"id": p["id"], "category": p["category"]}, ids)
         users, answers = list(p.get("turn_texts", [])), []
         for turn, followup in enumerate(p.get("followups", []), start=2):
@@ -215,7 +328,10 @@ def speed_runs(
             users.append(followup)
             prompt = format_conversation(p["template"], users, answers, tokenizer=tokenizer)
             ids_next = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+            prompt_ids[f"{p['id']}-turn{turn}"] = ids_next
             run_all({"id": f"{p['id']}-turn{turn}", "category": p["category"]}, ids_next)
+    if divergence is not None:
+        divergence.update(divergence_report(base, runs, prompt_ids, pad, eos_id))
     return runs
 
 
@@ -236,6 +352,7 @@ def evaluate_speed(
     from leanlm.core.evaluation.speed import speed_report, write_report
     from leanlm.core.records import write_json
 
+    div: dict[str, Any] = {}
     runs = speed_runs(
         model,
         tokenizer,
@@ -245,8 +362,10 @@ def evaluate_speed(
         pld_tokens=pld_tokens,
         warmup=warmup,
         calibration=calibration,
+        divergence=div,
     )
     report = speed_report(runs, baseline="greedy")
+    report["equality"] = div
     report["settings"] = {
         "max_new_tokens": max_new_tokens,
         "questions": len(prompts),
@@ -260,7 +379,8 @@ def evaluate_speed(
     }
     out = Path(output_dir)
     write_json(out / "runs.json", runs)
-    write_report(out / "speed", report, title=title)
+    _, md = write_report(out / "speed", report, title=title)
+    md.write_text(md.read_text() + "\n" + render_divergence(div, str(model.dtype)))
     return report
 
 
