@@ -1,5 +1,6 @@
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -55,6 +56,7 @@ def test_last_checkpoint(tmp_path):
     assert last_checkpoint(tmp_path / "none") is None
     for n in (5, 40, 12):
         (tmp_path / f"checkpoint-{n}").mkdir()
+        (tmp_path / f"checkpoint-{n}" / "trainer_state.json").write_text(json.dumps({"global_step": n}))
     assert last_checkpoint(tmp_path).endswith("checkpoint-40")
 
 
@@ -74,3 +76,41 @@ def test_torchrun_two_process_trainer_step(tmp_path):
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["world"] for r in ranks] == [2, 2] and all(r["dist"] for r in ranks)
     assert ranks[0]["checksum"] == pytest.approx(ranks[1]["checksum"], rel=1e-9)  # DDP kept replicas equal
+
+
+def test_incomplete_checkpoints_are_skipped_and_moved_aside(tmp_path, caplog):
+    for n in (2, 4, 6):
+        (tmp_path / f"checkpoint-{n}").mkdir()
+    (tmp_path / "checkpoint-2" / "trainer_state.json").write_text(json.dumps({"global_step": 2}))
+    (tmp_path / "checkpoint-4" / "trainer_state.json").write_text(json.dumps({"global_step": 4}))
+    (tmp_path / "checkpoint-6" / "trainer_state.json").write_text('{"global_step": 6, "log_hist')  # torn
+    assert last_checkpoint(tmp_path).endswith("checkpoint-4")
+    assert (tmp_path / "incomplete-checkpoint-6").is_dir() and not (tmp_path / "checkpoint-6").exists()
+    assert "checkpoint-6 is incomplete" in caplog.text
+    (tmp_path / "checkpoint-4" / "trainer_state.json").unlink()  # a kill before it was written
+    assert last_checkpoint(tmp_path).endswith("checkpoint-2")
+
+
+def _resume_script(out: Path, mode: str) -> subprocess.CompletedProcess:
+    script = Path(__file__).with_name("resume_kill_script.py")
+    env = {k: v for k, v in os.environ.items() if k not in {"RANK", "WORLD_SIZE", "LOCAL_RANK"}}
+    env["OMP_NUM_THREADS"] = "1"
+    return subprocess.run([sys.executable, str(script), str(out), mode], env=env, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+
+
+def test_kill_mid_checkpoint_save_then_resume(tmp_path):
+    reference = _resume_script(tmp_path / "reference", "run")
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    killed = _resume_script(tmp_path / "killed", "kill-at-4")
+    assert killed.returncode == -signal.SIGKILL
+    run = tmp_path / "killed" / "run"
+    assert (run / "checkpoint-4").is_dir() and not (run / "checkpoint-4" / "trainer_state.json").exists()
+    resumed = _resume_script(tmp_path / "killed", "run")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "checkpoint-4 is incomplete" in resumed.stderr
+    result = json.loads((tmp_path / "killed" / "run.json").read_text())
+    ref = json.loads((tmp_path / "reference" / "run.json").read_text())
+    assert result["resumed_from"] == "checkpoint-2" and result["step"] == 6
+    assert (run / "incomplete-checkpoint-4").is_dir()
+    assert result["checksum"] == pytest.approx(ref["checksum"], rel=1e-6)  # same as never killed

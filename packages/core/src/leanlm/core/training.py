@@ -12,6 +12,8 @@ import dataclasses
 import difflib
 import json
 import logging
+import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -149,12 +151,52 @@ def _cpu_bf16_ok() -> bool:
     return True  # torch CPU autocast supports bf16; kept as a hook for platforms that do not
 
 
-def last_checkpoint(output_dir: str | Path) -> str | None:
-    """The newest ``checkpoint-N`` folder in ``output_dir``, or None."""
-    from transformers.trainer_utils import get_last_checkpoint
+CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+INCOMPLETE_PREFIX = "incomplete-"  # outside HF's ``checkpoint-*`` globs: never resumed, never rotated
 
+
+def checkpoint_complete(folder: str | Path) -> bool:
+    """Whether HF Trainer finished writing ``folder``: it writes ``trainer_state.json`` last (after the
+    weights, optimizer and RNG state), so a readable one for the same step means the rest is there."""
+    folder = Path(folder)
+    match = CHECKPOINT_PATTERN.match(folder.name)
+    try:
+        state = json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # missing, or torn by a kill mid-write
+        return False
+    return match is not None and isinstance(state, dict) and state.get("global_step") == int(match.group(1))
+
+
+def _is_rank_zero() -> bool:
+    return os.environ.get("RANK", "0") == "0" and os.environ.get("LOCAL_RANK", "0") == "0"
+
+
+def last_checkpoint(output_dir: str | Path) -> str | None:
+    """The newest complete ``checkpoint-N`` folder in ``output_dir``, or None.
+
+    A newer folder that a kill left half-written is moved aside to ``incomplete-checkpoint-N``
+    (by rank 0; other ranks just skip it) with a one-line warning, so the run resumes from the
+    newest complete checkpoint instead of failing on every re-run.
+    """
     folder = Path(output_dir)
-    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+    if not folder.is_dir():
+        return None
+    found = [
+        (int(m.group(1)), p)
+        for p in folder.iterdir()
+        if (m := CHECKPOINT_PATTERN.match(p.name)) and p.is_dir()
+    ]
+    for _, candidate in sorted(found, reverse=True):
+        if checkpoint_complete(candidate):
+            return str(candidate)
+        if _is_rank_zero():
+            aside = candidate.with_name(INCOMPLETE_PREFIX + candidate.name)
+            n = 1
+            while aside.exists():
+                aside, n = candidate.with_name(f"{INCOMPLETE_PREFIX}{n}-{candidate.name}"), n + 1
+            candidate.rename(aside)
+            log.warning("%s is incomplete (killed while saving?): moved aside to %s", candidate, aside.name)
+    return None
 
 
 def train_with_resume(trainer: Any, resume: bool | str = True) -> Any:
