@@ -12,6 +12,11 @@ point costs a small quadratic form instead of a pass over the tokens; the value 
 token-averaged error of the original (which subsampled 512 tokens). Layers are processed one at a
 time with full-precision inputs (each layer's output, computed unclipped, feeds the next).
 
+Fused projections: Phi-3's ``qkv_proj`` holds ``[q; k; v]`` rows; only its v rows are searched
+(q and k get their own group range, so clamping leaves them unchanged), which is what the search
+does with separate q/k/v layers. ``gate_up_proj`` is searched whole: the search is per output row,
+so that equals searching gate and up apart.
+
 Cache file (``torch.save``): ``{"format", "spec", "model", "clip": [(name, max [N, K/g, 1], min [N, K/g, 1])]}``;
 ``apply_clip`` clamps the latent weights of a model to it, checking names and shapes.
 """
@@ -37,6 +42,7 @@ log = logging.getLogger(__name__)
 
 CACHE_FORMAT = "leanlm-bitdistiller-clip/1"
 SKIP_PATTERNS = ("q_", "k_", "query", "key", "Wqkv")
+FUSED_QKV = "qkv_proj"  # Phi-3: rows [q; k; v], split by the config's head counts
 CALIB_DATASETS = ("text", "code", "gsm8k")
 
 
@@ -166,6 +172,28 @@ class _HessianHook:
         return self.h / max(self.count, 1)
 
 
+def fused_qkv_split(model: nn.Module, module: nn.Linear) -> int | None:
+    """Number of q + k rows at the top of a fused ``qkv_proj`` weight [q; k; v], or None when the
+    config's head counts do not explain its shape (then the layer is skipped, like q/k)."""
+    cfg = getattr(model, "config", None)
+    heads = getattr(cfg, "num_attention_heads", None)
+    if not heads:
+        return None
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    q_rows, kv_rows = heads * head_dim, kv_heads * head_dim
+    return q_rows + kv_rows if q_rows + 2 * kv_rows == module.out_features else None
+
+
+def _search_rows_from(
+    w: torch.Tensor, first: int, h: torch.Tensor, spec: QuantSpec, n_grid: int, max_shrink: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Search rows ``first:`` of ``w [N, K]``; rows above keep their own group max/min (no clipping)."""
+    top = w[:first].float().reshape(first, -1, spec.group_size)
+    mx, mn = search_clip(w[first:], h, spec, n_grid, max_shrink)
+    return torch.cat([top.amax(-1, keepdim=True), mx]), torch.cat([top.amin(-1, keepdim=True), mn])
+
+
 class _Stop(Exception):
     pass
 
@@ -228,7 +256,21 @@ def run_clip_search(
             for hd in handles:
                 hd.remove()
         for name, m in targets:
-            mx, mn = search_clip(m.weight.data, hooks[name].value(), spec, n_grid, max_shrink)
+            if name.rsplit(".", 1)[-1] == FUSED_QKV:
+                first = fused_qkv_split(model, m)
+                if first is None:
+                    if li == 0:
+                        log.warning("clip search: %s does not split into q/k/v by the config; skipped", name)
+                    continue
+                if li == 0:
+                    log.warning(
+                        "clip search: %s fuses q/k/v: only its v rows are clipped (q/k are skipped)", name
+                    )
+                mx, mn = _search_rows_from(
+                    m.weight.data, first, hooks[name].value(), spec, n_grid, max_shrink
+                )
+            else:
+                mx, mn = search_clip(m.weight.data, hooks[name].value(), spec, n_grid, max_shrink)
             clips.append((f"{prefix}.{li}.{name}", mx.cpu(), mn.cpu()))
         captured = [(o, kw) for o, (_, kw) in zip(outputs, captured)]
         log.info(
