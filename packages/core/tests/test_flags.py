@@ -147,3 +147,22 @@ def test_empty_model_folder_is_one_line(tmp_path) -> None:
 
     with pytest.raises(UserError, match="is empty; expected a model folder"):
         load_model(str(tmp_path))
+
+
+def test_library_request_logs_are_quiet_by_default(monkeypatch) -> None:
+    import logging
+
+    from leanlm.core.cli import setup_logging
+
+    monkeypatch.delenv("LEANLM_LOG_LEVEL", raising=False)
+    root = logging.getLogger()
+    before = root.level, logging.getLogger("leanlm").level
+    try:
+        setup_logging()
+        assert not logging.getLogger("httpx2").isEnabledFor(logging.INFO)  # openai's per-request lines
+        assert logging.getLogger("leanlm.lion").isEnabledFor(logging.INFO)
+        setup_logging("DEBUG")
+        assert logging.getLogger("httpx").isEnabledFor(logging.DEBUG)
+    finally:
+        root.setLevel(before[0])
+        logging.getLogger("leanlm").setLevel(before[1])

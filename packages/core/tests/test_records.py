@@ -108,3 +108,49 @@ def test_killed_writer_loses_no_finished_record(tmp_path):
     assert sorted(w.done) == list(range(n))
     w.close()
     assert len(read_jsonl(p)) == n  # the file itself parses after recovery
+
+
+def test_atomic_write_keeps_umask_and_existing_mode(tmp_path):
+    import os
+
+    from leanlm.core.records import write_text
+
+    old = os.umask(0o027)
+    try:
+        write_text(tmp_path / "new.txt", "x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "new.txt").stat().st_mode & 0o777 == 0o640  # 0666 & ~027, not mkstemp's 0600
+    (tmp_path / "new.txt").chmod(0o604)
+    write_text(tmp_path / "new.txt", "y")
+    assert (tmp_path / "new.txt").stat().st_mode & 0o777 == 0o604 and (
+        tmp_path / "new.txt"
+    ).read_text() == "y"
+
+
+def test_atomic_write_fsyncs_the_folder_after_the_rename(tmp_path, monkeypatch):
+    import leanlm.core.records as records
+
+    synced = []
+    monkeypatch.setattr(
+        records, "fsync_dir", lambda folder: synced.append((folder, (tmp_path / "a.json").exists()))
+    )
+    records.write_json(tmp_path / "a.json", {"a": 1})
+    assert synced == [(tmp_path, True)]
+
+
+def test_temp_files_of_killed_writers_are_removed(tmp_path):
+    import subprocess
+    import sys
+
+    from leanlm.core.records import write_json
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    stale = tmp_path / f".out.json.{dead.stdout.strip()}.abc123.tmp"  # a writer SIGKILLed mid-write
+    stale.write_text('{"half')
+    mine = tmp_path / f".out.json.{os.getpid()}.live.tmp"  # a live writer's file stays
+    mine.write_text("")
+    write_json(tmp_path / "out.json", [1])
+    assert not stale.exists() and mine.exists()

@@ -27,15 +27,15 @@ EXIT_USER_ERROR = 2
 
 
 def setup_logging(level: str | None = None) -> None:
-    level = (level or os.environ.get("LEANLM_LOG_LEVEL") or "INFO").upper()
+    """leanlm's own loggers at ``level`` (``$LEANLM_LOG_LEVEL``, default INFO); other libraries' at
+    WARNING (a request log line per HTTP call would bury the one line that matters), unless DEBUG."""
+    name = (level or os.environ.get("LEANLM_LOG_LEVEL") or "INFO").upper()
+    chosen = getattr(logging, name, logging.INFO)
     logging.basicConfig(
-        level=getattr(logging, level, logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", stream=sys.stderr
     )
-    for noisy in ("httpx", "httpcore", "urllib3", "filelock", "datasets", "openai._base_client"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger().setLevel(logging.DEBUG if chosen <= logging.DEBUG else logging.WARNING)
+    logging.getLogger("leanlm").setLevel(chosen)
 
 
 def fail(name: str, message: str) -> NoReturn:

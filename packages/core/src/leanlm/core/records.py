@@ -1,8 +1,8 @@
 """JSON and JSONL records: strict reading, atomic writing, and a resumable append-only writer.
 
 Every reader error names the file and the 1-based line number. Every whole-file write goes
-through a temporary file in the same folder followed by ``os.replace``, so a crash leaves
-either the old file or the new one, never half of one.
+through a temporary file in the same folder (fsynced), ``os.replace`` and an fsync of the folder,
+so a crash leaves either the old file or the new one, never half of one.
 """
 
 from __future__ import annotations
@@ -82,18 +82,62 @@ def read_records(path: str | os.PathLike) -> list[Record]:
     return data
 
 
+def _umask() -> int:
+    mask = os.umask(0)  # the only portable way to read it: set and restore at once
+    os.umask(mask)
+    return mask
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def _remove_stale_temps(p: Path) -> None:
+    """Delete ``.<name>.<pid>.*.tmp`` files beside ``p`` left by writers that were killed."""
+    for tmp in p.parent.glob(f".{p.name}.*.tmp"):
+        pid = tmp.name[len(p.name) + 2 :].split(".", 1)[0]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+
+def fsync_dir(folder: str | os.PathLike) -> None:
+    """Flush a folder's entries (a rename in it) to disk, where the platform allows it."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
-    """Open a temporary file beside ``path``; on success it replaces ``path`` atomically."""
+    """Open a temporary file beside ``path``; on success it replaces ``path`` atomically.
+
+    The data is fsynced before the rename and the folder after it, so after a crash ``path`` holds
+    the old or the new content. The file gets the permissions of the file it replaces, or those the
+    user's umask gives a new file (not ``mkstemp``'s 0600). Temporary files of killed writers
+    (their pid is in the name) are removed on the next write.
+    """
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    _remove_stale_temps(p)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.{os.getpid()}.", suffix=".tmp", dir=p.parent)
     try:
+        os.fchmod(fd, (p.stat().st_mode & 0o7777) if p.exists() else (0o666 & ~_umask()))
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, p)
+        fsync_dir(p.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
