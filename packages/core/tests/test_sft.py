@@ -1,6 +1,9 @@
+import pytest
 import torch
 
-from leanlm.core.sft import IGNORE_INDEX, PaddingCollator, tokenize_example
+from leanlm.core.sft import IGNORE_INDEX, PaddingCollator, encode_prompt, tokenize_example
+from leanlm.core.templates import format_prompt
+from leanlm.core.tiny_models import ARCH_STYLE, ARCHITECTURES, STYLES, tiny_tokenizer
 
 
 def test_prompt_tokens_are_masked(tokenizer):
@@ -35,3 +38,20 @@ def test_collator_stacks_scalar_fields():
     batch = PaddingCollator(pad_token_id=0)(feats)
     assert batch["group_count"].tolist() == [2, 1]
     assert batch["input_ids"].tolist() == [[5, 6], [7, 0]]
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("template", ["chat", "alpaca"])
+def test_one_bos_per_architecture(arch, template):
+    """Chat-rendered text already holds the BOS on BOS-adding tokenizers: no second one is added."""
+    tok = tiny_tokenizer(arch)
+    prompt = format_prompt(template, "Name a colour.", tokenizer=tok)
+    ids = tokenize_example(tok, prompt, "Blue.")["input_ids"]
+    if STYLES[ARCH_STYLE[arch]].bos is None:  # Qwen style: nothing is added to the text's own tokens
+        assert encode_prompt(tok, prompt) == tok(prompt, add_special_tokens=False)["input_ids"]
+        return
+    bos = tok.bos_token_id
+    assert ids[0] == bos and ids.count(bos) == 1
+    body = prompt.removeprefix(tok.bos_token)
+    assert encode_prompt(tok, prompt) == [bos, *tok(body, add_special_tokens=False)["input_ids"]]
+    assert (template == "chat") == prompt.startswith(tok.bos_token)  # both paths were exercised

@@ -2,6 +2,7 @@ import pytest
 
 from leanlm.core.errors import UserError
 from leanlm.core.templates import TEMPLATES, default_template_for, format_conversation, format_prompt
+from leanlm.core.tiny_models import ARCHITECTURES, tiny_tokenizer
 
 
 def test_alpaca_with_and_without_input():
@@ -61,6 +62,26 @@ def test_default_template_for():
     assert default_template_for("llama2-7b-chat") == "llama2_chat"
     assert default_template_for("vicuna-13b") == "vicuna_v1.1"
     assert default_template_for("default") == "chat"
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_default_template_is_the_tokenizers_chat_template(arch, tmp_path):
+    """Llama-3, Qwen, Mistral, Gemma, Phi-3 folders ship a chat template: it is chosen, not alpaca."""
+    tok = tiny_tokenizer(arch)
+    folder = tmp_path / f"my-{arch}-instruct"
+    tok.save_pretrained(folder)
+    assert default_template_for(str(folder)) == "chat"
+    assert default_template_for("some-unknown-model", tokenizer=tok) == "chat"
+
+
+def test_default_template_without_chat_template_falls_back_to_the_name(tmp_path, tokenizer):
+    import copy
+
+    plain = copy.deepcopy(tokenizer)
+    plain.chat_template = None
+    plain.save_pretrained(tmp_path / "my-model")
+    assert default_template_for(str(tmp_path / "my-model")) == "alpaca"
+    assert default_template_for("vicuna-7b", tokenizer=plain) == "vicuna_v1.1"
 
 
 def test_conversation_one_turn_equals_format_prompt(tokenizer):

@@ -115,7 +115,9 @@ def packed_masks(
 
 def tokenize_pair(tokenizer: Any, prompt: str, response: str) -> tuple[list[int], list[int]]:
     """Prompt ids (with the tokenizer's special tokens) and response ids + EOS."""
-    src = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+    from leanlm.core.sft import encode_prompt
+
+    src = encode_prompt(tokenizer, prompt)  # one BOS, also when a chat template rendered it already
     tgt = tokenizer(response, add_special_tokens=False)["input_ids"]
     if tokenizer.eos_token_id is not None:
         tgt = tgt + [tokenizer.eos_token_id]

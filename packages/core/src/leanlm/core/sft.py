@@ -16,6 +16,18 @@ import torch
 IGNORE_INDEX = -100
 
 
+def encode_prompt(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of a rendered prompt carrying exactly the BOS its model expects.
+
+    Text rendered by a chat template already starts with the BOS text on Llama-3, Gemma,
+    Mistral-style and Phi-3 tokenizers; encoding it with special tokens would add a second BOS.
+    So special tokens are added only when the text does not already start with the BOS.
+    """
+    bos = getattr(tokenizer, "bos_token", None)
+    starts_with_bos = bool(bos) and text.startswith(bos)
+    return tokenizer(text, add_special_tokens=not starts_with_bos)["input_ids"]
+
+
 def tokenize_example(
     tokenizer: Any,
     prompt: str,
@@ -30,7 +42,7 @@ def tokenize_example(
     The prompt is cut from the left to ``max_prompt_length`` (default: half of ``max_length``) so
     that a long prompt always leaves room for response tokens; the response is cut on the right.
     """
-    prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+    prompt_ids = encode_prompt(tokenizer, prompt)
     response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
     if add_eos and tokenizer.eos_token_id is not None:
         response_ids = response_ids + [tokenizer.eos_token_id]

@@ -171,9 +171,33 @@ def format_conversation(
     return text
 
 
-def default_template_for(model_name: str) -> str:
-    """The template a model family expects: chat for tokenizers with one, else by name."""
-    n = model_name.lower()
+def _local_tokenizer(model_name: str) -> Any:
+    """The model's tokenizer when it is on disk (a folder, a checkpoint, the embedded model, the hub
+    cache), else None: choosing a template never downloads anything."""
+    from leanlm.core.models import load_tokenizer, resolve_model
+
+    try:
+        r = resolve_model(model_name)
+        if r.kind in ("local", "checkpoint", "embedded"):
+            return load_tokenizer(model_name)
+        if r.kind == "hub" and r.status == "yes":
+            return load_tokenizer(model_name, local_files_only=True)
+    except Exception:  # noqa: BLE001 - no usable local tokenizer: fall back to the name
+        return None
+    return None
+
+
+def default_template_for(model_name: str, tokenizer: Any = None) -> str:
+    """The template a model expects: ``chat`` whenever its tokenizer has a chat template (Llama-3,
+    Qwen, Mistral, Gemma, Phi-3 instruct models all ship one), else chosen by name.
+
+    ``tokenizer``: the model's tokenizer when the caller has it; otherwise it is looked up on disk.
+    """
+    if tokenizer is None:
+        tokenizer = _local_tokenizer(str(model_name))
+    if tokenizer is not None and getattr(tokenizer, "chat_template", None):
+        return "chat"
+    n = str(model_name).lower()
     if "llama2" in n or "llama-2" in n:
         return "llama2_chat"
     if "vicuna" in n:

@@ -140,7 +140,7 @@ def chat(
     (router cost included) and KV-entries ratio. ``--dllm ''`` runs the plain base model.
     """
     from leanlm.core.models import load_tokenizer
-    from leanlm.core.sft import PaddingCollator
+    from leanlm.core.sft import PaddingCollator, encode_prompt
     from leanlm.core.templates import format_prompt
     from leanlm.dllm.decode import generate
 
@@ -148,7 +148,10 @@ def chat(
     net = _load(dllm, model, dtype)
     tokenizer = load_tokenizer(model or net.config.base_model)
     prompts = [format_prompt("alpaca", q) for q in questions]
-    feats = [{"input_ids": ids, "attention_mask": [1] * len(ids)} for ids in tokenizer(prompts)["input_ids"]]
+    feats = [
+        {"input_ids": ids, "attention_mask": [1] * len(ids)}
+        for ids in (encode_prompt(tokenizer, p) for p in prompts)
+    ]
     batch = PaddingCollator(tokenizer.pad_token_id, side="left")(feats)
     out = generate(net, batch["input_ids"], batch["attention_mask"], max_new_tokens=max_new_tokens,
                    eos_token_id=tokenizer.eos_token_id, temperature=temperature, top_p=top_p, seed=seed)  # fmt: skip

@@ -46,7 +46,9 @@ def encode_pair(
     tokenizer: Any, prompt: str, target: str, source_max_len: int, target_max_len: int
 ) -> dict[str, list[int]]:
     """input_ids = prompt[-source_max_len:] + (target + EOS)[:target_max_len]; labels -100 on the prompt."""
-    prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"] if prompt else []
+    from leanlm.core.sft import encode_prompt
+
+    prompt_ids = encode_prompt(tokenizer, prompt) if prompt else []  # one BOS, chat-rendered or not
     if tokenizer.bos_token_id is not None and not prompt_ids:
         prompt_ids = [tokenizer.bos_token_id]
     prompt_ids = prompt_ids[-source_max_len:] if source_max_len > 0 else []
