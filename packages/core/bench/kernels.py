@@ -5,7 +5,9 @@ int8 (SwitchBack's forward): ``quantize_rowwise(X)`` + ``int8_matmul_global_dequ
 low-bit (BitDistiller's packed export): ``lowbit_matmul`` (dequantize inside the matmul) against a
 16-bit ``X @ W^T`` with the unpacked weight, and against the PyTorch path (unpack, dequantize, matmul).
 Shapes are LLaMA-7B's projections (K = 4096, N = 4096 and 11008) at decode (M = 1, 16) and prefill
-(M = 2048) sizes on CUDA; smaller ones on CPU.
+(M = 2048) sizes on CUDA; smaller ones on CPU. packed (``leanlm.core.packed.PackedLinear``, bf16
+activations, g = 64): PyTorch's int4 weight-only kernel against the exact dequantize-matmul and dense
+fp32/bf16 ``F.linear``, including SmolLM2-135M's shapes on CPU.
 
     uv run python packages/core/bench/kernels.py                   # CPU, small shapes
     python packages/core/bench/kernels.py --device cuda            # a GPU: Triton kernels
@@ -126,6 +128,40 @@ def lowbit_rows(
     return rows
 
 
+def packed_rows(device: str, shapes: list[tuple[int, int, int]], bits_list: list[int], group: int,
+                repeats: int) -> list[dict[str, Any]]:  # fmt: skip
+    """PackedLinear with bf16 activations: PyTorch's int4 kernel (CPU / tinygemm) vs the exact path, fp32, bf16."""
+    from leanlm.core.kernels import int4pack
+    from leanlm.core.packed import PackedLinear
+
+    rows = []
+    for m, k, n in shapes:
+        for bits in bits_list:
+            if k % group or (k * bits) % 32 or (n * bits) % 32:
+                continue
+            w = torch.randn(n, k, device=device) * 0.02
+            q = lowbit.quantize_asym(w, bits, group)
+            layer = PackedLinear.from_codes(q.codes, q.scales, q.zeros, bits, group).to(device)
+            x = torch.randn(m, k, device=device, dtype=torch.bfloat16)
+            w32, w16 = layer.dequantized(torch.float32), layer.dequantized(torch.bfloat16)
+            x32 = x.float()
+            row = {"m": m, "k": k, "n": n, "bits": bits, "group": group,
+                   "fp32_ms": timed(partial(torch.nn.functional.linear, x32, w32), device, repeats),
+                   "bf16_ms": timed(partial(torch.nn.functional.linear, x, w16), device, repeats),
+                   "exact_ms": timed(partial(layer._exact, x), device, repeats)}  # fmt: skip
+            ok = int4pack.cpu_supported(k, group) if device == "cpu" else int4pack.cuda_supported(n, k, group)
+            row["int4pack_ms"] = (
+                timed(partial(layer._int4_matmul, x), device, repeats) if ok else float("nan")
+            )
+            row["auto"] = layer.kernel_for(x)
+            row["auto_ms"] = timed(partial(layer, x), device, repeats)
+            row["auto_vs_fp32"] = row["fp32_ms"] / row["auto_ms"]
+            row["auto_vs_bf16"] = row["bf16_ms"] / row["auto_ms"]
+            rows.append(row)
+            print(row, flush=True)
+    return rows
+
+
 def markdown(result: dict[str, Any]) -> str:
     lines = [f"## kernels on {result['device_name']}", "",
              f"torch {result['torch']}, triton {result['triton']}; median ms per call"
@@ -144,6 +180,15 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(f"| {r['m']} | {r['k']} | {r['n']} | {r['bits']} | {r['group']} | {r['path']} | "
                      f"{r['float_ms']:.3f} | {r['lowbit_ms']:.3f} | {r['lowbit_vs_float']:.2f}x | "
                      f"{r['unfused_torch_ms']:.3f} | {r['lowbit_vs_unfused']:.2f}x | {r['weight_bytes_ratio']:.1f} |")  # fmt: skip
+    if result.get("packed"):
+        lines += ["", "### PackedLinear, bf16 activations: PyTorch int4 kernel (CPU int4pack / CUDA tinygemm) vs the exact "
+                  "dequantize-matmul (Triton on CUDA), fp32 and bf16 dense; `auto` is what forward() picks",
+                  "", "| M | K | N | bits | g | fp32 ms | bf16 ms | exact ms | int4 kernel ms | auto | auto ms | vs fp32 | vs bf16 |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for r in result["packed"]:
+            lines.append(f"| {r['m']} | {r['k']} | {r['n']} | {r['bits']} | {r['group']} | {r['fp32_ms']:.3f} | "
+                         f"{r['bf16_ms']:.3f} | {r['exact_ms']:.3f} | {r['int4pack_ms']:.3f} | {r['auto']} | "
+                         f"{r['auto_ms']:.3f} | {r['auto_vs_fp32']:.2f}x | {r['auto_vs_bf16']:.2f}x |")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -175,12 +220,14 @@ def main() -> None:
             (2048, 4096, 4096),
         ]
         int8_dtype = lowbit_dtype = torch.bfloat16
+        packed_shapes = [(1, 4096, 4096), (16, 4096, 4096), (1, 4096, 11008), (16, 4096, 11008)]
         name = torch.cuda.get_device_name()
     else:
         torch.set_num_threads(1)  # see leanlm.core.testing: the shared 2-core CPU punishes OpenMP barriers
         int8_shapes = [(256, 1024, 1024), (2048, 2048, 2048)]
         lowbit_shapes = [(1, 2048, 2048), (16, 2048, 2048)]
         int8_dtype, lowbit_dtype = torch.bfloat16, torch.float32
+        packed_shapes = [(1, 576, 1536), (1, 1536, 576), (1, 576, 49152), (1, 4096, 4096), (16, 4096, 4096)]
         name = f"cpu ({platform.machine()}, {torch.get_num_threads()} thread)"
     try:
         import triton
@@ -191,7 +238,8 @@ def main() -> None:
     bits = [int(b) for b in args.bits.split(",")]
     result = {"device": args.device, "device_name": name, "torch": torch.__version__, "triton": triton_version,
               "int8": int8_rows(args.device, int8_shapes, int8_dtype, args.repeats),
-              "lowbit": lowbit_rows(args.device, lowbit_shapes, bits, args.group, lowbit_dtype, args.repeats)}  # fmt: skip
+              "lowbit": lowbit_rows(args.device, lowbit_shapes, bits, args.group, lowbit_dtype, args.repeats),
+              "packed": packed_rows(args.device, packed_shapes, bits, 64, args.repeats)}  # fmt: skip
     save_section(args.out, f"kernels_{args.device}", result, markdown(result))
 
 

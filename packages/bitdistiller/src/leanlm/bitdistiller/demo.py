@@ -1,4 +1,4 @@
-"""Toy end-to-end BitDistiller on CPU: clip -> teacher data -> a few KD-QAT steps -> perplexity.
+"""Toy end-to-end BitDistiller on CPU: clip -> teacher data -> a few KD-QAT steps -> perplexity -> GGUF.
 
 int2, g=64 (SmolLM2's 576-wide layers), tiny calibration, 8 teacher answers, 4 QAT steps; the
 numbers show the pipeline runs, not the method's quality (see bench/ for that).
@@ -64,6 +64,13 @@ def run_demo(out_dir: Path, model: str = "default") -> DemoResult:
             (("fp32", fp), ("int2 RTN", rtn), ("int2 clip", clipped), ("int2 clip + KD-QAT (4 steps)", qat))}  # fmt: skip
     timings["ppl"] = time.time() - t
 
+    # the QAT model as one GGUF file (exact Q4_1 re-encoding of its int2 codes) that llama.cpp runs
+    from leanlm.bitdistiller.gguf_export import export_gguf
+
+    t = time.time()
+    gguf = export_gguf(qat, tok, out / "qat-int2.gguf", spec)
+    timings["gguf"] = time.time() - t
+
     lines = [
         f"{spec.name}: clip search ({len(clips)} layers, {timings['clip']:.0f} s), {teacher['records']} teacher "
         f"answers ({timings['teacher']:.0f} s), {summary['steps']} CAKLD steps (gamma {summary['gamma']:.3f}, "
@@ -72,6 +79,10 @@ def run_demo(out_dir: Path, model: str = "default") -> DemoResult:
         "| model | ppl |",
         "|---|---|",
         *[f"| {k} | {v:.1f} |" for k, v in rows.items()],
+        "",
+        f"GGUF export (Q4_1, exact): {gguf['gguf']}, {gguf['bytes'] / 2**20:.1f} MiB ({timings['gguf']:.0f} s); "
+        "run it with llama.cpp (llama-cli -m FILE).",
     ]
     return DemoResult("bitdistiller", ok=True, seconds=time.time() - t0, summary="\n".join(lines),
-                      metrics={"ppl": rows, "gamma": summary["gamma"], "timings": timings})  # fmt: skip
+                      metrics={"ppl": rows, "gamma": summary["gamma"], "timings": timings,
+                               "gguf_bytes": gguf["bytes"]})  # fmt: skip

@@ -438,6 +438,7 @@ def save_packed(model: nn.Module, out_dir: str | Path, quantization_config: dict
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     config = model.config.to_dict()
+    config["use_cache"] = True  # an inference artifact: QAT checkpoints save use_cache=False (checkpointing)
     config["quantization_config"] = quantization_config
     write_json(out / "config.json", config)
     write_json(
