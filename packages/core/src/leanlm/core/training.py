@@ -88,9 +88,34 @@ def resolve_deepspeed(choice: str | None, output_dir: str | Path) -> str | None:
     raise UserError(f"--deepspeed {choice!r}: not a file and not one of {', '.join(DEEPSPEED_PRESETS)}")
 
 
-def fsdp_options(layer_class: str = "LlamaDecoderLayer", cpu_offload: bool = False) -> dict[str, Any]:
-    """TrainingArguments fields for FSDP full sharding, wrapping each decoder layer."""
-    config: dict[str, Any] = {"transformer_layer_cls_to_wrap": [layer_class], "reshard_after_forward": True}
+def decoder_layer_classes(model: Any) -> list[str]:
+    """The class names FSDP wraps: the model's ``_no_split_modules`` (its decoder layer, e.g.
+    ``Qwen3DecoderLayer``), found through wrappers such as peft or a method's own module."""
+    for module in model.modules():
+        names = getattr(module, "_no_split_modules", None)
+        if names:
+            return sorted(names)
+    raise UserError(
+        f"{type(model).__name__} names no decoder layer (_no_split_modules) for FSDP to wrap; "
+        "pass fsdp_options(layer_class=...)"
+    )
+
+
+def fsdp_options(
+    layer_class: str | list[str] | None = None, cpu_offload: bool = False, model: Any = None
+) -> dict[str, Any]:
+    """TrainingArguments fields for FSDP full sharding, wrapping each decoder layer.
+
+    The layer class is ``layer_class`` when given, else derived from ``model``; with neither, it is
+    left to accelerate, which takes the wrapped model's ``_no_split_modules`` when it shards it.
+    """
+    config: dict[str, Any] = {"reshard_after_forward": True}
+    if layer_class is not None:
+        config["transformer_layer_cls_to_wrap"] = (
+            [layer_class] if isinstance(layer_class, str) else list(layer_class)
+        )
+    elif model is not None:
+        config["transformer_layer_cls_to_wrap"] = decoder_layer_classes(model)
     if cpu_offload:
         config["cpu_offload"] = True
     return {"fsdp": True, "fsdp_config": config}
@@ -103,6 +128,7 @@ def training_arguments(
     *,
     deepspeed: str | None = None,
     fsdp: bool = False,
+    model: Any = None,
 ) -> Any:
     """Build ``transformers.TrainingArguments`` from method ``defaults`` + user ``overrides``.
 
@@ -142,8 +168,8 @@ def training_arguments(
         merged["fp16"] = not merged["bf16"]
     if deepspeed:
         merged["deepspeed"] = resolve_deepspeed(deepspeed, output_dir)
-    if fsdp:
-        merged.update(fsdp_options())
+    if fsdp:  # wraps ``model``'s decoder layer class (or, without a model, what accelerate derives)
+        merged.update(fsdp_options(model=model))
     return TrainingArguments(output_dir=str(output_dir), **merged)
 
 
