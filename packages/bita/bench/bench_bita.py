@@ -69,14 +69,28 @@ def main() -> None:
     ap.add_argument(
         "--turns", type=int, default=1, help="2: also MT-Bench's second turns (bita-eval --turns)"
     )
-    ap.add_argument("--trees", default="5;3,2,1;2,1,1;1,1,1;2,1;1,1")
+    ap.add_argument(
+        "--trees",
+        default="1;1-1;3-2-1;auto:4;auto:8;1+pld:3",
+        help="';'-separated trees (bita-eval syntax: 1, 1-1, tri:5, auto:N, <tree>+pld:L)",
+    )
+    ap.add_argument(
+        "--calibrate-prompts",
+        type=int,
+        default=64,
+        help="training prompts decoded for bita-eval --calibrate (held-in; 0 skips, auto:N then fails)",
+    )
+    ap.add_argument("--calibrate-tokens", type=int, default=64)
+    ap.add_argument(
+        "--dtype", default=None, help="model dtype for calibration and evaluation (e.g. bfloat16)"
+    )
     ap.add_argument("--pld-tokens", type=int, default=10)
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (the CPU is shared)")
     args = ap.parse_args()
 
     import torch
 
-    from leanlm.bita.evaluate import evaluate_speed, load_eval_prompts
+    from leanlm.bita.evaluate import evaluate_speed, load_eval_prompts, render_divergence
     from leanlm.bita.model import BiTAConfig, BiTAModel, describe, load_bita
     from leanlm.bita.prompts import generate_outputs, make_prompts, training_records
     from leanlm.bita.train import train_adapter
@@ -140,6 +154,25 @@ def main() -> None:
         timings["train_s"] = time.time() - t0
     logging.info(describe(bita))
 
+    # 2b. calibration on held-in (training) prompts, saved beside the adapter
+    from leanlm.bita.calibration import load_calibration
+    from leanlm.bita.evaluate import calibrate_adapter
+
+    if args.dtype:
+        bita = bita.to(getattr(torch, args.dtype))
+    calibration_summary = {}
+    if args.calibrate_prompts and load_calibration(adapter) is None:
+        t0 = time.time()
+        held_in = [{"prompt": p["prompt"]} for p in prompts[: args.calibrate_prompts]]
+        calibration_summary = calibrate_adapter(
+            bita, tok, held_in, adapter, max_new_tokens=args.calibrate_tokens
+        )
+        timings["calibrate_s"] = time.time() - t0
+    elif load_calibration(adapter) is not None:
+        from leanlm.bita.calibration import summary as calibration_stats
+
+        calibration_summary = calibration_stats(load_calibration(adapter))
+
     # 3. speed on the Spec-Bench subset
     t0 = time.time()
     questions = load_eval_prompts(
@@ -155,6 +188,7 @@ def main() -> None:
         trees=trees,
         pld_tokens=args.pld_tokens,
         title="BiTA on Spec-Bench (CPU, embedded SmolLM2-135M)",
+        calibration=load_calibration(adapter),
     )
     timings["eval_s"] = time.time() - t0
 
@@ -186,12 +220,14 @@ def main() -> None:
         "training": summary,
         "report": report,
         "mask_accuracy": accuracy,
+        "calibration": calibration_summary,
     }
     write_json(out / "results.json", results)
     methods = report["methods"]
     best = max((m for m in methods if m.startswith("bita")), key=lambda m: methods[m]["overall"]["speedup"])
     lines = [
         render_markdown(report, "BiTA on Spec-Bench (CPU, embedded SmolLM2-135M)"),
+        render_divergence(report.get("equality", {}), str(bita.dtype)),
         f"Fastest tree here: `{best}` ({methods[best]['overall']['speedup']:.2f}x, "
         f"mean accepted {methods[best]['overall']['mean_accepted']:.2f}).",
         "",
@@ -203,6 +239,8 @@ def main() -> None:
             )
             for where, acc in accuracy.items()
         ),
+        "",
+        f"Calibration (held-in prompts): {json.dumps(calibration_summary)}",
         "",
         f"Settings: {json.dumps(settings)}",
         f"Timings (s): {json.dumps({k: round(v, 1) for k, v in timings.items()})}",
