@@ -3,6 +3,7 @@ equal HF's own forward; real skipping decodes exactly like the full-recompute re
 gradients reach the routers; anything else is refused with one line."""
 
 import copy
+import json
 
 import pytest
 import torch
@@ -90,3 +91,46 @@ def test_other_architectures_refused():
             DLLM(model, DLLMConfig())
         msg = str(e.value)
         assert "\n" not in msg and "Qwen3" in msg and "Phi-3" in msg and model.config.model_type in msg
+
+
+@pytest.fixture(scope="module")
+def piqa_rows(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("piqa")
+    rows = [
+        {"goal": f"open jar {i}", "sol1": "twist the lid", "sol2": "eat the lid", "answer": 1}
+        for i in range(6)
+    ]
+    for split, part in (("train", rows), ("test", rows[:2])):
+        (folder / f"{split}.json").write_text(json.dumps(part))
+    (folder / "prompt.json").write_text(json.dumps({"prompt": "Goal: {goal}\n1) {sol1}\n2) {sol2}\nAnswer:"}))
+    return folder
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_console_scripts_per_architecture(arch, piqa_rows, tmp_path):
+    from test_data_cli import _run
+
+    from leanlm.core.tiny_models import tiny_model_dir
+
+    model = tiny_model_dir(arch, tmp_path / arch, num_layers=3)
+    out = tmp_path / "run"
+    r = _run("dllm-finetune", piqa_rows, "--model", model, "--output", out, "--max_steps", 2, "--batch_size", 2,
+             "--start_layer", 1)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = tmp_path / "eval.json"
+    r = _run("dllm-eval", "--dllm", out / "dllm", "--model", model, "--data", piqa_rows, "--output", res)
+    assert r.returncode == 0, r.stderr[-2000:]
+    result = json.loads(res.read_text())
+    assert result["examples"] == 2 and 0 < result["flops_ratio"] <= 1.1
+
+
+def test_unsupported_folder_refused_by_the_cli_before_loading(piqa_rows, tmp_path):
+    from test_data_cli import _run
+    from transformers import OlmoConfig, OlmoForCausalLM
+
+    folder = tmp_path / "olmo"
+    OlmoForCausalLM(OlmoConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                               num_attention_heads=2)).save_pretrained(folder)  # fmt: skip
+    r = _run("dllm-finetune", piqa_rows, "--model", folder, "--output", tmp_path / "run")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert "olmo" in r.stderr and "Gemma2" in r.stderr and not (tmp_path / "run").exists()

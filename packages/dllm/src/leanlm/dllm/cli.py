@@ -70,12 +70,13 @@ def finetune(
     from leanlm.core.models import load_model, load_tokenizer
     from leanlm.dllm.config import DLLMConfig
     from leanlm.dllm.data import load_examples, tokenize
-    from leanlm.dllm.model import DLLM
+    from leanlm.dllm.model import DLLM, check_supported_name
     from leanlm.dllm.train import finetune as run_finetune
 
     config = DLLMConfig(start_layer=start_layer, reserve_initials=reserve_initials, target=target,
                         lambda_max=lambda_max, lambda_ramp=lambda_ramp, ratio_scope=ratio_scope, router_hidden=router_hidden, lora_rank=lora_rank,
                         dynamic=not parse_bool(dense, "--dense"), base_model=model).validate()  # fmt: skip
+    check_supported_name(model)  # before data, launch and weights
     examples = load_examples(data, "train", template=template, limit=limit, test_size=test_size, seed=seed,
                              choice_format=choice_format)  # fmt: skip
     maybe_launch(nproc)

@@ -63,15 +63,30 @@ SUPPORTED_NAMES = "Llama (LLaMA-2, Llama-3, TinyLlama, SmolLM2), Qwen2, Qwen3, M
 ATTN_IMPL = "leanlm_dllm"
 
 
+def _unsupported(got: str) -> UserError:
+    return UserError(
+        f"D-LLM supports {SUPPORTED_NAMES} (model_type {', '.join(SUPPORTED_MODEL_TYPES)}); got {got}"
+    )
+
+
 def check_supported(model: nn.Module) -> str:
     """The model's ``model_type`` if D-LLM handles its blocks, else one UserError naming the supported ones."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type not in SUPPORTED_MODEL_TYPES:
-        raise UserError(
-            f"D-LLM supports {SUPPORTED_NAMES} (model_type {', '.join(SUPPORTED_MODEL_TYPES)}); "
-            f"got {model_type or type(model).__name__}"
-        )
+        raise _unsupported(model_type or type(model).__name__)
     return model_type
+
+
+def check_supported_name(name: str) -> None:
+    """Refuse an unsupported local model folder before anything loads (reads its config.json only)."""
+    from leanlm.core.models import resolve_model
+
+    r = resolve_model(name)
+    config = Path(r.location) / "config.json"
+    if r.kind in ("local", "checkpoint") and config.is_file():
+        model_type = json.loads(config.read_text()).get("model_type")
+        if model_type not in SUPPORTED_MODEL_TYPES:
+            raise _unsupported(f"{model_type} ({name})")
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor, scale: float,
