@@ -42,6 +42,36 @@ class LeanLM:
             rows.append(f"{d.name:<14} {d.family:<12} {n:>8}  {d.source}")
         return "\n".join(rows)
 
+    def serve(
+        self,
+        model: str = "default",
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        served_name: str | None = None,
+        api_key: str | None = None,
+        max_batch: int = 8,
+        max_queue: int = 256,
+        max_prompt_tokens: int = 4096,
+        max_tokens: int = 1024,
+        dtype: str | None = None,
+        device: str | None = None,
+    ) -> None:
+        """Serve MODEL (any folder load_model opens: HF, packed low-bit, a fine-tune) with the OpenAI API.
+
+        /v1/chat/completions, /v1/completions (both with "stream": true), /v1/models on HOST:PORT.
+        Requests waiting together are decoded as one batch (up to --max_batch); --api_key makes clients
+        send "Authorization: Bearer KEY"; prompts over --max_prompt_tokens and max_tokens over
+        --max_tokens get a 400. --served_name is the model name clients send (default: MODEL).
+        """
+        import os
+
+        from leanlm.core.serving import serve
+
+        if not 0 < int(port) < 65536:
+            raise UserError(f"--port must be in 1..65535, got {port}")
+        serve(model, host, int(port), served_name, api_key or os.environ.get("LEANLM_API_KEY"), max_batch,
+              max_queue, max_prompt_tokens, max_tokens, dtype, device)  # fmt: skip
+
     def demo(self, *methods: str, out_dir: str = "leanlm-demo", model: str = "default") -> str:
         """Run each installed method end to end on the embedded model (offline, CPU); writes a report."""
         from leanlm.core.demo import installed_methods, run_demos, write_report
