@@ -1,15 +1,17 @@
-"""Clipping search on Phi-3's fused qkv_proj/gate_up_proj equals the search on the same weights as
-separate q/k/v and gate/up layers (a Llama with identical weights is the reference)."""
+"""Clipping search on every tiny architecture: per-layer inputs as in a plain forward, and Phi-3's
+fused qkv_proj/gate_up_proj equal to the search on the same weights as separate q/k/v and gate/up
+layers (a Llama with identical weights is the reference)."""
 
 from __future__ import annotations
 
 import logging
 
+import pytest
 import torch
 
-from leanlm.bitdistiller.clip import apply_clip, run_clip_search
+from leanlm.bitdistiller.clip import _HessianHook, apply_clip, fused_qkv_split, run_clip_search, search_clip
 from leanlm.bitdistiller.quant import QuantSpec
-from leanlm.core.tiny_models import tiny_model
+from leanlm.core.tiny_models import ARCHITECTURES, tiny_model
 
 
 def _llama_twin(phi3):
@@ -74,3 +76,33 @@ def test_fused_search_equals_separate_layers(caplog):
     assert torch.equal(after[:qk_rows], before[:qk_rows]) and not torch.equal(
         after[qk_rows:], before[qk_rows:]
     )
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_search_equals_hessians_of_a_plain_forward(arch):
+    """Each layer's Hessians come from the inputs it sees in the model's own forward pass (with its
+    own mask: sliding-window and full layers alternate in Gemma2 and this Qwen2), so the search
+    equals searching on hooks of one plain HF forward; q/k are skipped, fused qkv split."""
+    model = tiny_model(arch, num_layers=2)
+    blocks = torch.randint(5, 2000, (2, 16), generator=torch.Generator().manual_seed(1))
+    spec = QuantSpec("int", 2, 32)
+    got = {n: (mx, mn) for n, mx, mn in run_clip_search(model, blocks, spec, n_grid=6)}
+    linears = {n: m for n, m in model.model.layers.named_modules() if isinstance(m, torch.nn.Linear)}
+    keep = {n: m for n, m in linears.items() if not n.rsplit(".", 1)[-1].startswith(("q_", "k_"))}
+    hooks = {n: _HessianHook(32) for n in keep}
+    handles = [m.register_forward_hook(hooks[n]) for n, m in keep.items()]
+    with torch.no_grad():
+        model(input_ids=blocks, use_cache=False)
+    for hd in handles:
+        hd.remove()
+    assert set(got) == {f"model.layers.{n}" for n in keep}
+    for n, m in keep.items():
+        first = fused_qkv_split(model, m) if n.endswith("qkv_proj") else 0
+        top = m.weight[:first].reshape(first, m.in_features // 32, 32)
+        mx, mn = search_clip(m.weight[first:].detach(), hooks[n].value(), spec, n_grid=6)
+        want_mx, want_mn = (
+            torch.cat([top.amax(-1, keepdim=True), mx]),
+            torch.cat([top.amin(-1, keepdim=True), mn]),
+        )
+        torch.testing.assert_close(got[f"model.layers.{n}"][0], want_mx, rtol=1e-5, atol=1e-6, msg=n)
+        torch.testing.assert_close(got[f"model.layers.{n}"][1], want_mn, rtol=1e-5, atol=1e-6, msg=n)

@@ -222,20 +222,34 @@ def run_clip_search(
     layers = _decoder_layers(model)
     device = next(model.parameters()).device
     blocks = blocks.to(device)
-    # capture what decoder layer 0 receives (hidden states + rotary embeddings, masks, ...)
+    # capture what decoder layer 0 receives (hidden states + rotary embeddings, masks, ...) and the
+    # keyword arguments of every layer: they differ per layer where sliding-window and full-attention
+    # layers alternate (Gemma2, Qwen2 with max_window_layers), so each layer is replayed with its own
     captured: list[tuple[torch.Tensor, dict[str, Any]]] = []
+    layer_kwargs: list[list[dict[str, Any]]] = [[] for _ in layers]
 
-    def catch(_module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
-        captured.append((args[0] if args else kwargs.pop("hidden_states"), kwargs))
-        raise _Stop
+    def catcher(li: int) -> Any:
+        def catch(_module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+            kwargs = dict(kwargs)
+            hidden = args[0] if args else kwargs.pop("hidden_states")
+            layer_kwargs[li].append(kwargs)
+            if li == 0:
+                captured.append((hidden, kwargs))
+            if li == len(layers) - 1:
+                raise _Stop  # every layer's arguments are known: the last layer need not run
 
-    handle = layers[0].register_forward_pre_hook(catch, with_kwargs=True)
+        return catch
+
+    handles = [
+        layer.register_forward_pre_hook(catcher(li), with_kwargs=True) for li, layer in enumerate(layers)
+    ]
     try:
         for b0 in range(0, blocks.shape[0], batch_size):
-            with contextlib.suppress(_Stop):  # the hook stops the forward pass after layer 0's inputs
+            with contextlib.suppress(_Stop):
                 model(input_ids=blocks[b0 : b0 + batch_size], use_cache=False)
     finally:
-        handle.remove()
+        for hd in handles:
+            hd.remove()
     prefix = next(n for n, m in model.named_modules() if m is layers)
     clips: list[tuple[str, torch.Tensor, torch.Tensor]] = []
     t0 = time.time()
@@ -249,7 +263,7 @@ def run_clip_search(
         handles = [m.register_forward_hook(hooks[name]) for name, m in targets]
         outputs = []
         try:
-            for hidden, kwargs in captured:
+            for (hidden, _), kwargs in zip(captured, layer_kwargs[li], strict=True):
                 out = layer(hidden, **kwargs)
                 outputs.append(out[0] if isinstance(out, tuple) else out)
         finally:
