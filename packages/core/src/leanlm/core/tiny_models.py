@@ -193,3 +193,57 @@ def tiny_model_dir(arch: str, folder: str | Path, **kwargs: Any) -> Path:
     tiny_model(arch, **kwargs).save_pretrained(folder)
     tiny_tokenizer(arch).save_pretrained(folder)
     return folder
+
+
+# ----------------------------------------------------------------------------- "Supported models" tables
+
+ARCH_LABELS = {"llama": "Llama (LLaMA-2, TinyLlama, SmolLM2)", "llama3": "Llama-3", "qwen2": "Qwen2 / Qwen2.5",
+               "qwen3": "Qwen3", "mistral": "Mistral", "gemma": "Gemma", "gemma2": "Gemma-2",
+               "phi3": "Phi-3"}  # fmt: skip
+
+
+def _arch_of(item: Any) -> str | None:
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    found = [v for v in params.values() if isinstance(v, str) and v in ARCHITECTURES]
+    return found[0] if found else None
+
+
+def supported_models_table(pytest_args: list[str]) -> str:
+    """Run tests (``pytest_args``) and tabulate them per architecture: a Markdown table with one row
+    per architecture and one column per test function parametrized over it (pass / FAIL / skip;
+    "-" where a test does not cover that architecture). READMEs paste its output."""
+    import pytest
+
+    results: dict[tuple[str, str], str] = {}
+    columns: list[str] = []
+
+    class Collect:
+        @pytest.hookimpl(hookwrapper=True)
+        def pytest_runtest_makereport(self, item: Any, call: Any) -> Any:
+            outcome = yield
+            report = outcome.get_result()
+            arch = _arch_of(item)
+            if arch is None or (report.when != "call" and report.passed):
+                return
+            name = item.originalname.removeprefix("test_").replace("_", " ")
+            if name not in columns:
+                columns.append(name)
+            state = "pass" if report.passed else "skip" if report.skipped else "FAIL"
+            old = results.get((arch, name), "pass")
+            results[(arch, name)] = state if old == "pass" else old  # any failing case marks the cell
+
+    code = pytest.main(["-q", "-p", "no:cacheprovider", *pytest_args], plugins=[Collect()])
+    if code not in (0, 1):
+        raise UserError(f"pytest exited with code {code} for {pytest_args}")
+    lines = ["| architecture | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for arch in ARCHITECTURES:
+        cells = [results.get((arch, c), "-") for c in columns]
+        lines.append(f"| {ARCH_LABELS[arch]} (`{arch}`) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m leanlm.core.tiny_models <pytest args...>: print the table
+    import sys
+
+    table = supported_models_table(sys.argv[1:])
+    print("\n" + table)
