@@ -166,3 +166,36 @@ def test_library_request_logs_are_quiet_by_default(monkeypatch) -> None:
     finally:
         root.setLevel(before[0])
         logging.getLogger("leanlm").setLevel(before[1])
+
+
+def test_no_network_is_one_quick_line(monkeypatch) -> None:
+    import socket
+    import time
+
+    from leanlm.core import models
+
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens there: what a machine without network sees
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setattr(models, "_HUB_REACHABLE", {})
+    t0 = time.perf_counter()
+    with pytest.raises(UserError, match=r"'qwen2.5-0.5b-instruct' .*cannot be reached \(no network\?\)"):
+        models.model_location("qwen2.5-0.5b-instruct")
+    assert time.perf_counter() - t0 < 5  # not a minute of retries
+    assert "HF_HUB_OFFLINE=1" not in models._missing_message(models.ResolvedModel("x/y", "missing", "x/y"))
+
+
+def test_current_model_aliases_resolve_like_the_others() -> None:
+    from leanlm.core.models import ALIASES, resolve_model
+
+    for alias in (
+        "llama3.1-8b-instruct",
+        "qwen3-8b",
+        "mistral-7b-instruct",
+        "gemma2-2b-it",
+        "phi3-mini-instruct",
+    ):
+        assert alias in ALIASES and resolve_model(alias).kind in {"hub", "missing"}

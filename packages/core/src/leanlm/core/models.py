@@ -40,6 +40,20 @@ ALIASES: dict[str, str] = {
     "tinyllama-1.1b": "TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T",
     "wizardcoder-7b": "WizardLMTeam/WizardCoder-Python-7B-V1.0",
     "metamath-7b": "meta-math/MetaMath-7B-V1.0",
+    # current instruct models (their chat templates come with the tokenizer)
+    "llama3.1-8b-instruct": "meta-llama/Llama-3.1-8B-Instruct",
+    "llama3.2-1b-instruct": "meta-llama/Llama-3.2-1B-Instruct",
+    "llama3.2-3b-instruct": "meta-llama/Llama-3.2-3B-Instruct",
+    "qwen2.5-0.5b-instruct": "Qwen/Qwen2.5-0.5B-Instruct",
+    "qwen2.5-1.5b-instruct": "Qwen/Qwen2.5-1.5B-Instruct",
+    "qwen2.5-7b-instruct": "Qwen/Qwen2.5-7B-Instruct",
+    "qwen3-0.6b": "Qwen/Qwen3-0.6B",
+    "qwen3-1.7b": "Qwen/Qwen3-1.7B",
+    "qwen3-8b": "Qwen/Qwen3-8B",
+    "mistral-7b-instruct": "mistralai/Mistral-7B-Instruct-v0.3",
+    "gemma2-2b-it": "google/gemma-2-2b-it",
+    "gemma2-9b-it": "google/gemma-2-9b-it",
+    "phi3-mini-instruct": "microsoft/Phi-3-mini-4k-instruct",
     EMBEDDED_ALIAS: "HuggingFaceTB/SmolLM2-135M-Instruct",
 }
 ALIAS_SYNONYMS = {"default": EMBEDDED_ALIAS}
@@ -82,6 +96,36 @@ def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}
 
 
+HUB_PROBE_SECONDS = 3.0
+_HUB_REACHABLE: dict[str, bool] = {}
+
+
+def hub_endpoint() -> str:
+    from huggingface_hub import constants
+
+    return os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
+
+
+def hub_reachable(seconds: float = HUB_PROBE_SECONDS) -> bool:
+    """One TCP connect to the hub's host (once per process and endpoint): False without network.
+
+    Without it, transformers retries for a minute or more before failing; this answers in seconds.
+    """
+    import socket
+    from urllib.parse import urlsplit
+
+    endpoint = hub_endpoint()
+    if endpoint not in _HUB_REACHABLE:
+        parts = urlsplit(endpoint)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            socket.create_connection((parts.hostname, port), timeout=seconds).close()
+            _HUB_REACHABLE[endpoint] = True
+        except OSError:
+            _HUB_REACHABLE[endpoint] = False
+    return _HUB_REACHABLE[endpoint]
+
+
 def _hub_cached(hub_id: str) -> bool:
     try:
         from huggingface_hub import try_to_load_from_cache
@@ -114,16 +158,16 @@ def resolve_model(name: str) -> ResolvedModel:
 
 def _missing_message(r: ResolvedModel) -> str:
     alias = canonical_alias(r.name)
+    offline = hub_offline()
     if alias in ALIASES:
+        fetch = "unset HF_HUB_OFFLINE to download" if offline else "or check network access to download"
         return (
             f"model {r.name!r} not found: put its weights (HF format) in {checkpoints_dir() / alias} "
-            f"or pass a local path; with network access unset HF_HUB_OFFLINE to download {ALIASES[alias]}"
+            f"or pass a local path; {fetch} {ALIASES[alias]}"
         )
     if r.location:
-        return (
-            f"model {r.name!r} not found locally and the hub is offline (HF_HUB_OFFLINE=1): "
-            "download it first or pass a local path"
-        )
+        why = "the hub is offline (HF_HUB_OFFLINE=1)" if offline else "it could not be loaded from the hub"
+        return f"model {r.name!r} not found locally and {why}: download it first or pass a local path"
     return (
         f"model {r.name!r} is not a known alias or an existing path; known aliases: "
         f"{', '.join(sorted(ALIASES))} (see `leanlm models`)"
@@ -137,6 +181,13 @@ def model_location(name: str) -> str:
         raise UserError(_missing_message(r))
     if r.kind == "embedded":
         return str(ensure_embedded_model())
+    if r.kind == "hub" and not _hub_cached(r.location) and not hub_reachable():
+        alias = canonical_alias(r.name)
+        where = checkpoints_dir() / alias if alias in ALIASES else "a local folder"
+        raise UserError(
+            f"model {r.name!r} ({r.location}) is not on this machine and {hub_endpoint()} cannot be reached "
+            f"(no network?): put its weights (HF format) in {where} or pass a local path"
+        )
     return r.location
 
 
