@@ -134,3 +134,18 @@ def test_unsupported_folder_refused_by_the_cli_before_loading(piqa_rows, tmp_pat
     r = _run("dllm-finetune", piqa_rows, "--model", folder, "--output", tmp_path / "run")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
     assert "olmo" in r.stderr and "Gemma2" in r.stderr and not (tmp_path / "run").exists()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_architectures_on_cuda(arch):
+    """fp32 on CUDA: all-executed logits equal HF's, routed cached decode equals the full recompute."""
+    torch.manual_seed(0)
+    base = tiny_model(arch, seed=1).cuda()
+    routed = randomize(DLLM(base, DLLMConfig(start_layer=1, lora_dropout=0.0)).cuda()).eval()
+    ids, mask = (x.cuda() for x in _batch(3))
+    forced = routed(ids[:1], exec_override=torch.ones(1)).logits[0]
+    hf = copy.deepcopy(routed).merge_lora().lm(input_ids=ids[:1]).logits[0]
+    assert torch.allclose(forced, hf, atol=1e-4, rtol=1e-4), (forced - hf).abs().max()
+    out = generate(routed, ids, mask, max_new_tokens=8)
+    assert out.tokens == reference_generate(routed, ids, mask, max_new_tokens=8)
