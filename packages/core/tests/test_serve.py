@@ -204,3 +204,51 @@ def test_openai_backend_through_the_server(server, tiny_model, tokenizer):
     results = generate(reqs, backend, SamplingParams(max_new_tokens=5), progress=False)
     assert all(r.ok for r in results)
     assert results[0].text == _in_process(tiny_model, tokenizer, reqs[0], 5)
+
+
+class EchoBackend:
+    """A stand-in for a method's registered backend: answers the prompt reversed (no model)."""
+
+    name = "echo"
+
+    def __init__(self, model: str = "default"):
+        from leanlm.core.models import load_tokenizer
+
+        self.tokenizer = load_tokenizer("default")
+        self.model_name = model
+
+    def preflight(self) -> None:
+        pass
+
+    def run(self, requests, params, on_result):
+        from leanlm.core.generation.types import GenerationResult
+
+        for r in requests:
+            text = (r.prompt or r.messages[-1]["content"])[::-1]
+            on_result(GenerationResult(id=r.id, text=text, completion_tokens=3))
+
+    def close(self) -> None:
+        pass
+
+
+def test_registered_backend_is_found_and_served(monkeypatch):
+    from importlib.metadata import EntryPoint
+
+    import leanlm.core.generation as generation
+    from leanlm.core.errors import UserError
+
+    ep = EntryPoint(name="echo", value="test_serve:EchoBackend", group=generation.BACKEND_GROUP)
+    monkeypatch.setattr(generation, "registered_backends", lambda: {"echo": ep})
+    assert isinstance(get_backend("echo", model="m"), EchoBackend)
+    with pytest.raises(UserError, match="choose one of hf, openai, tgi, vllm, echo"):
+        get_backend("nope")
+    engine = build_engine("m", backend="echo")
+    with Server(engine, "echo-model") as s:
+        r = httpx.post(
+            s.openai_url + "/completions", json={"model": "echo-model", "prompt": "abc", "max_tokens": 5}
+        )
+        assert r.json()["choices"][0]["text"] == "cba" and r.json()["usage"]["completion_tokens"] == 3
+        with httpx.stream("POST", s.openai_url + "/completions",
+                          json={"model": "echo-model", "prompt": "xyz", "stream": True}) as stream:  # fmt: skip
+            lines = [line for line in stream.iter_lines() if line.startswith("data: ")]
+        assert lines[-1] == "data: [DONE]" and json.loads(lines[0][6:])["choices"][0]["text"] == "zyx"

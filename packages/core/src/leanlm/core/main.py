@@ -55,6 +55,7 @@ class LeanLM:
         max_tokens: int = 1024,
         dtype: str | None = None,
         device: str | None = None,
+        backend: str = "hf",
     ) -> None:
         """Serve MODEL (any folder load_model opens: HF, packed low-bit, a fine-tune) with the OpenAI API.
 
@@ -62,6 +63,8 @@ class LeanLM:
         Requests waiting together are decoded as one batch (up to --max_batch); --api_key makes clients
         send "Authorization: Bearer KEY"; prompts over --max_prompt_tokens and max_tokens over
         --max_tokens get a 400. --served_name is the model name clients send (default: MODEL).
+        --backend NAME serves a method's decoding registered under leanlm.backends instead of plain
+        batched decoding (one request at a time; the answer arrives in one piece when streamed).
         """
         import os
 
@@ -70,7 +73,7 @@ class LeanLM:
         if not 0 < int(port) < 65536:
             raise UserError(f"--port must be in 1..65535, got {port}")
         serve(model, host, int(port), served_name, api_key or os.environ.get("LEANLM_API_KEY"), max_batch,
-              max_queue, max_prompt_tokens, max_tokens, dtype, device)  # fmt: skip
+              max_queue, max_prompt_tokens, max_tokens, dtype, device, backend)  # fmt: skip
 
     def demo(self, *methods: str, out_dir: str = "leanlm-demo", model: str = "default") -> str:
         """Run each installed method end to end on the embedded model (offline, CPU); writes a report."""

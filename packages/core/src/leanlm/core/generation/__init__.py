@@ -20,10 +20,24 @@ from leanlm.core.generation.runner import IncompleteGeneration, check_failures, 
 from leanlm.core.generation.types import BackendStats, GenerationRequest, GenerationResult, SamplingParams
 
 BACKENDS = ("hf", "openai", "tgi", "vllm")
+BACKEND_GROUP = "leanlm.backends"  # entry points: name -> a Backend factory (a method's decoding)
+
+
+def registered_backends() -> dict[str, Any]:
+    """Backends that installed packages register under the entry-point group ``leanlm.backends``."""
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep for ep in entry_points(group=BACKEND_GROUP)}
 
 
 def get_backend(name: str, **options: Any) -> Backend:
-    """Build a backend by name. Options: see each backend class (``HFBackend``, ``OpenAIBackend``, ...)."""
+    """Build a backend by name. Options: see each backend class (``HFBackend``, ``OpenAIBackend``, ...).
+
+    Besides the built-in ones, a method package can offer its decoding as a backend (BiTA's lossless
+    tree decoding, D-LLM's layer skipping) by registering a factory under ``leanlm.backends`` in its
+    ``pyproject.toml``; ``get_backend(<that name>, **options)`` then builds it, so any pipeline (Lion's
+    roles, teacher data, ``leanlm serve``) can use it without importing the method.
+    """
     key = name.lower().strip()
     if key in {"hf", "transformers"}:
         from leanlm.core.generation.hf import HFBackend
@@ -41,7 +55,11 @@ def get_backend(name: str, **options: Any) -> Backend:
         from leanlm.core.generation.vllm_backend import VLLMBackend
 
         return VLLMBackend(**options)
-    raise UserError(f"unknown generation backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    registered = registered_backends()
+    if key in registered:
+        return registered[key].load()(**options)
+    known = ", ".join([*BACKENDS, *sorted(registered)])
+    raise UserError(f"unknown generation backend {name!r}; choose one of {known}")
 
 
 __all__ = [
@@ -55,5 +73,6 @@ __all__ = [
     "check_failures",
     "generate",
     "get_backend",
+    "registered_backends",
     "usage_since",
 ]

@@ -30,6 +30,20 @@ def cut_at_stop(text: str, stop: Sequence[str] | None) -> str:
     return text[:cut]
 
 
+def prompt_ids(tok: Any, request: GenerationRequest) -> list[int]:
+    """Token ids a local model sees for ``request``: a chat through the tokenizer's chat template
+    (which writes its own special tokens), a plain prompt as the tokenizer encodes it."""
+    if request.messages is not None:
+        if not getattr(tok, "chat_template", None):
+            raise UserError(
+                f"request {request.id!r} has chat messages but the tokenizer has no chat template; "
+                "send a formatted 'prompt' instead (leanlm.core.templates.format_prompt)"
+            )
+        text = tok.apply_chat_template(request.messages, tokenize=False, add_generation_prompt=True)
+        return tok(text, add_special_tokens=False)["input_ids"]
+    return tok(request.prompt)["input_ids"]
+
+
 class HFBackend(Backend):
     name = "hf"
 
@@ -60,16 +74,7 @@ class HFBackend(Backend):
     # -- prompt rendering -------------------------------------------------------------------
     def prompt_ids(self, request: GenerationRequest) -> list[int]:
         """Token ids of the request's prompt (chats through the chat template)."""
-        tok = self.tokenizer
-        if request.messages is not None:
-            if not getattr(tok, "chat_template", None):
-                raise UserError(
-                    f"request {request.id!r} has chat messages but the tokenizer has no chat template; "
-                    "send a formatted 'prompt' instead (leanlm.core.templates.format_prompt)"
-                )
-            text = tok.apply_chat_template(request.messages, tokenize=False, add_generation_prompt=True)
-            return tok(text, add_special_tokens=False)["input_ids"]
-        return tok(request.prompt)["input_ids"]
+        return prompt_ids(self.tokenizer, request)
 
     def _generation_config(self, params: SamplingParams) -> Any:
         cfg = copy.deepcopy(self.model.generation_config)

@@ -19,16 +19,27 @@ from typing import Any
 
 from leanlm.core.errors import UserError
 from leanlm.core.serving.app import ServerLimits, create_app
-from leanlm.core.serving.engine import Engine
+from leanlm.core.serving.engine import BackendEngine, Engine, EngineBase
 
 log = logging.getLogger(__name__)
 
 
 def build_engine(model: str | Any, tokenizer: Any = None, max_batch: int = 8, max_queue: int = 256,
-                 dtype: str | None = None, device: str | None = None) -> Engine:  # fmt: skip
-    """An ``Engine`` for a model name/path (loaded with ``load_model``) or a model object + tokenizer."""
+                 dtype: str | None = None, device: str | None = None, backend: str = "hf") -> EngineBase:  # fmt: skip
+    """An ``Engine`` for a model name/path (loaded with ``load_model``) or a model object + tokenizer.
+
+    ``backend``: ``hf`` (batched, streamed token by token) or a backend a method registered under
+    ``leanlm.backends`` (built with ``model=``; served one request at a time, not streamed by token).
+    """
+    from leanlm.core.generation import get_backend
     from leanlm.core.models import load_model, load_tokenizer
 
+    if backend not in ("hf", "transformers"):
+        if not isinstance(model, str):
+            raise UserError("a registered backend is built from a model name or folder, not a model object")
+        built = get_backend(backend, model=model)
+        tok = tokenizer or getattr(built, "tokenizer", None) or load_tokenizer(model)
+        return BackendEngine(built, tok, max_queue=max_queue)
     if isinstance(model, str):
         tokenizer = load_tokenizer(model) if tokenizer is None else tokenizer
         model = load_model(model, dtype=dtype, device=device)
@@ -40,7 +51,7 @@ def build_engine(model: str | Any, tokenizer: Any = None, max_batch: int = 8, ma
 class Server:
     """``leanlm serve`` in a background thread on ``host:port`` (port 0: a free one)."""
 
-    def __init__(self, engine: Engine, served_name: str, limits: ServerLimits | None = None,
+    def __init__(self, engine: EngineBase, served_name: str, limits: ServerLimits | None = None,
                  api_key: str | None = None, host: str = "127.0.0.1", port: int = 0):  # fmt: skip
         import uvicorn
 
@@ -84,11 +95,13 @@ class Server:
 
 def serve(model: str = "default", host: str = "127.0.0.1", port: int = 8000, served_name: str | None = None,
           api_key: str | None = None, max_batch: int = 8, max_queue: int = 256, max_prompt_tokens: int = 4096,
-          max_tokens: int = 1024, dtype: str | None = None, device: str | None = None) -> None:  # fmt: skip
+          max_tokens: int = 1024, dtype: str | None = None, device: str | None = None,
+          backend: str = "hf") -> None:  # fmt: skip
     """Load ``model`` and serve it until interrupted (Ctrl-C)."""
     import uvicorn
 
-    engine = build_engine(model, max_batch=max_batch, max_queue=max_queue, dtype=dtype, device=device)
+    engine = build_engine(model, max_batch=max_batch, max_queue=max_queue, dtype=dtype, device=device,
+                          backend=backend)  # fmt: skip
     name = served_name or model
     app = create_app(engine, name, ServerLimits(max_prompt_tokens, max_tokens, min(256, max_tokens)), api_key)
     log.info("serving %s as %r on http://%s:%d/v1 (batch %d, key %s)", model, name, host, port, max_batch,

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from leanlm.core.errors import UserError
 from leanlm.core.generation.types import GenerationRequest, SamplingParams
-from leanlm.core.serving.engine import Engine, Job, QueueFull
+from leanlm.core.serving.engine import EngineBase, Job, QueueFull
 
 
 @dataclass
@@ -87,7 +87,9 @@ def _stop_list(stop: str | list[str] | None) -> tuple[str, ...]:
     return tuple(s for s in stops if s)
 
 
-def create_app(engine: Engine, served_name: str, limits: ServerLimits, api_key: str | None = None) -> FastAPI:
+def create_app(
+    engine: EngineBase, served_name: str, limits: ServerLimits, api_key: str | None = None
+) -> FastAPI:
     """The FastAPI application serving ``engine`` under the model name ``served_name``."""
     app = FastAPI(title="leanlm serve", version="1")
 
@@ -131,7 +133,7 @@ def create_app(engine: Engine, served_name: str, limits: ServerLimits, api_key: 
             raise APIError(400, f"max_tokens {wanted} is over this server's limit of {limits.max_tokens}",
                            param="max_tokens")  # fmt: skip
         try:
-            ids = engine.renderer.prompt_ids(request)
+            ids = engine.prompt_ids(request)
         except UserError as e:  # e.g. chat messages for a model without a chat template
             raise APIError(400, str(e), param="messages") from None
         if len(ids) > limits.max_prompt_tokens:
@@ -139,7 +141,7 @@ def create_app(engine: Engine, served_name: str, limits: ServerLimits, api_key: 
                                 f"{limits.max_prompt_tokens}", param="prompt", code="context_length_exceeded")  # fmt: skip
         params = SamplingParams(max_new_tokens=wanted, temperature=body.temperature, top_p=body.top_p,
                                 seed=body.seed or 0, stop=_stop_list(body.stop))  # fmt: skip
-        job = Job(ids, params, asyncio.get_running_loop())
+        job = Job(ids, params, asyncio.get_running_loop(), request)
         try:
             engine.submit(job)
         except QueueFull as e:

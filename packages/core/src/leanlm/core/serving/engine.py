@@ -24,7 +24,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from leanlm.core.generation.types import SamplingParams
+from leanlm.core.generation.base import Backend
+from leanlm.core.generation.types import GenerationRequest, GenerationResult, SamplingParams
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ class Job:
     prompt_ids: list[int]
     params: SamplingParams
     loop: asyncio.AbstractEventLoop
+    request: GenerationRequest | None = None  # what the client sent (for engines that take text)
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
     enqueued: float = field(default_factory=time.perf_counter)
@@ -65,20 +67,25 @@ class _Row:
     generator: Any = None
 
 
-class Engine:
-    """Batched, streaming decoding of one HF causal LM for the server (see the module docstring)."""
+class EngineBase:
+    """A bounded queue of jobs and one thread taking them in batches of up to ``max_batch``."""
 
-    def __init__(self, model: Any, tokenizer: Any, max_batch: int = 8, max_queue: int = 256):
-        from leanlm.core.generation.hf import HFBackend
-
-        self.model, self.tokenizer = model, tokenizer
-        self.renderer = HFBackend(model=model, tokenizer=tokenizer)  # prompt rendering and end ids
+    def __init__(self, tokenizer: Any, max_batch: int, max_queue: int):
+        self.tokenizer = tokenizer
         self.max_batch = max_batch
         self.waiting: queue.Queue[Job] = queue.Queue(maxsize=max_queue)
         self.tokens_generated = 0  # over all requests: how much decoding was done (tests, /health)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._work, name="leanlm-serve-engine", daemon=True)
         self._thread.start()
+
+    def prompt_ids(self, request: GenerationRequest) -> list[int]:
+        from leanlm.core.generation.hf import prompt_ids
+
+        return prompt_ids(self.tokenizer, request)
+
+    def _decode(self, batch: list[Job]) -> None:
+        raise NotImplementedError
 
     # -- the public side --------------------------------------------------------------------
     def submit(self, job: Job) -> None:
@@ -114,6 +121,43 @@ class Engine:
                 for job in batch:
                     job.send("error", f"{type(e).__name__}: {e}")
 
+
+class BackendEngine(EngineBase):
+    """Serves a generation ``Backend`` that is not token-streaming (a method's decoding registered
+    under ``leanlm.backends``, e.g. BiTA's): one request at a time, its whole answer as one event."""
+
+    def __init__(self, backend: Backend, tokenizer: Any, max_queue: int = 256):
+        self.backend = backend
+        super().__init__(tokenizer, max_batch=1, max_queue=max_queue)
+
+    def _decode(self, batch: list[Job]) -> None:
+        for job in batch:
+            got: list[GenerationResult] = []
+            request = job.request or GenerationRequest(id="0", prompt=self.tokenizer.decode(job.prompt_ids))
+            self.backend.run([request], job.params, got.append)
+            result = got[0]
+            if not result.ok:
+                job.send("error", result.error or "generation failed")
+                continue
+            n = result.completion_tokens or len(
+                self.tokenizer(result.text, add_special_tokens=False)["input_ids"]
+            )
+            self.tokens_generated += n
+            if result.text:
+                job.send("text", result.text)
+            job.send("end", "length" if n >= job.params.max_new_tokens else "stop", n)
+
+
+class Engine(EngineBase):
+    """Batched, streaming decoding of one HF causal LM for the server (see the module docstring)."""
+
+    def __init__(self, model: Any, tokenizer: Any, max_batch: int = 8, max_queue: int = 256):
+        from leanlm.core.generation.hf import HFBackend
+
+        self.model = model
+        self.ends = HFBackend(model=model, tokenizer=tokenizer)  # the model's end-of-answer ids
+        super().__init__(tokenizer, max_batch, max_queue)
+
     def _decode(self, batch: list[Job]) -> None:
         import torch
 
@@ -121,7 +165,7 @@ class Engine:
         for row in rows:
             if not row.job.params.greedy:
                 row.generator = torch.Generator(device="cpu").manual_seed(int(row.job.params.seed or 0))
-        end_ids = self.renderer._end_ids(self.renderer._generation_config(batch[0].params))
+        end_ids = self.ends._end_ids(self.ends._generation_config(batch[0].params))
         device = next(self.model.parameters()).device
         width = max(len(j.prompt_ids) for j in batch)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
