@@ -75,7 +75,9 @@ async def probe(url: str, seconds: float = PROBE_SECONDS) -> None:
             why = f"no answer within {seconds:g}s"
         else:
             why = "connection refused" if isinstance(e, ConnectionRefusedError) else (e.strerror or str(e))
-        raise UserError(f"cannot reach the server at {url}: {why} (is it running? check --base_url)") from None
+        raise UserError(
+            f"cannot reach the server at {url}: {why} (is it running? check --base_url)"
+        ) from None
     writer.close()
     with contextlib.suppress(OSError):
         await writer.wait_closed()
