@@ -122,6 +122,26 @@ def test_eval_ppl_requantizes_and_export_matches(pipeline):
     assert ppl_packed["ppl"] == pytest.approx(res["ppl"], rel=1e-4)
 
 
+def test_export_int8_head_then_eval_ppl_in_bf16(pipeline):
+    """--lm-head int8 export; eval-ppl on it in bf16 (the int4 kernels) stays close to the fp32 packed ppl."""
+    from leanlm.core.models import load_model
+    from leanlm.core.packed import Int8Linear
+
+    root = pipeline["root"]
+    out = run(
+        cli.export, "bitdistiller-export", root / "run" / "final", root / "packed8", "--lm-head", "int8"
+    )
+    assert out["file_bytes"] < pipeline["export"]["file_bytes"]  # the head is int8 instead of fp32
+    assert isinstance(load_model(str(root / "packed8"), device="cpu").lm_head, Int8Linear)
+    base = run(
+        cli.eval_ppl, "bitdistiller-eval-ppl", "--model", root / "packed", "--seqlen", 64, "--max-chunks", 2
+    )
+    res = run(cli.eval_ppl, "bitdistiller-eval-ppl", "--model", root / "packed8", "--seqlen", 64, "--max-chunks", 2,
+              "--dtype", "bf16")  # fmt: skip
+    assert res["quant"] == "int2-g32"
+    assert res["ppl"] == pytest.approx(base["ppl"], rel=0.05) and res["ppl"] != base["ppl"]
+
+
 def test_eval_scripts_run(pipeline, tiny_dir):
     gsm = run(
         cli.eval_gsm8k,

@@ -124,4 +124,9 @@ def load_model_for_eval(
 
 def describe(model: nn.Module) -> str:
     spec = model_spec(model)
+    packed = getattr(
+        model, "leanlm_packed", None
+    )  # a packed export: its layers are PackedLinear, not QuantLinear
+    if spec is None and packed:
+        spec = QuantSpec(packed["quant_type"], packed["bits"], packed["group_size"])
     return spec.name if spec else "fp"
