@@ -107,7 +107,7 @@ def test_missing_key_and_unreachable_url(monkeypatch):
         make_backend(RoleConfig(backend="openai", model="gpt-3.5-turbo"))
     with FakeServer() as server:
         port = server.port
-    with pytest.raises(UserError, match=f"cannot reach http://127.0.0.1:{port}"):
+    with pytest.raises(UserError, match=f"cannot reach the server at http://127.0.0.1:{port}"):
         make_backend(RoleConfig(backend="openai", base_url=f"http://127.0.0.1:{port}/v1", api_key="k"))
 
 

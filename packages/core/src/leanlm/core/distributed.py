@@ -1,4 +1,4 @@
-"""Launching, ranks, rank-0 logging and seeding.
+"""Launching, ranks and seeding.
 
 A console script calls ``maybe_launch(nproc)`` first: with ``--nproc N`` (N > 1) and not already
 inside a distributed job, it re-executes itself under ``torchrun --nproc_per_node N`` (or the
@@ -8,7 +8,6 @@ are set and HF Trainer picks them up.
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import subprocess
@@ -28,19 +27,6 @@ def rank() -> int:
 
 def is_main_process() -> bool:
     return rank() == 0
-
-
-class _RankZeroFilter(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return is_main_process()
-
-
-def rank_zero_logger(name: str) -> logging.Logger:
-    """A logger that prints only on rank 0, so N processes do not print N copies."""
-    logger = logging.getLogger(name)
-    if not any(isinstance(f, _RankZeroFilter) for f in logger.filters):
-        logger.addFilter(_RankZeroFilter())
-    return logger
 
 
 def set_seed(seed: int) -> None:

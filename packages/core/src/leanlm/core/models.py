@@ -355,10 +355,6 @@ def load_model(
     return model.to(dev).eval()
 
 
-def load_model_and_tokenizer(name: str = "default", **kwargs: Any) -> tuple[Any, Any]:
-    return load_model(name, **kwargs), load_tokenizer(name)
-
-
 def tiny_llama(
     *,
     num_layers: int = 4,

@@ -159,7 +159,7 @@ def training_arguments(
     merged.setdefault("remove_unused_columns", False)
     if not cuda:
         merged.setdefault("use_cpu", True)
-        merged["bf16"] = bool(merged.get("bf16", False)) and _cpu_bf16_ok()
+        merged["bf16"] = bool(merged.get("bf16", False))  # torch's CPU autocast runs bf16
         merged["fp16"] = False  # fp16 AMP needs CUDA
     elif "bf16" not in merged and "fp16" not in merged:
         import torch
@@ -171,10 +171,6 @@ def training_arguments(
     if fsdp:  # wraps ``model``'s decoder layer class (or, without a model, what accelerate derives)
         merged.update(fsdp_options(model=model))
     return TrainingArguments(output_dir=str(output_dir), **merged)
-
-
-def _cpu_bf16_ok() -> bool:
-    return True  # torch CPU autocast supports bf16; kept as a hook for platforms that do not
 
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")

@@ -12,7 +12,6 @@ unreachable base URL is one clear error instead of minutes of retries.
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import asdict, dataclass
 from typing import Any
 from urllib.parse import urlparse
@@ -59,21 +58,6 @@ def resolve_api_key(cfg: RoleConfig) -> str:
     )
 
 
-def check_reachable(url: str, timeout: float = 5.0) -> None:
-    """One TCP connect to the server behind ``url``; a UserError names it when nothing answers."""
-    from leanlm.core.generation.remote import normalize_url
-
-    parsed = urlparse(normalize_url(url))
-    if parsed.scheme not in {"http", "https"} or not parsed.hostname:
-        raise UserError(f"base URL {url!r} is not an http(s) URL")
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    try:
-        with socket.create_connection((parsed.hostname, port), timeout=timeout):
-            pass
-    except OSError as e:
-        raise UserError(f"cannot reach {url} ({parsed.hostname}:{port}: {e.strerror or e})") from None
-
-
 def make_backend(cfg: RoleConfig, *, check: bool = True) -> Any:
     """A ``leanlm.core.generation`` backend for ``cfg``."""
     from leanlm.core.generation import get_backend
@@ -82,9 +66,7 @@ def make_backend(cfg: RoleConfig, *, check: bool = True) -> Any:
     if name == "openai":
         key = resolve_api_key(cfg)
         url = cfg.base_url or OPENAI_URL
-        if check:
-            check_reachable(url)
-        return get_backend(
+        backend = get_backend(
             "openai",
             model=cfg.model,
             base_url=url,
@@ -94,12 +76,10 @@ def make_backend(cfg: RoleConfig, *, check: bool = True) -> Any:
             timeout=cfg.timeout,
             backoff_base=cfg.backoff_base,
         )
-    if name == "tgi":
+    elif name == "tgi":
         if not cfg.base_url:
             raise UserError("the tgi backend needs --base_url (the text-generation-inference server)")
-        if check:
-            check_reachable(cfg.base_url)
-        return get_backend(
+        backend = get_backend(
             "tgi",
             base_url=cfg.base_url,
             concurrency=cfg.concurrency,
@@ -107,28 +87,10 @@ def make_backend(cfg: RoleConfig, *, check: bool = True) -> Any:
             timeout=cfg.timeout,
             backoff_base=cfg.backoff_base,
         )
-    if name in {"hf", "transformers"}:
-        return get_backend("hf", model=cfg.model, batch_size=cfg.batch_size)
-    if name == "vllm":
-        return get_backend("vllm", model=cfg.model)
-    raise UserError(f"unknown backend {cfg.backend!r}; choose one of openai, tgi, hf, vllm")
-
-
-class BackendPool:
-    """Backends built once per distinct role config and shared (the paper's teacher plays three roles)."""
-
-    def __init__(self) -> None:
-        self._backends: dict[tuple, Any] = {}
-
-    def get(self, cfg: RoleConfig) -> Any:
-        k = cfg.key()
-        if k not in self._backends:
-            self._backends[k] = make_backend(cfg)
-        return self._backends[k]
-
-    def close(self) -> None:
-        for b in self._backends.values():
-            close = getattr(b, "close", None)
-            if close:
-                close()
-        self._backends.clear()
+    elif name in {"hf", "transformers"}:
+        backend = get_backend("hf", model=cfg.model, batch_size=cfg.batch_size)
+    else:  # vllm, or a backend a method package registered (BiTA, D-LLM decoding)
+        backend = get_backend(name, model=cfg.model)
+    if check:
+        backend.preflight()  # an unreachable server: one line before any stage starts
+    return backend
