@@ -75,6 +75,18 @@ class LeanLM:
         serve(model, host, int(port), served_name, api_key or os.environ.get("LEANLM_API_KEY"), max_batch,
               max_queue, max_prompt_tokens, max_tokens, dtype, device, backend)  # fmt: skip
 
+    def recipe(self, path: str, run_dir: str | None = None, evaluate: bool = True) -> str:
+        """Run the method steps of the recipe file PATH (YAML/TOML), each step's output feeding the next.
+
+        Resumable: a finished, unchanged step is skipped; a changed step and all after it run again.
+        Writes RUN_DIR/report.md and report.json (default RUN_DIR: runs/<recipe name>) comparing the
+        model after every step (perplexity, one task's accuracy, decode tokens/s, size); --noevaluate
+        skips the measurements.
+        """
+        from leanlm.core.recipe import run_recipe
+
+        return run_recipe(path, run_dir, bool(evaluate)).read_text()
+
     def demo(self, *methods: str, out_dir: str = "leanlm-demo", model: str = "default") -> str:
         """Run each installed method end to end on the embedded model (offline, CPU); writes a report."""
         from leanlm.core.demo import installed_methods, run_demos, write_report
