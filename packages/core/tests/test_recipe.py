@@ -101,3 +101,17 @@ def test_unknown_placeholder(tmp_path, tiny_folder):
         {"command": ["python", SCRIPT], "flags": {"tag": "{steps.nope.model}"}}]}))  # fmt: skip
     with pytest.raises(UserError, match="unknown placeholder"):
         run_recipe(path, tmp_path / "run", evaluate=False)
+
+
+def test_packaged_recipes_parse_and_chain_through_folders():
+    from leanlm.core.recipe import packaged_recipes
+
+    assert "distill-quantize-accelerate" in packaged_recipes()
+    for name in packaged_recipes():
+        recipe = load_recipe(name)  # by name, as `leanlm recipe distill-quantize-accelerate`
+        commands = [s.command[0] for s in recipe.steps]
+        assert (
+            commands[0] == "lion-iterate" and "bitdistiller-export" in commands and "bita-train" in commands
+        )
+    with pytest.raises(UserError, match="packaged recipes: distill-quantize-accelerate"):
+        load_recipe("no-such-recipe")

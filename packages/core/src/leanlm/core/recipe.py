@@ -80,11 +80,26 @@ def _as_step(i: int, raw: Any, path: Path) -> Step:
                 raw.get("produces", ""), bool(raw.get("evaluate", True)))  # fmt: skip
 
 
-def load_recipe(path: str | os.PathLike) -> Recipe:
-    """Read and check a recipe file (``.yaml``/``.yml`` or ``.toml``)."""
+PACKAGED = Path(__file__).with_name("recipes")  # the recipes leanlm ships (also ./recipes in the repo)
+
+
+def packaged_recipes() -> list[str]:
+    return sorted(p.stem for p in PACKAGED.glob("*.yaml"))
+
+
+def find_recipe(path: str | os.PathLike) -> Path:
+    """A recipe file path, or the name of a packaged recipe (``distill-quantize-accelerate``)."""
     p = Path(path)
-    if not p.is_file():
-        raise UserError(f"{p}: no such recipe file")
+    if p.is_file():
+        return p
+    if (PACKAGED / f"{p.name}.yaml").is_file() and p.suffix == "" and len(p.parts) == 1:
+        return PACKAGED / f"{p.name}.yaml"
+    raise UserError(f"{p}: no such recipe file (packaged recipes: {', '.join(packaged_recipes())})")
+
+
+def load_recipe(path: str | os.PathLike) -> Recipe:
+    """Read and check a recipe file (``.yaml``/``.yml`` or ``.toml``) or a packaged recipe's name."""
+    p = find_recipe(path)
     text = p.read_text(encoding="utf-8")
     try:
         if p.suffix == ".toml":
