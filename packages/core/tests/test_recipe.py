@@ -115,3 +115,11 @@ def test_packaged_recipes_parse_and_chain_through_folders():
         )
     with pytest.raises(UserError, match="packaged recipes: distill-quantize-accelerate"):
         load_recipe("no-such-recipe")
+
+
+def test_demo_compose_needs_the_three_methods(tmp_path, monkeypatch):
+    from leanlm.core import demo
+
+    monkeypatch.setattr(demo, "installed_methods", lambda: {"lion": None})
+    with pytest.raises(UserError, match="needs leanlm-bitdistiller, leanlm-bita installed"):
+        demo.run_compose(tmp_path)

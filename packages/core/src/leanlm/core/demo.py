@@ -36,6 +36,24 @@ def installed_methods() -> dict[str, Any]:
     return {ep.name: ep for ep in sorted(entry_points(group=GROUP), key=lambda e: e.name)}
 
 
+COMPOSE = "compose"  # not a method: the packaged recipe chaining Lion -> BitDistiller -> BiTA
+COMPOSE_NEEDS = ("lion", "bitdistiller", "bita")
+
+
+def run_compose(out_dir: Path, model: str = "default") -> DemoResult:
+    """``leanlm demo compose``: the offline distill -> quantize -> accelerate recipe, with its report."""
+    from leanlm.core.errors import UserError
+    from leanlm.core.recipe import run_recipe
+
+    missing = [m for m in COMPOSE_NEEDS if m not in installed_methods()]
+    if missing:
+        raise UserError(f"demo compose needs leanlm-{', leanlm-'.join(missing)} installed")
+    if model != "default":
+        raise UserError("demo compose runs the packaged recipe on the embedded model (no --model)")
+    report = run_recipe("distill-quantize-accelerate", out_dir)
+    return DemoResult(COMPOSE, summary=report.read_text())
+
+
 def small_model_threads(current: int) -> int:
     """``current`` if ``OMP_NUM_THREADS`` is set (the user chose), else half the cores, at least 1."""
     return current if "OMP_NUM_THREADS" in os.environ else max(1, (os.cpu_count() or 2) // 2)
@@ -68,7 +86,7 @@ def run_demos(out_dir: Path, methods: list[str] | None = None, model: str = "def
     for name in names:
         t0 = time.time()
         try:
-            run = available[name].load()
+            run = run_compose if name == COMPOSE else available[name].load()
             with demo_threads():
                 result = run(out_dir / name, model=model)
         except Exception as e:  # noqa: BLE001 - one failing method must not hide the others

@@ -88,10 +88,14 @@ class LeanLM:
         return run_recipe(path, run_dir, bool(evaluate)).read_text()
 
     def demo(self, *methods: str, out_dir: str = "leanlm-demo", model: str = "default") -> str:
-        """Run each installed method end to end on the embedded model (offline, CPU); writes a report."""
-        from leanlm.core.demo import installed_methods, run_demos, write_report
+        """Run each installed method end to end on the embedded model (offline, CPU); writes a report.
 
-        available = installed_methods()
+        `leanlm demo compose` runs the packaged distill -> quantize -> accelerate recipe instead (Lion ->
+        BitDistiller -> BiTA through their folders; not part of the default set: it takes longer).
+        """
+        from leanlm.core.demo import COMPOSE, installed_methods, run_demos, write_report
+
+        available = [*installed_methods(), COMPOSE]
         unknown = [m for m in methods if m not in available]
         if unknown:
             raise UserError(
