@@ -53,3 +53,11 @@ def test_unknown_arch_is_a_user_error():
         tiny_model("falcon")
     with pytest.raises(UserError, match="unknown tiny architecture"):
         tiny_tokenizer("gpt2")
+
+
+def test_tiny_arch_dir_fixture(tiny_arch_dir):
+    from leanlm.core.models import load_tokenizer
+
+    folder = tiny_arch_dir("gemma2")
+    assert tiny_arch_dir("gemma2") == folder  # written once per session
+    assert load_tokenizer(str(folder)).bos_token == "<bos>"

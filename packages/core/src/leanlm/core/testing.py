@@ -58,6 +58,22 @@ def tiny_model() -> Any:
 
 
 @pytest.fixture(scope="session")
+def tiny_arch_dir(tmp_path_factory: Any) -> Any:
+    """``tiny_arch_dir(arch)`` -> an HF folder (model + tokenizer) of ``leanlm.core.tiny_models``'s tiny
+    ``arch`` (llama, llama3, qwen2, qwen3, mistral, gemma, gemma2, phi3), written once per session."""
+    from leanlm.core.tiny_models import tiny_model_dir
+
+    made: dict[str, Any] = {}
+
+    def get(arch: str) -> Any:
+        if arch not in made:
+            made[arch] = tiny_model_dir(arch, tmp_path_factory.mktemp(f"tiny-{arch}"))
+        return made[arch]
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def embedded_model() -> Any:
     """SmolLM2-135M-Instruct, fp32 on CPU (shared: do not mutate)."""
     from leanlm.core.models import load_model
