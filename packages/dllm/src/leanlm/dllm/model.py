@@ -112,13 +112,9 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Te
     return probs.to(v.dtype) @ v
 
 
-def _window(
-    allowed_q: torch.Tensor, q_idx: torch.Tensor, k_idx: torch.Tensor, window: int | None
-) -> torch.Tensor:
-    """Restrict ``allowed`` to HF's sliding window: key index > query index - window."""
-    if not window:
-        return allowed_q
-    return allowed_q & (k_idx[None, :] > q_idx[:, None] - window)
+def _window(allowed: torch.Tensor, q_idx: torch.Tensor, k_idx: torch.Tensor, window: int) -> torch.Tensor:
+    """Restrict ``allowed`` [..., Tq, Tk] to HF's sliding window: key index > query index - window."""
+    return allowed & (k_idx[None, :] > q_idx[:, None] - window)
 
 
 @dataclass
@@ -150,8 +146,10 @@ class AttentionPlan:
         if self.kv is not None:
             self.kv.append((k, v))
         t = q.shape[2]
-        idx = torch.arange(t, device=q.device)
-        base = _window(self.base, idx, idx, window)
+        base = self.base
+        if window:
+            idx = torch.arange(t, device=q.device)
+            base = _window(base, idx, idx, window)
         eye = torch.eye(t, dtype=torch.bool, device=q.device)
         if self.soft:
             keep = torch.maximum(self.w[:, None, None, :], eye.float())
@@ -174,8 +172,9 @@ class AttentionPlan:
                 c.v[i][rows, :, : s + 1],
                 c.valid[i][rows, : s + 1],
             )
-        idx = torch.arange(s + 1, device=q.device)
-        allowed = _window(valid[:, None, :], idx[-1:], idx, window)[:, None]  # [b, 1, 1, s+1]
+        allowed = valid[:, None, None, :]  # [b, 1, 1, s+1]
+        if window:  # HF's sliding window: slots > s - window (no extra kernels on the common path)
+            allowed = allowed & (torch.arange(s + 1, device=q.device) > s - window)
         return _attend(q, keys, values, allowed, scale, softcap)
 
 
