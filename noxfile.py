@@ -2,6 +2,7 @@
 
 uv run nox                      # all tests + lint
 uv run nox -s "tests(package='bita')"
+uv run nox -s compose           # the chains across methods (tests/compose), every package installed
 uv run nox -s bench -- bita     # a package's benchmarks
 uv run nox -s demo              # `leanlm demo` in a clean venv
 """
@@ -14,7 +15,7 @@ import nox
 
 PACKAGES = ["core", "bita", "bitdistiller", "dllm", "switchback", "lion"]
 nox.options.default_venv_backend = "uv"
-nox.options.sessions = ["lint", "tests"]
+nox.options.sessions = ["lint", "tests", "compose"]
 nox.options.reuse_existing_virtualenvs = True
 
 OFFLINE_ENV = {
@@ -41,6 +42,14 @@ def tests(session: nox.Session, package: str) -> None:
     sync(session, package, "test")
     # extra pytest arguments pass through: uv run nox -s "tests(package='core')" -- -k records
     session.run("pytest", f"packages/{package}/tests", "-q", *session.posargs, env=OFFLINE_ENV)
+
+
+@nox.session
+def compose(session: nox.Session) -> None:
+    """Methods chained through their folders (Lion -> BitDistiller -> BiTA), with every package installed."""
+    args = ["uv", "sync", "--frozen", "--inexact", "--all-packages", "--group", "test"]
+    session.run_install(*args, env={"UV_PROJECT_ENVIRONMENT": session.virtualenv.location}, silent=True)
+    session.run("pytest", "tests/compose", "-q", *session.posargs, env=OFFLINE_ENV)
 
 
 @nox.session(venv_backend="none")

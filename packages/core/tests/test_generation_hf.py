@@ -167,3 +167,19 @@ def test_bad_requests_raise_user_error(tiny_model, tokenizer):
         get_backend("nope")
     with pytest.raises(UserError, match="max_new_tokens"):
         SamplingParams(max_new_tokens=0)
+
+
+@pytest.mark.parametrize("arch, bos_count", [("llama3", 1), ("gemma", 1), ("qwen2", None)])
+def test_prompt_ids_keep_one_bos(arch, bos_count):
+    """A chat, or the same chat rendered to text and sent as a prompt, gives the same ids with one BOS."""
+    from leanlm.core.generation.hf import prompt_ids
+    from leanlm.core.tiny_models import tiny_tokenizer
+
+    tok = tiny_tokenizer(arch)
+    messages = [{"role": "user", "content": "hi"}]
+    rendered = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    as_chat = prompt_ids(tok, GenerationRequest(id="c", messages=messages))
+    as_text = prompt_ids(tok, GenerationRequest(id="p", prompt=rendered))
+    assert as_text == as_chat
+    if bos_count is not None:  # (Qwen's "BOS" is <|im_start|>, which opens every turn: not counted)
+        assert as_chat[0] == tok.bos_token_id and as_chat.count(tok.bos_token_id) == bos_count

@@ -99,7 +99,7 @@ def train_student(
     model.train()
     output_dir = Path(output_dir)
     args = training_arguments(output_dir, LION_TRAIN_DEFAULTS, {"seed": seed, **overrides},
-                              deepspeed=deepspeed, fsdp=fsdp)  # fmt: skip
+                              deepspeed=deepspeed, fsdp=fsdp, model=model)  # fmt: skip
     dataset = _ListDataset(build_examples(tokenizer, records, max_length))
     trainer = Trainer(
         model=model,

@@ -20,6 +20,7 @@ from typing import Any
 from leanlm.core.errors import UserError
 from leanlm.core.generation.base import Backend, OnResult
 from leanlm.core.generation.types import GenerationRequest, GenerationResult, SamplingParams
+from leanlm.core.sft import encode_prompt
 
 
 def cut_at_stop(text: str, stop: Sequence[str] | None) -> str:
@@ -41,7 +42,7 @@ def prompt_ids(tok: Any, request: GenerationRequest) -> list[int]:
             )
         text = tok.apply_chat_template(request.messages, tokenize=False, add_generation_prompt=True)
         return tok(text, add_special_tokens=False)["input_ids"]
-    return tok(request.prompt)["input_ids"]
+    return encode_prompt(tok, request.prompt)  # a prompt rendered by a chat template keeps one BOS
 
 
 class HFBackend(Backend):
