@@ -67,6 +67,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--label", default="cpu")
     ap.add_argument("--bits", default="4,2")
+    ap.add_argument("--timeout", type=int, default=1200, help="seconds for each GPTQModel child")
     args = ap.parse_args()
 
     import torch
@@ -97,12 +98,19 @@ def main() -> None:
             ref = ours(input_ids=torch.tensor([ids])).logits.float()
         job = {"folder": str(folder), "ids": ids, "out": str(work / f"gptq_logits_int{bits}.pt")}
         t = time.time()
-        proc = subprocess.run([sys.executable, "-c", CHILD], input=json.dumps(job), text=True, capture_output=True,
-                              env=dict(os.environ, PYTHONPATH=str(target)), timeout=1800)  # fmt: skip
-        lines = [x for x in proc.stdout.strip().splitlines() if x.startswith("{")]
-        res = (
-            json.loads(lines[-1]) if lines else {"ok": False, "error": proc.stderr.strip().splitlines()[-1:]}
-        )
+        try:
+            proc = subprocess.run([sys.executable, "-c", CHILD], input=json.dumps(job), text=True,
+                                  capture_output=True, env=dict(os.environ, PYTHONPATH=str(target)),
+                                  timeout=args.timeout)  # fmt: skip
+            lines = [x for x in proc.stdout.strip().splitlines() if x.startswith("{")]
+            err = " ".join(proc.stderr.strip().splitlines()[-1:])
+            res = json.loads(lines[-1]) if lines else {"ok": False, "error": err}
+        except subprocess.TimeoutExpired as e:
+            tail = (e.stderr or b"")[-300:]
+            res = {
+                "ok": False,
+                "error": f"GPTQModel.load did not finish in {args.timeout} s; stderr tail: {tail!r}",
+            }
         res["seconds"] = time.time() - t
         if res.get("ok"):
             got = torch.load(job["out"])

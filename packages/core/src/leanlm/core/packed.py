@@ -444,7 +444,8 @@ def save_packed(model: nn.Module, out_dir: str | Path, quantization_config: dict
     write_json(
         out / "quantize_config.json", {k: v for k, v in quantization_config.items() if k != "quant_method"}
     )
-    save_model(model, str(out / "model.safetensors"))
+    # {"format": "pt"}: transformers (and GPTQModel through it) refuse a safetensors file without it
+    save_model(model, str(out / "model.safetensors"), metadata={"format": "pt"})
     if tokenizer is not None:
         tokenizer.save_pretrained(str(out))
     sizes = packed_sizes(model)
