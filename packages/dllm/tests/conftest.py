@@ -1,4 +1,5 @@
 import copy
+import json
 
 import pytest
 import torch
@@ -35,3 +36,17 @@ def routed(untied_base) -> DLLM:
     torch.manual_seed(0)
     d = DLLM(copy.deepcopy(untied_base), DLLMConfig(start_layer=1, reserve_initials=2)).double()
     return randomize(d).eval()
+
+
+@pytest.fixture(scope="module")
+def piqa_rows(tmp_path_factory):
+    """A six-row PIQA-shaped local dataset folder (train/test/prompt) for the console scripts."""
+    folder = tmp_path_factory.mktemp("piqa")
+    rows = [
+        {"goal": f"open jar {i}", "sol1": "twist the lid", "sol2": "eat the lid", "answer": 1}
+        for i in range(6)
+    ]
+    for split, part in (("train", rows), ("test", rows[:2])):
+        (folder / f"{split}.json").write_text(json.dumps(part))
+    (folder / "prompt.json").write_text(json.dumps({"prompt": "Goal: {goal}\n1) {sol1}\n2) {sol2}\nAnswer:"}))
+    return folder

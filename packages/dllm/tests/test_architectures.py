@@ -93,19 +93,6 @@ def test_other_architectures_refused():
         assert "\n" not in msg and "Qwen3" in msg and "Phi-3" in msg and model.config.model_type in msg
 
 
-@pytest.fixture(scope="module")
-def piqa_rows(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("piqa")
-    rows = [
-        {"goal": f"open jar {i}", "sol1": "twist the lid", "sol2": "eat the lid", "answer": 1}
-        for i in range(6)
-    ]
-    for split, part in (("train", rows), ("test", rows[:2])):
-        (folder / f"{split}.json").write_text(json.dumps(part))
-    (folder / "prompt.json").write_text(json.dumps({"prompt": "Goal: {goal}\n1) {sol1}\n2) {sol2}\nAnswer:"}))
-    return folder
-
-
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_console_scripts_per_architecture(arch, piqa_rows, tmp_path):
     from test_data_cli import _run

@@ -69,17 +69,27 @@ def _unsupported(got: str) -> UserError:
     )
 
 
+PACKED_REFUSAL = (
+    "D-LLM trains LoRA adapters on the base's linear layers and routers on its float activations; "
+    "{what} is a packed low-bit export, whose layers it cannot adapt: pass the float model or the "
+    "BitDistiller QAT checkpoint instead"
+)
+
+
 def check_supported(model: nn.Module) -> str:
     """The model's ``model_type`` if D-LLM handles its blocks, else one UserError naming the supported ones."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise _unsupported(model_type or type(model).__name__)
+    if any(type(m).__name__ == "PackedLinear" for m in model.modules()):
+        raise UserError(PACKED_REFUSAL.format(what="this model"))
     return model_type
 
 
 def check_supported_name(name: str) -> None:
     """Refuse an unsupported local model folder before anything loads (reads its config.json only)."""
     from leanlm.core.models import resolve_model
+    from leanlm.core.packed import is_packed_folder
 
     r = resolve_model(name)
     config = Path(r.location) / "config.json"
@@ -87,6 +97,8 @@ def check_supported_name(name: str) -> None:
         model_type = json.loads(config.read_text()).get("model_type")
         if model_type not in SUPPORTED_MODEL_TYPES:
             raise _unsupported(f"{model_type} ({name})")
+        if is_packed_folder(r.location):
+            raise UserError(PACKED_REFUSAL.format(what=name))
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor, scale: float,
