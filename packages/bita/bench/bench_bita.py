@@ -5,13 +5,17 @@
 
 1. prompts from ``load_records("instructions")`` (alpaca-style, disjoint from Spec-Bench) in the
    embedded model's chat template; greedy answers through ``leanlm.core.generation`` (hf backend);
-2. a BiTA adapter (M=3, P=16 by default) trained with HF Trainer on CPU;
+2. a BiTA adapter (M=3, P=16 by default) trained with HF Trainer on CPU, then calibrated
+   (``bita-eval --calibrate``) on ``--calibrate-prompts`` of the training prompts, so that
+   ``auto:N`` trees can be evaluated;
 3. ``bita-eval``'s measurement on a fixed Spec-Bench subset (the first ``--per-category``
    questions of each of the 13 categories, first turn): greedy ``generate`` with KV cache (the
    baseline), HF prompt-lookup decoding, and BiTA for every ``--trees`` shape, interleaved per question.
 
 Writes results.json + results.md (and the eval's speed.json/speed.md/runs.json) under ``--out``.
-Every stage is resumable: generated answers and the trained adapter are reused on a re-run.
+Every stage is resumable: generated answers, the trained adapter and its calibration are reused
+on a re-run. ``--dtype bfloat16`` calibrates and evaluates in bf16 (the equality report then
+shows first divergences and ties).
 """
 
 from __future__ import annotations
