@@ -41,6 +41,16 @@ sys.path.insert(0, str(HERE))
 PACKED = {"int2": (2, 64), "int3": (3, 64), "int4": (4, 64)}
 
 
+def peak_rss_mib() -> float:
+    """VmHWM of this process (MiB). Not ``ru_maxrss``: Linux keeps that across exec, so a child would report
+    its parent's peak (every variant read 3116 MiB, the parent's, in the first run)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def cpu_info() -> dict[str, Any]:
     import torch
 
@@ -222,7 +232,7 @@ def rss_child_main() -> None:
     m = build(job["variant"], folders)
     prefill_ms(m, job["prefill"])
     decode_once(m, job["prompt"], 16)
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    print(peak_rss_mib())
 
 
 # ----------------------------------------------------------------------------- main

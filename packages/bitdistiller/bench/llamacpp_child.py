@@ -23,6 +23,16 @@ import numpy as np
 from llama_cpp import Llama
 
 
+def peak_rss_mib() -> float:
+    """VmHWM of this process (MiB). Not ``ru_maxrss``: Linux keeps that across exec, so a child would report
+    its parent's peak (every variant read 3116 MiB, the parent's, in the first run)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _model(path: str, threads: int, n_ctx: int, logits_all: bool) -> Llama:
     return Llama(model_path=path, n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, n_threads=threads,
                  n_threads_batch=threads, logits_all=logits_all, verbose=False)  # fmt: skip
@@ -57,7 +67,7 @@ def decode(job: dict) -> dict:
     return {
         "runs": runs,
         "prefill_ms": prefill_ms,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mib": peak_rss_mib(),
     }
 
 
