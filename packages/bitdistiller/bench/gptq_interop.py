@@ -40,7 +40,8 @@ try:
         logits = m(input_ids=ids).logits.float()
     torch.save(logits, job["out"])
     out["ok"] = True
-    out["kernel"] = sorted({type(x).__name__ for x in m.modules() if "QuantLinear" in type(x).__name__})
+    out["kernel"] = sorted({type(x).__name__ for x in m.modules()
+                            if type(x).__module__.startswith("gptqmodel.nn_modules")})
 except Exception as e:  # report what failed, in one line
     out = {"ok": False, "error": f"{type(e).__name__}: {str(e)[:400]}"}
 print(json.dumps(out))
