@@ -195,7 +195,9 @@ def train(
     resumed_from = last_checkpoint(output_dir) if resume else None
     result = train_with_resume(trainer, resume)
     final = Path(output_dir) / "final"
-    student.config.use_cache = True  # off for training only: generation from the saved model needs its KV cache
+    student.config.use_cache = (
+        True  # off for training only: generation from the saved model needs its KV cache
+    )
     trainer.save_model(str(final))
     tokenizer.save_pretrained(str(final))
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
