@@ -37,10 +37,16 @@ def test_wrap_policy_is_the_models_decoder_layer(models, arch, tmp_path):
     assert _policy_classes(bare, model) == {layer_cls}
 
 
-def test_wrap_class_found_through_peft_and_refused_without_one(models):
-    from peft import LoraConfig, get_peft_model
+class _MethodWrapper(nn.Module):
+    """What peft and the methods do: the HF model a few attributes down (peft itself is not a core dependency)."""
 
-    wrapped = get_peft_model(models["qwen3"], LoraConfig(r=2, target_modules=["q_proj"]))
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.base_model = nn.ModuleDict({"model": model})
+
+
+def test_wrap_class_found_through_wrappers_and_refused_without_one(models):
+    wrapped = _MethodWrapper(_MethodWrapper(models["qwen3"]))
     assert decoder_layer_classes(wrapped) == ["Qwen3DecoderLayer"]
     with pytest.raises(UserError, match="_no_split_modules"):
         decoder_layer_classes(nn.Sequential(nn.Linear(2, 2)))
