@@ -1,7 +1,7 @@
 """The serving engine: one worker thread decodes batches of queued requests, token by token.
 
-Requests wait in a bounded queue. The worker takes the first one and every other that is waiting
-(up to ``max_batch``), left-pads their prompts and decodes them together with one KV cache:
+Requests wait in a bounded queue. The worker takes the first one and every other that arrives
+within ``gather_seconds`` (20 ms; up to ``max_batch``), left-pads their prompts and decodes them together with one KV cache:
 
     prefill  logits[b] = model(ids [B, P], attention_mask [B, P], position_ids)[:, -1]
     step     next[b]   = argmax(logits[b]) (or a seeded top-p sample at the row's temperature)
@@ -75,6 +75,7 @@ class EngineBase:
         self.max_batch = max_batch
         self.waiting: queue.Queue[Job] = queue.Queue(maxsize=max_queue)
         self.tokens_generated = 0  # over all requests: how much decoding was done (tests, /health)
+        self.gather_seconds = 0.02  # how long the first request of a batch waits for company
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._work, name="leanlm-serve-engine", daemon=True)
         self._thread.start()
@@ -106,9 +107,10 @@ class EngineBase:
             except queue.Empty:
                 continue
             batch = [first]
+            deadline = time.perf_counter() + self.gather_seconds
             while len(batch) < self.max_batch:
-                try:
-                    batch.append(self.waiting.get_nowait())
+                try:  # requests sent together arrive a few ms apart: wait that long to batch them
+                    batch.append(self.waiting.get(timeout=max(0.0, deadline - time.perf_counter())))
                 except queue.Empty:
                     break
             batch = [j for j in batch if not j.cancelled.is_set()]
