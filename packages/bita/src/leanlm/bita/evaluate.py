@@ -32,6 +32,7 @@ from leanlm.bita.decoding import BiTADecoder, TreeSpec, split_method
 from leanlm.bita.model import BiTAModel
 from leanlm.bita.prompts import instruction_of
 from leanlm.core.errors import UserError
+from leanlm.core.sft import encode_prompt  # a rendered chat prompt keeps exactly one BOS
 from leanlm.core.templates import format_conversation
 
 log = logging.getLogger(__name__)
@@ -279,7 +280,7 @@ def speed_runs(
     if pld_tokens:
         runs["pld"] = []
     runs.update({name: [] for name in decoders})
-    encoded = [(p, tokenizer(p["prompt"], add_special_tokens=True)["input_ids"]) for p in prompts]
+    encoded = [(p, encode_prompt(tokenizer, p["prompt"])) for p in prompts]
     for _p, ids in encoded[: max(0, int(warmup))]:  # first calls pay one-off costs (allocations, kernels)
         _hf_generate(base, ids, 8, eos_id, pad)
         for dec in decoders.values():
@@ -327,7 +328,7 @@ def speed_runs(
             answers.append(tokenizer.decode(answer_ids, skip_special_tokens=True))
             users.append(followup)
             prompt = format_conversation(p["template"], users, answers, tokenizer=tokenizer)
-            ids_next = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+            ids_next = encode_prompt(tokenizer, prompt)
             prompt_ids[f"{p['id']}-turn{turn}"] = ids_next
             run_all({"id": f"{p['id']}-turn{turn}", "category": p["category"]}, ids_next)
     if divergence is not None:
@@ -419,7 +420,7 @@ def answer_prompts(
         for p in prompts:
             if p["id"] in writer:
                 continue
-            ids = tokenizer(p["prompt"], add_special_tokens=True)["input_ids"]
+            ids = encode_prompt(tokenizer, p["prompt"])
             res = decoder.generate(ids, max_new_tokens, eos_id)
             text_ids = [t for t in res.tokens if t not in eos]
             writer.write(
@@ -452,7 +453,7 @@ def calibrate_adapter(
     eos_id = model.base.generation_config.eos_token_id
     if eos_id is None:
         eos_id = tokenizer.eos_token_id
-    ids = [tokenizer(p["prompt"], add_special_tokens=True)["input_ids"] for p in prompts]
+    ids = [encode_prompt(tokenizer, p["prompt"]) for p in prompts]
     cal = collect_calibration(
         model, ids, max_new_tokens=max_new_tokens, eos_token_id=eos_id, max_rank=max_rank
     )
