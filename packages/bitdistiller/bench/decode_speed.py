@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -52,27 +51,10 @@ def peak_rss_mib() -> float:
 
 
 def cpu_info() -> dict[str, Any]:
-    import torch
+    """core's machine description (CPU, flags, AMX or not, torch capability); these runs shared the machine."""
+    from leanlm.core.bench_report import machine_info
 
-    flags = model = ""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        for line in text.splitlines():
-            if line.startswith("flags") and not flags:
-                flags = line
-            if line.startswith("model name") and not model:
-                model = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return {
-        "cpu": model or platform.processor(),
-        "cores": os.cpu_count(),
-        "torch": torch.__version__,
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "amx": any(f in flags for f in ("amx_tile", "amx_bf16")),
-        "avx512_bf16": "avx512_bf16" in flags,
-        "shared_machine": True,
-    }
+    return {**machine_info(), "shared_machine": True}
 
 
 # ----------------------------------------------------------------------------- models
@@ -387,7 +369,7 @@ def main() -> None:
         f"Decode speed, batch 1, greedy, {args.new_tokens} new tokens after {len(prompts[0])}-token prompts "
         f"({len(prompts)} prompts), median of {args.rounds} interleaved rounds; prefill of one {len(prefill)}-token "
         f"prompt. {info['cpu']}, {info['cores']} cores, torch {info['torch']}, CPU capability "
-        f"{info['cpu_capability']}, AMX {'yes' if info['amx'] else 'no'}, avx512_bf16 "
+        f"{info['torch_cpu_capability']}, AMX {'yes' if info['amx'] else 'no'}, avx512_bf16 "
         f"{'yes' if info['avx512_bf16'] else 'no'}. **Shared machine** (other developers' jobs on the same 2 cores): "
         "only ratios within this run compare.",
         "",
