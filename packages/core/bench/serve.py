@@ -13,9 +13,15 @@ concurrency c in ``--concurrency``:
 
 The serving overhead is ``served wall / in-process wall`` (target under 1.15 at concurrency 1).
 Greedy, the same prompts and ``--max-tokens`` everywhere; variants and methods interleaved per
-repeat; medians reported. BiTA and D-LLM are not served yet (no backend registry): not measured.
+repeat; medians reported.
 
-    uv run python packages/core/bench/serve.py --label cpu-2t --threads 2
+``bita`` (with ``--bita-adapter FOLDER``, a BiTA adapter for the embedded model, and leanlm-bita installed):
+the registered ``bita`` backend (tree ``--bita-tree``), in process vs ``leanlm serve --backend bita``.
+BiTA decodes one request at a time, so at concurrency c the server queues and the in-process
+baseline runs the same requests one after another.
+
+    uv run python packages/core/bench/serve.py --label cpu-2t --threads 2 --variants plain,int4,bita \
+        --bita-adapter ADAPTER
 """
 
 from __future__ import annotations
@@ -65,7 +71,8 @@ def prompts(n: int) -> list[str]:
 
 
 def in_process(model: Any, tok: Any, texts: list[str], c: int, max_tokens: int) -> dict[str, float]:
-    backend = get_backend("hf", model=model, tokenizer=tok, batch_size=c)
+    """``model``: an HF model (core's ``hf`` backend, batches of c) or a ready backend (run as it is)."""
+    backend = model if hasattr(model, "run") else get_backend("hf", model=model, tokenizer=tok, batch_size=c)
     reqs = [
         GenerationRequest(id=str(i), messages=[{"role": "user", "content": t}]) for i, t in enumerate(texts)
     ]
@@ -122,6 +129,8 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--bita-adapter", default=None, help="BiTA adapter folder for the bita variant")
+    ap.add_argument("--bita-tree", default="1")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     info = machine_info(args.threads)
@@ -130,10 +139,19 @@ def main() -> None:
     models = {"plain": base}
     if "int4" in args.variants.split(","):
         models["int4"] = int4_model(base)
+    if "bita" in args.variants.split(","):
+        if not args.bita_adapter:
+            raise SystemExit("the bita variant needs --bita-adapter FOLDER")
+        models["bita"] = get_backend("bita", model=args.bita_adapter, tree=args.bita_tree, dtype="float32")
     levels = [int(c) for c in args.concurrency.split(",")]
     rows: list[dict[str, Any]] = []
     for variant in [v for v in args.variants.split(",") if v in models]:
-        engine = build_engine(models[variant], tok, max_batch=max(levels))
+        if variant == "bita":
+            from leanlm.core.serving.engine import BackendEngine
+
+            engine = BackendEngine(models[variant], tok)
+        else:
+            engine = build_engine(models[variant], tok, max_batch=max(levels))
         with Server(engine, variant, ServerLimits(max_tokens=args.max_tokens)) as server:
             warm = prompts(2)  # first calls pay one-time costs (kernels, allocator, the event loop)
             in_process(models[variant], tok, warm, 2, 4)

@@ -12,7 +12,8 @@ Prompt sets (offline by default; any local JSON/JSONL file works too):
 
 A teacher file is JSONL; each line is one of: a generation result (``{"id", "text", "ok", "meta":
 {"prompt"}}``, what ``bitdistiller-generate`` writes), ``{"prompt", "response"}``, or the original
-format ``[[prompt, response]]``.
+format ``[[prompt, response]]``, or an Alpaca record ``{"instruction", "input", "output"}`` (the prompt
+built as for ``alpaca`` above; Lion writes its teacher's answers this way in ``iter_N/teacher_data.jsonl``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,11 @@ log = logging.getLogger(__name__)
 
 TEACHER_DATASETS = ("wikitext", "alpaca", "code", "math")
 ALPACA_HEAD = "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+
+
+def alpaca_prompt(instruction: str, extra: str = "") -> str:
+    """The original's instruction prompt, no template: ``"{instruction}\\n{input}\\n"`` (or ``"{instruction}\\n"``)."""
+    return f"{instruction}\n{extra}\n" if extra else f"{instruction}\n"
 
 
 def _alpaca(instruction: str, suffix: str = "") -> str:
@@ -64,10 +70,7 @@ def teacher_prompts(dataset: str, max_sample: int | None = None, seed: int = 42)
         elif key == "math" and "question" in r:
             prompts.append({"id": rid, "prompt": _alpaca(r["question"], " Let's think step by step.")})
         elif "instruction" in r:
-            extra = r.get("input") or ""
-            prompts.append(
-                {"id": rid, "prompt": f"{r['instruction']}\n{extra}\n" if extra else f"{r['instruction']}\n"}
-            )
+            prompts.append({"id": rid, "prompt": alpaca_prompt(r["instruction"], r.get("input") or "")})
         elif "prompt" in r:
             prompts.append({"id": rid, "prompt": r["prompt"]})
         else:
@@ -95,10 +98,13 @@ def _pair(item: Any, path: Path, lineno: int) -> tuple[str, str] | None:
             return str(item["prompt"]), str(item["response"])
         if "text" in item and isinstance(item.get("meta"), dict) and "prompt" in item["meta"]:
             return (str(item["meta"]["prompt"]), str(item["text"])) if item.get("ok", True) else None
+        if "instruction" in item and "output" in item:  # Alpaca records, e.g. Lion's teacher_data.jsonl
+            return alpaca_prompt(str(item["instruction"]), str(item.get("input") or "")), str(item["output"])
     raise RecordError(
         path,
         lineno,
-        "expected {'prompt', 'response'}, a generation result with meta.prompt, or [[prompt, response]]",
+        "expected {'prompt', 'response'}, {'instruction', 'output'}, a generation result with meta.prompt, "
+        "or [[prompt, response]]",
     )
 
 

@@ -8,6 +8,22 @@ from leanlm.core.cli import entry
 from leanlm.core.errors import UserError
 
 
+def parse_options(options: str | dict | tuple | None) -> dict[str, str]:
+    """``KEY=VALUE[,KEY=VALUE]`` (fire may hand a comma list over as a tuple) or a dict -> a dict."""
+    if options is None or options == "":
+        return {}
+    if isinstance(options, dict):
+        return {str(k): v for k, v in options.items()}
+    parts = [str(p) for p in options] if isinstance(options, (tuple, list)) else str(options).split(",")
+    out = {}
+    for part in parts:
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--backend_options: expected KEY=VALUE[,KEY=VALUE], got {part!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
 class LeanLM:
     """leanlm: one toolkit for five methods that make LLMs cheaper (BiTA, BitDistiller, D-LLM, SwitchBack, Lion)."""
 
@@ -56,6 +72,7 @@ class LeanLM:
         dtype: str | None = None,
         device: str | None = None,
         backend: str = "hf",
+        backend_options: str | dict | None = None,
     ) -> None:
         """Serve MODEL (any folder load_model opens: HF, packed low-bit, a fine-tune) with the OpenAI API.
 
@@ -64,7 +81,9 @@ class LeanLM:
         send "Authorization: Bearer KEY"; prompts over --max_prompt_tokens and max_tokens over
         --max_tokens get a 400. --served_name is the model name clients send (default: MODEL).
         --backend NAME serves a method's decoding registered under leanlm.backends instead of plain
-        batched decoding (one request at a time; the answer arrives in one piece when streamed).
+        batched decoding (one request at a time; the answer arrives in one piece when streamed), e.g.
+        `leanlm serve --backend bita --model ADAPTER_DIR --backend_options tree=1-1` (BiTA, lossless) or
+        `--backend dllm --model DLLM_DIR` (D-LLM layer skipping). --backend_options: KEY=VALUE[,KEY=VALUE].
         """
         import os
 
@@ -72,8 +91,9 @@ class LeanLM:
 
         if not 0 < int(port) < 65536:
             raise UserError(f"--port must be in 1..65535, got {port}")
+        options = parse_options(backend_options)
         serve(model, host, int(port), served_name, api_key or os.environ.get("LEANLM_API_KEY"), max_batch,
-              max_queue, max_prompt_tokens, max_tokens, dtype, device, backend)  # fmt: skip
+              max_queue, max_prompt_tokens, max_tokens, dtype, device, backend, options)  # fmt: skip
 
     def recipe(self, path: str, run_dir: str | None = None, evaluate: bool = True) -> str:
         """Run the method steps of the recipe file PATH (YAML/TOML), each step's output feeding the next.

@@ -1,7 +1,7 @@
 """``leanlm recipe RECIPE.yaml``: a chain of method steps, each step's output folder feeding the next.
 
 A recipe (YAML or TOML) names a starting ``model`` and a list of ``steps``. Each step runs one
-console script (or an explicit command list) with its ``flags``; the runner adds the previous
+console script (or an explicit command list) with its positional ``args`` and its ``flags``; the runner adds the previous
 step's model as ``--<model_flag>`` (default ``model``) and the step's own folder
 ``<run_dir>/<n>-<name>`` as ``--<output_flag>`` (default ``output_dir``; ``null`` for none). The
 model the step hands on is ``<its folder>/<produces>`` (default: the folder itself; ``produces:
@@ -52,6 +52,7 @@ class Step:
     output_flag: str | None = "output_dir"
     produces: str | None = ""  # "" = the output folder itself; None = pass the received model on
     evaluate: bool = True
+    args: list[str] = field(default_factory=list)  # positional arguments after the command
 
 
 @dataclass
@@ -65,7 +66,16 @@ class Recipe:
 def _as_step(i: int, raw: Any, path: Path) -> Step:
     if not isinstance(raw, dict) or "command" not in raw:
         raise UserError(f"{path}: step {i + 1} needs a 'command' (a console script or a list)")
-    unknown = set(raw) - {"name", "command", "flags", "model_flag", "output_flag", "produces", "evaluate"}
+    unknown = set(raw) - {
+        "name",
+        "command",
+        "args",
+        "flags",
+        "model_flag",
+        "output_flag",
+        "produces",
+        "evaluate",
+    }
     if unknown:
         raise UserError(f"{path}: step {i + 1} has unknown keys {sorted(unknown)}")
     command = raw["command"]
@@ -76,8 +86,11 @@ def _as_step(i: int, raw: Any, path: Path) -> Step:
     flags = raw.get("flags") or {}
     if not isinstance(flags, dict):
         raise UserError(f"{path}: step {name!r}: 'flags' must be a mapping of flag -> value")
+    args = raw.get("args") or []
+    if not isinstance(args, list):
+        raise UserError(f"{path}: step {name!r}: 'args' must be a list of positional arguments")
     return Step(name, command, dict(flags), raw.get("model_flag", "model"), raw.get("output_flag", "output_dir"),
-                raw.get("produces", ""), bool(raw.get("evaluate", True)))  # fmt: skip
+                raw.get("produces", ""), bool(raw.get("evaluate", True)), [str(a) for a in args])  # fmt: skip
 
 
 PACKAGED = Path(__file__).with_name("recipes")  # the recipes leanlm ships (also ./recipes in the repo)
@@ -142,8 +155,8 @@ def _fill(value: Any, context: dict[str, str]) -> Any:
     return _PLACEHOLDER.sub(sub, value)
 
 
-def _argv(step: Step, flags: dict[str, Any]) -> list[str]:
-    command = list(step.command)
+def _argv(step: Step, flags: dict[str, Any], args: list[str]) -> list[str]:
+    command = [*step.command, *args]
     if command[0] == "python":
         command[0] = sys.executable
     elif shutil.which(command[0]) is None and (Path(sys.executable).parent / command[0]).exists():
@@ -174,11 +187,14 @@ def run_steps(recipe: Recipe, run_dir: Path) -> list[dict[str, Any]]:
         folder = run_dir / f"{n}-{step.name}"
         context.update(model=model, output=str(folder))
         flags = {k: _fill(v, context) for k, v in step.flags.items()}
+        args = [_fill(a, context) for a in step.args]
         if step.model_flag:
             flags.setdefault(step.model_flag, model)
         if step.output_flag:
             flags[step.output_flag] = str(folder)
-        key = digest(step.command, flags, previous)
+        key = (
+            digest(step.command, flags, previous) if not args else digest(step.command, args, flags, previous)
+        )
         stamp = folder / STAMP
         finished = stamp.exists() and read_json(stamp).get("digest") == key
         seconds = 0.0
@@ -187,7 +203,7 @@ def run_steps(recipe: Recipe, run_dir: Path) -> list[dict[str, Any]]:
         else:
             _set_aside(folder)
             folder.mkdir(parents=True)
-            argv = _argv(step, flags)
+            argv = _argv(step, flags, args)
             log.info("recipe step %d %s: %s", n, step.name, " ".join(argv))
             t0 = time.perf_counter()
             proc = subprocess.run(argv, cwd=run_dir)

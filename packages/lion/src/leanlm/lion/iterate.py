@@ -84,6 +84,7 @@ class IterateConfig:
     train_options: dict[str, Any] = field(default_factory=dict)  # TrainingArguments overrides + max_length
     deepspeed: str | None = None
     fsdp: bool = False
+    nproc: int | None = None  # train the student on this many processes (a torchrun job)
     seed: int = 0
     price_in: float = 0.0  # USD per 1M prompt tokens (for the cost column)
     price_out: float = 0.0  # USD per 1M completion tokens
@@ -255,6 +256,8 @@ class LionRun:
         )  # fmt: skip
         by_id = {a["id"]: a for a in answers}
         train_records = [by_id[r["id"]] for r in train_pool if r["id"] in by_id]
+        # the teacher's answers as Alpaca records, for other tools (e.g. BitDistiller's teacher data)
+        write_jsonl(it.dir / "teacher_data.jsonl", train_records)
 
         student_dir = it.dir / "student"
         train_inputs = digest(train_records, c.student, c.train, c.train_options)
@@ -267,7 +270,8 @@ class LionRun:
                 opts = dict(c.train_options)
                 max_length = int(opts.pop("max_length", 1024))
                 metrics = train_student(c.student, train_records, student_dir, max_length=max_length,
-                                        deepspeed=c.deepspeed, fsdp=c.fsdp, seed=c.seed, **opts)  # fmt: skip
+                                        deepspeed=c.deepspeed, fsdp=c.fsdp, seed=c.seed, nproc=c.nproc,
+                                        **opts)  # fmt: skip
                 self.state.mark_done(
                     i, "train", {"stage": "train", "examples": len(train_records), **metrics}, train_inputs
                 )

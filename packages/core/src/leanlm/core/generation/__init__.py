@@ -57,7 +57,16 @@ def get_backend(name: str, **options: Any) -> Backend:
         return VLLMBackend(**options)
     registered = registered_backends()
     if key in registered:
-        return registered[key].load()(**options)
+        import inspect
+
+        factory = registered[key].load()
+        params = inspect.signature(factory).parameters
+        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            unknown = sorted(set(options) - set(params))
+            if unknown:
+                raise UserError(f"backend {key!r} takes no option(s) {', '.join(unknown)}; its options: "
+                                f"{', '.join(n for n in params if n != 'self')}")  # fmt: skip
+        return factory(**options)
     known = ", ".join([*BACKENDS, *sorted(registered)])
     raise UserError(f"unknown generation backend {name!r}; choose one of {known}")
 

@@ -25,11 +25,14 @@ log = logging.getLogger(__name__)
 
 
 def build_engine(model: str | Any, tokenizer: Any = None, max_batch: int = 8, max_queue: int = 256,
-                 dtype: str | None = None, device: str | None = None, backend: str = "hf") -> EngineBase:  # fmt: skip
+                 dtype: str | None = None, device: str | None = None, backend: str = "hf",
+                 backend_options: dict[str, Any] | None = None) -> EngineBase:  # fmt: skip
     """An ``Engine`` for a model name/path (loaded with ``load_model``) or a model object + tokenizer.
 
     ``backend``: ``hf`` (batched, streamed token by token) or a backend a method registered under
-    ``leanlm.backends`` (built with ``model=``; served one request at a time, not streamed by token).
+    ``leanlm.backends`` (built with ``model=``, ``dtype``/``device`` when given, and
+    ``backend_options``, e.g. BiTA's ``{"tree": "1-1"}``; served one request at a time, not streamed
+    by token).
     """
     from leanlm.core.generation import get_backend
     from leanlm.core.models import load_model, load_tokenizer
@@ -37,7 +40,8 @@ def build_engine(model: str | Any, tokenizer: Any = None, max_batch: int = 8, ma
     if backend not in ("hf", "transformers"):
         if not isinstance(model, str):
             raise UserError("a registered backend is built from a model name or folder, not a model object")
-        built = get_backend(backend, model=model)
+        given = {k: v for k, v in (("dtype", dtype), ("device", device)) if v is not None}
+        built = get_backend(backend, model=model, **given, **(backend_options or {}))
         tok = tokenizer or getattr(built, "tokenizer", None) or load_tokenizer(model)
         return BackendEngine(built, tok, max_queue=max_queue)
     if isinstance(model, str):
@@ -96,12 +100,12 @@ class Server:
 def serve(model: str = "default", host: str = "127.0.0.1", port: int = 8000, served_name: str | None = None,
           api_key: str | None = None, max_batch: int = 8, max_queue: int = 256, max_prompt_tokens: int = 4096,
           max_tokens: int = 1024, dtype: str | None = None, device: str | None = None,
-          backend: str = "hf") -> None:  # fmt: skip
+          backend: str = "hf", backend_options: dict[str, Any] | None = None) -> None:  # fmt: skip
     """Load ``model`` and serve it until interrupted (Ctrl-C)."""
     import uvicorn
 
     engine = build_engine(model, max_batch=max_batch, max_queue=max_queue, dtype=dtype, device=device,
-                          backend=backend)  # fmt: skip
+                          backend=backend, backend_options=backend_options)  # fmt: skip
     name = served_name or model
     app = create_app(engine, name, ServerLimits(max_prompt_tokens, max_tokens, min(256, max_tokens)), api_key)
     log.info("serving %s as %r on http://%s:%d/v1 (batch %d, key %s)", model, name, host, port, max_batch,
