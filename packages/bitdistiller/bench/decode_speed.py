@@ -2,7 +2,7 @@
 
 One run, the same prompts for every variant, batch 1, greedy, ``--new-tokens`` (128) new tokens, at each of
 ``--threads`` (1,2). Variants run interleaved (round r: every variant once at each thread count) and
-the median over ``--rounds`` is reported, since the machine is shared. Per variant: decode tokens/s,
+the median over ``--rounds`` is reported (interleaving keeps the ratios fair when load changes). Per variant: decode tokens/s,
 prefill ms for one ``--prefill-tokens`` (512) prompt, peak RSS (a separate process per variant: load,
 prefill, 16 tokens) and the size of what is stored.
 
@@ -50,11 +50,12 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def cpu_info() -> dict[str, Any]:
-    """core's machine description (CPU, flags, AMX or not, torch capability); these runs shared the machine."""
+def cpu_info(shared: bool) -> dict[str, Any]:
+    """core's machine description (CPU, flags, AMX or not, torch capability) and the 1-min load average at the
+    start, so a reader can tell a quiet run from one on a machine shared with other jobs."""
     from leanlm.core.bench_report import machine_info
 
-    return {**machine_info(), "shared_machine": True}
+    return {**machine_info(), "shared_machine": shared, "load_average_1min": os.getloadavg()[0]}
 
 
 # ----------------------------------------------------------------------------- models
@@ -238,6 +239,7 @@ def main() -> None:
     ap.add_argument("--ppl-chunks", type=int, default=16)
     ap.add_argument("--no-llamacpp", action="store_true")
     ap.add_argument("--no-rss", action="store_true")
+    ap.add_argument("--shared-machine", action="store_true", help="say in the report that other jobs shared the CPU")
     ap.add_argument("--work", default=None)
     ap.add_argument("--rss-child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -257,7 +259,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     threads = [int(t) for t in str(args.threads).split(",")]
     variants = args.variants.split(",")
-    info = cpu_info()
+    info = cpu_info(args.shared_machine)
     print(json.dumps(info), flush=True)
 
     llama_py = None
@@ -370,8 +372,9 @@ def main() -> None:
         f"({len(prompts)} prompts), median of {args.rounds} interleaved rounds; prefill of one {len(prefill)}-token "
         f"prompt. {info['cpu']}, {info['cores']} cores, torch {info['torch']}, CPU capability "
         f"{info['torch_cpu_capability']}, AMX {'yes' if info['amx'] else 'no'}, avx512_bf16 "
-        f"{'yes' if info['avx512_bf16'] else 'no'}. **Shared machine** (other developers' jobs on the same 2 cores): "
-        "only ratios within this run compare.",
+        f"{'yes' if info['avx512_bf16'] else 'no'}; load average {info['load_average_1min']:.2f} at the start. "
+        + ("**Shared machine** (other jobs on the same cores): only ratios within this run compare."
+           if info["shared_machine"] else "Quiet machine (no other jobs)."),
         "",
         "| variant | "
         + " | ".join(f"tok/s {t}T | x fp32 {t}T | x bf16 {t}T | prefill ms {t}T" for t in threads)
