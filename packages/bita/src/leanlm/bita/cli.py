@@ -78,12 +78,13 @@ def gen_outputs(
     """The base model's greedy answers to PROMPTS, into ONE resumable JSONL (re-run to resume).
 
     backend: hf (in process; --model) | tgi (--base_url host:port) | openai (any OpenAI-compatible
-    server; --base_url, --api_key, --model = served name) | vllm (in process, if installed).
+    server, e.g. leanlm serve; --base_url, --api_key, --model = served name) | vllm (in process, if
+    installed) | a registered backend (e.g. dllm: --model DLLM_DIR).
     Requests still failing after the retries end the run with exit 2 (re-run to retry only them)
     unless --max_failed_fraction allows that share; failed ones are never used as answers.
     """
     from leanlm.bita.prompts import generate_outputs
-    from leanlm.core.generation import get_backend
+    from leanlm.core.generation.spec import BackendSpec
     from leanlm.core.records import read_records
 
     records = read_records(prompts)
@@ -91,27 +92,10 @@ def gen_outputs(
         raise UserError(f"{prompts}: no prompts")
     if limit:
         records = records[: _limit(limit)]
-    kind = backend.lower()
-    if kind in {"hf", "transformers", "vllm"}:
-        options: dict[str, Any] = {"model": model, "batch_size": int(batch_size)}
-        if dtype:
-            options["dtype"] = dtype
-        if kind == "vllm":
-            options.pop("batch_size")
-    elif kind == "tgi":
-        options = {"base_url": base_url, "concurrency": int(concurrency)}
-        if api_key:
-            options["api_key"] = api_key
-    elif kind == "openai":
-        options = {
-            "model": None if model == "default" else model,
-            "base_url": base_url,
-            "api_key": api_key,
-            "concurrency": int(concurrency),
-        }
-    else:
-        raise UserError(f"unknown backend {backend!r}; use hf, tgi, openai or vllm")
-    engine = get_backend(kind, **options)
+    served = str(backend).lower() == "openai" and model == "default"  # ask the server its model
+    spec = BackendSpec.from_flags(backend=backend, model=None if served else model, base_url=base_url,
+                                  api_key=api_key, concurrency=concurrency, batch_size=batch_size, dtype=dtype)  # fmt: skip
+    engine = spec.build()
     results = generate_outputs(
         records, output, engine, max_new_tokens=int(max_new_tokens), max_failed_fraction=max_failed_fraction
     )

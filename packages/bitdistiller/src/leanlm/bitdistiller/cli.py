@@ -146,16 +146,13 @@ def generate(
     server: --base-url, key from --api-key or OPENAI_API_KEY). Seeded; re-running resumes.
     """
     from leanlm.bitdistiller.teacher import generate_teacher_data
+    from leanlm.core.generation.spec import BackendSpec
 
-    options: dict[str, Any] = {}
-    if backend in {"openai", "tgi"}:
-        options = {
-            k: v
-            for k, v in {"base_url": base_url, "api_key": api_key, "concurrency": concurrency}.items()
-            if v is not None
-        }
+    served = str(backend).lower() == "openai" and model == "default"  # ask the server its model
+    spec = BackendSpec.from_flags(backend=backend, model=None if served else model, base_url=base_url,
+                                  api_key=api_key, concurrency=concurrency, batch_size=batch_size)  # fmt: skip
     result = generate_teacher_data(model, dataset, out, out_dir, max_sample, temperature, top_p, max_new_tokens, seed,
-                                   backend, batch_size, options, max_failed_fraction)  # fmt: skip
+                                   spec, max_failed_fraction=max_failed_fraction)  # fmt: skip
     return _show(result)
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from leanlm.bitdistiller.data import teacher_file_name, teacher_prompts
+from leanlm.core.generation.spec import BackendSpec
 
 log = logging.getLogger(__name__)
 
@@ -26,13 +27,18 @@ def generate_teacher_data(
     top_p: float = 1.0,
     max_new_tokens: int = 1024,
     seed: int = 42,
-    backend: str = "hf",
+    backend: str | BackendSpec = "hf",
     batch_size: int = 16,
     backend_options: dict[str, Any] | None = None,
     max_failed_fraction: float = 0.0,
 ) -> dict[str, Any]:
-    """Generate (or resume) teacher answers; returns {"path", "records", "failed", "stats"}."""
-    from leanlm.core.generation import SamplingParams, generate, get_backend
+    """Generate (or resume) teacher answers; returns {"path", "records", "failed", "stats"}.
+
+    ``backend``: a ``BackendSpec``, or a backend name completed by ``model``, ``batch_size`` and
+    ``backend_options`` (server flags such as ``base_url``). For a server, ``model`` is the served
+    name ("default" asks the server which model it serves).
+    """
+    from leanlm.core.generation import SamplingParams, generate
 
     prompts = teacher_prompts(dataset, max_sample, seed)
     path = (
@@ -40,14 +46,11 @@ def generate_teacher_data(
         if out
         else Path(out_dir) / teacher_file_name(dataset, temperature, max_new_tokens, seed, max_sample)
     )
-    options = dict(backend_options or {})
-    if backend in {"hf", "vllm"}:
-        options.setdefault("model", model)
-    if backend == "hf":
-        options.setdefault("batch_size", batch_size)
-    if backend == "openai" and model:
-        options.setdefault("model", model)  # the served model's name
-    be = get_backend(backend, **options)
+    if not isinstance(backend, BackendSpec):
+        served = str(backend).lower() == "openai" and model == "default"
+        backend = BackendSpec.from_flags(**{"backend": backend, "model": None if served else model,
+                                            "batch_size": batch_size, **(backend_options or {})})  # fmt: skip
+    be = backend.build()
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
     requests = [
         {"id": p["id"], "prompt": p["prompt"], "meta": {"prompt": p["prompt"], "dataset": dataset}}

@@ -11,12 +11,14 @@ unreachable base URL is one clear error instead of minutes of retries.
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
 from leanlm.core.errors import UserError
+from leanlm.core.generation.spec import BackendSpec
 
 OPENAI_URL = "https://api.openai.com/v1"
 LOCAL_BACKENDS = ("hf", "vllm")
@@ -24,26 +26,12 @@ SERVER_BACKENDS = ("openai", "tgi")
 
 
 @dataclass(frozen=True)
-class RoleConfig:
+class RoleConfig(BackendSpec):
+    """A role's backend: core's ``BackendSpec`` with Lion's defaults (an OpenAI model, 16 in flight)."""
+
     backend: str = "openai"
-    model: str = "gpt-3.5-turbo"
-    base_url: str | None = None
-    api_key: str | None = None
+    model: str | None = "gpt-3.5-turbo"
     concurrency: int = 16
-    max_retries: int = 6
-    timeout: float = 120.0
-    backoff_base: float = 1.0  # seconds before the first retry (doubles each retry)
-    batch_size: int = 8  # local backends
-
-    def key(self) -> tuple:
-        """Roles with equal keys share one backend (one loaded model, one connection pool)."""
-        return tuple(sorted((k, v) for k, v in asdict(self).items() if k != "api_key"))
-
-    def public(self) -> dict[str, Any]:
-        """The config without the secret, for state files and reports."""
-        d = asdict(self)
-        d["api_key"] = "***" if self.api_key else None
-        return d
 
 
 def resolve_api_key(cfg: RoleConfig) -> str:
@@ -60,37 +48,9 @@ def resolve_api_key(cfg: RoleConfig) -> str:
 
 def make_backend(cfg: RoleConfig, *, check: bool = True) -> Any:
     """A ``leanlm.core.generation`` backend for ``cfg``."""
-    from leanlm.core.generation import get_backend
-
-    name = cfg.backend.lower()
-    if name == "openai":
-        key = resolve_api_key(cfg)
-        url = cfg.base_url or OPENAI_URL
-        backend = get_backend(
-            "openai",
-            model=cfg.model,
-            base_url=url,
-            api_key=key,
-            concurrency=cfg.concurrency,
-            max_retries=cfg.max_retries,
-            timeout=cfg.timeout,
-            backoff_base=cfg.backoff_base,
-        )
-    elif name == "tgi":
-        if not cfg.base_url:
-            raise UserError("the tgi backend needs --base_url (the text-generation-inference server)")
-        backend = get_backend(
-            "tgi",
-            base_url=cfg.base_url,
-            concurrency=cfg.concurrency,
-            max_retries=cfg.max_retries,
-            timeout=cfg.timeout,
-            backoff_base=cfg.backoff_base,
-        )
-    elif name in {"hf", "transformers"}:
-        backend = get_backend("hf", model=cfg.model, batch_size=cfg.batch_size)
-    else:  # vllm, or a backend a method package registered (BiTA, D-LLM decoding)
-        backend = get_backend(name, model=cfg.model)
+    if cfg.backend == "openai":  # OpenAI itself unless a base URL is given; a local server needs no key
+        cfg = dataclasses.replace(cfg, api_key=resolve_api_key(cfg), base_url=cfg.base_url or OPENAI_URL)
+    backend = cfg.build()
     if check:
         backend.preflight()  # an unreachable server: one line before any stage starts
     return backend

@@ -7,7 +7,9 @@
 
 Backends: ``hf`` (transformers in process, batched, left padded), ``openai`` (any
 OpenAI-compatible server), ``tgi`` (text-generation-inference via ``huggingface_hub``), ``vllm``
-(``vllm.LLM`` in process when vllm is installed). ``generate`` writes a resumable JSONL output.
+(``vllm.LLM`` in process when vllm is installed), and any a method package registers under the
+entry-point group ``leanlm.backends`` (``bita``, ``dllm``). ``generate`` writes a resumable JSONL
+output. Commands fill a ``BackendSpec`` from their backend flags and ``build()`` it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 from leanlm.core.errors import UserError
 from leanlm.core.generation.base import Backend
 from leanlm.core.generation.runner import IncompleteGeneration, check_failures, generate, usage_since
+from leanlm.core.generation.spec import BackendSpec
 from leanlm.core.generation.types import BackendStats, GenerationRequest, GenerationResult, SamplingParams
 
 BACKENDS = ("hf", "openai", "tgi", "vllm")
@@ -74,6 +77,7 @@ def get_backend(name: str, **options: Any) -> Backend:
 __all__ = [
     "BACKENDS",
     "Backend",
+    "BackendSpec",
     "BackendStats",
     "GenerationRequest",
     "GenerationResult",
