@@ -61,3 +61,13 @@ def test_key_ignores_the_secret_and_public_hides_it():
     b = BackendSpec(backend="openai", model="m", api_key="secret-2")
     assert a.key() == b.key() and a.public()["api_key"] == "***"
     assert "secret-1" not in str(a.public())
+
+
+@pytest.mark.parametrize("name", ["openai", "tgi", "hf"])
+def test_an_option_a_backend_does_not_take_is_one_line(name):
+    from leanlm.core.generation import get_backend
+
+    with pytest.raises(UserError, match=f"backend '{name}' takes no option.*bogus"):
+        get_backend(name, base_url="127.0.0.1:9", api_key="k", bogus=1) if name != "hf" else get_backend(
+            name, bogus=1
+        )

@@ -33,6 +33,46 @@ def registered_backends() -> dict[str, Any]:
     return {ep.name: ep for ep in entry_points(group=BACKEND_GROUP)}
 
 
+def _builtin(key: str) -> Any:
+    """The class of a built-in backend, imported on demand (None for other names)."""
+    if key in {"hf", "transformers"}:
+        from leanlm.core.generation.hf import HFBackend
+
+        return HFBackend
+    if key == "openai":
+        from leanlm.core.generation.openai_backend import OpenAIBackend
+
+        return OpenAIBackend
+    if key == "tgi":
+        from leanlm.core.generation.tgi import TGIBackend
+
+        return TGIBackend
+    if key == "vllm":
+        from leanlm.core.generation.vllm_backend import VLLMBackend
+
+        return VLLMBackend
+    return None
+
+
+def _check_options(key: str, factory: Any, options: dict[str, Any]) -> None:
+    """One line for an option the backend does not take (server backends also take RemoteBackend's)."""
+    import inspect
+
+    from leanlm.core.generation.remote import RemoteBackend
+
+    params = dict(inspect.signature(factory).parameters)
+    if isinstance(factory, type) and issubclass(factory, RemoteBackend):
+        params |= inspect.signature(RemoteBackend.__init__).parameters  # what its **remote takes
+    elif any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return  # the factory takes any option (vllm hands extras to vllm.LLM)
+    names = [n for n, p in params.items() if n != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+    unknown = sorted(set(options) - set(names))
+    if unknown:
+        raise UserError(
+            f"backend {key!r} takes no option(s) {', '.join(unknown)}; its options: {', '.join(names)}"
+        )
+
+
 def get_backend(name: str, **options: Any) -> Backend:
     """Build a backend by name. Options: see each backend class (``HFBackend``, ``OpenAIBackend``, ...).
 
@@ -42,33 +82,12 @@ def get_backend(name: str, **options: Any) -> Backend:
     roles, teacher data, ``leanlm serve``) can use it without importing the method.
     """
     key = name.lower().strip()
-    if key in {"hf", "transformers"}:
-        from leanlm.core.generation.hf import HFBackend
-
-        return HFBackend(**options)
-    if key == "openai":
-        from leanlm.core.generation.openai_backend import OpenAIBackend
-
-        return OpenAIBackend(**options)
-    if key == "tgi":
-        from leanlm.core.generation.tgi import TGIBackend
-
-        return TGIBackend(**options)
-    if key == "vllm":
-        from leanlm.core.generation.vllm_backend import VLLMBackend
-
-        return VLLMBackend(**options)
-    registered = registered_backends()
-    if key in registered:
-        import inspect
-
+    factory = _builtin(key)
+    registered = registered_backends() if factory is None else {}
+    if factory is None and key in registered:
         factory = registered[key].load()
-        params = inspect.signature(factory).parameters
-        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-            unknown = sorted(set(options) - set(params))
-            if unknown:
-                raise UserError(f"backend {key!r} takes no option(s) {', '.join(unknown)}; its options: "
-                                f"{', '.join(n for n in params if n != 'self')}")  # fmt: skip
+    if factory is not None:
+        _check_options(key, factory, options)
         return factory(**options)
     known = ", ".join([*BACKENDS, *sorted(registered)])
     raise UserError(f"unknown generation backend {name!r}; choose one of {known}")

@@ -58,19 +58,17 @@ class OpenAIBackend(RemoteBackend):
         model: str | None = None,
         base_url: str | None = None,
         api_key: str | None = None,
-        concurrency: int = 8,
-        max_retries: int = 6,
-        timeout: float = 120.0,
-        backoff_base: float = 1.0,
-        backoff_max: float = 60.0,
         max_tokens_field: str = "max_tokens",
         extra_body: dict[str, Any] | None = None,
+        **remote: Any,
     ):
         """``model``: None asks the server (``/models``) and takes the first (what a vLLM server
         serves). ``base_url``/``api_key`` default to ``OPENAI_BASE_URL``/``OPENAI_API_KEY``; a bare
         ``host:port`` becomes ``http://host:port/v1``. ``max_tokens_field``: ``max_completion_tokens``
-        for OpenAI reasoning models. ``extra_body``: extra JSON fields (e.g. vLLM's ``top_k``)."""
-        super().__init__(concurrency, max_retries, timeout, backoff_base, backoff_max)
+        for OpenAI reasoning models. ``extra_body``: extra JSON fields (e.g. vLLM's ``top_k``).
+        ``remote``: ``RemoteBackend``'s knobs (``concurrency``, ``max_retries``, ``timeout``,
+        ``backoff_base``, ``backoff_max``; ``BackendSpec.remote_options()``)."""
+        super().__init__(**remote)
         key = api_key or os.environ.get("OPENAI_API_KEY")
         if not key:
             raise UserError(f"no API key for the openai backend: {KEY_HELP}")

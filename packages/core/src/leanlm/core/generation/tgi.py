@@ -25,15 +25,12 @@ class TGIBackend(RemoteBackend):
         self,
         base_url: str | None = None,
         api_key: str | None = None,
-        concurrency: int = 8,
-        max_retries: int = 6,
-        timeout: float = 120.0,
-        backoff_base: float = 1.0,
-        backoff_max: float = 60.0,
+        **remote: Any,
     ):
         """``base_url``: the server root (``host:port`` works); default ``TGI_BASE_URL``.
-        ``api_key``: sent as a bearer token (default ``HF_TOKEN``, for Inference Endpoints)."""
-        super().__init__(concurrency, max_retries, timeout, backoff_base, backoff_max)
+        ``api_key``: sent as a bearer token (default ``HF_TOKEN``, for Inference Endpoints).
+        ``remote``: ``RemoteBackend``'s knobs (``concurrency``, ``max_retries``, ``timeout``, ...)."""
+        super().__init__(**remote)
         url = base_url or os.environ.get("TGI_BASE_URL")
         if not url:
             raise UserError("the tgi backend needs the server address: base_url=/--base-url or TGI_BASE_URL")
