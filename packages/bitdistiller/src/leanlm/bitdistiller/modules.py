@@ -15,6 +15,7 @@ from torch import nn
 
 from leanlm.bitdistiller.quant import QuantSpec, quantize_weight
 from leanlm.core.errors import UserError
+from leanlm.core.swap import find_modules, swap_linears
 
 SKIP_DEFAULT = ("lm_head",)
 
@@ -47,13 +48,9 @@ class QuantLinear(nn.Linear):
 
 
 def quantizable_linears(model: nn.Module, skip: Iterable[str] = SKIP_DEFAULT) -> list[tuple[str, nn.Linear]]:
-    """(global name, module) of every ``nn.Linear`` whose own name is not in ``skip``."""
-    skip = set(skip)
-    return [
-        (name, m)
-        for name, m in model.named_modules()
-        if isinstance(m, nn.Linear) and name.rsplit(".", 1)[-1] not in skip
-    ]
+    """(global name, module) of every ``nn.Linear`` that no ``skip`` pattern names (core's one rule:
+    fnmatch on the full name or a dotted suffix, so ``lm_head`` is the head, ``*.k_proj`` every k)."""
+    return find_modules(model, exclude=tuple(skip))  # type: ignore[return-value]
 
 
 def check_group_size(model: nn.Module, group_size: int, skip: Iterable[str] = SKIP_DEFAULT) -> None:
@@ -68,16 +65,18 @@ def check_group_size(model: nn.Module, group_size: int, skip: Iterable[str] = SK
 
 
 def quantize_model(model: nn.Module, spec: QuantSpec, skip: Iterable[str] = SKIP_DEFAULT) -> nn.Module:
-    """Swap every linear except ``skip`` (``lm_head``) for a ``QuantLinear``, in place; returns the model."""
+    """Swap every linear except ``skip`` (``lm_head``) for a ``QuantLinear``, in place; returns the model.
+    Layers that already are ``QuantLinear`` take the new ``spec``."""
     skip = tuple(skip)
     check_group_size(model, spec.group_size, skip)
-    for name, m in quantizable_linears(model, skip):
+
+    def make(m: nn.Module) -> nn.Module:
         if isinstance(m, QuantLinear):
             m.spec = spec
-            continue
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, QuantLinear.from_linear(m, spec))
+            return m
+        return QuantLinear.from_linear(m, spec)
+
+    swap_linears(model, make, exclude=skip)
     return model
 
 
@@ -92,11 +91,12 @@ def model_spec(model: nn.Module) -> QuantSpec | None:
 @torch.no_grad()
 def materialize(model: nn.Module) -> nn.Module:
     """Replace each QuantLinear by a plain ``nn.Linear`` holding its quantized weight (PTQ/RTN baseline, speed)."""
-    for name, m in list(model.named_modules()):
-        if isinstance(m, QuantLinear):
-            lin = nn.Linear(m.in_features, m.out_features, m.bias is not None, device="meta")
-            lin.weight = nn.Parameter(m.quantized_weight().detach(), requires_grad=False)
-            lin.bias = m.bias
-            parent_name, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent_name) if parent_name else model, child, lin)
+
+    def plain(m: nn.Module) -> nn.Linear:
+        lin = nn.Linear(m.in_features, m.out_features, m.bias is not None, device="meta")
+        lin.weight = nn.Parameter(m.quantized_weight().detach(), requires_grad=False)
+        lin.bias = m.bias
+        return lin
+
+    swap_linears(model, plain, lambda m, _: isinstance(m, QuantLinear))
     return model

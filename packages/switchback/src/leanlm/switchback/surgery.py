@@ -4,9 +4,11 @@ The new layer shares the old one's ``weight``/``bias`` Parameter objects (no cop
 optimizer state and checkpoints keep working, and ``unswap_linear_layers`` restores plain
 ``nn.Linear`` modules holding the same Parameters.
 
-Default exclusions: ``lm_head`` (the seed project's own SwitchBack run with ``lm_head`` in int8
-diverged, train loss 7.15 vs 1.50; torchao and torchtune also keep it in float) and ``k_proj``/
-``v_proj`` (the seed's choice; with GQA they are narrow, e.g. 2048 -> 256, where int8 does not pay).
+The swap is core's ``swap_linears`` with its one exclusion rule (fnmatch on the full name or a
+dotted suffix of it). Default exclusions: ``lm_head`` (the seed project's own SwitchBack run with
+``lm_head`` in int8 diverged, train loss 7.15 vs 1.50; torchao and torchtune also keep it in
+float) and ``k_proj``/``v_proj`` (the seed's choice; with GQA they are narrow, e.g. 2048 -> 256,
+where int8 does not pay).
 
 Fused projections (Phi-3's ``qkv_proj``, ``gate_up_proj``) hold several of those layers in one
 matrix: a fused layer stays in float when any of its parts is excluded (so Phi-3 keeps q, k and v
@@ -15,7 +17,6 @@ in float under the defaults), and a one-line notice says so.
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 from collections.abc import Iterable
 
@@ -23,6 +24,7 @@ import torch
 from torch import nn
 
 from leanlm.core.errors import UserError
+from leanlm.core.swap import excluded, parse_patterns, swap_linears
 from leanlm.switchback.layers import StandardLinear, SwitchBackLinear, variant_class
 
 DEFAULT_EXCLUDE: tuple[str, ...] = ("lm_head", "k_proj", "v_proj")
@@ -38,32 +40,14 @@ log = logging.getLogger(__name__)
 
 def parse_exclude(exclude: str | Iterable[str] | None) -> tuple[str, ...]:
     """``"lm_head,k_proj"`` or a list -> a tuple of patterns; None -> the defaults; "" or "none" -> nothing."""
-    if exclude is None:
-        return DEFAULT_EXCLUDE
-    if isinstance(exclude, str):
-        if exclude.strip().lower() in {"", "none"}:
-            return ()
-        return tuple(p.strip() for p in exclude.split(",") if p.strip())
-    return tuple(str(p) for p in exclude)
-
-
-def _excluded(name: str, patterns: tuple[str, ...]) -> bool:
-    # a pattern matches the last name component ("k_proj") or the full dotted name ("model.layers.0.*")
-    last = name.rsplit(".", 1)[-1]
-    return any(last == p or fnmatch.fnmatchcase(name, p) for p in patterns)
+    return DEFAULT_EXCLUDE if exclude is None else parse_patterns(exclude)
 
 
 def _fused_parts_excluded(name: str, patterns: tuple[str, ...]) -> list[str]:
     """For a fused projection, the parts whose own name the patterns exclude (else [])."""
     parent, _, last = name.rpartition(".")
     parts = FUSED.get(last, ())
-    return [p for p in parts if _excluded(f"{parent}.{p}" if parent else p, patterns)]
-
-
-def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, module)
+    return [p for p in parts if excluded(f"{parent}.{p}" if parent else p, patterns)]
 
 
 def _rebuild(old: nn.Linear, cls: type[nn.Linear]) -> nn.Linear:
@@ -80,46 +64,47 @@ def swap_linear_layers(
     variant: str = "global",
     exclude: str | Iterable[str] | None = None,
 ) -> list[str]:
-    """Replace every ``nn.Linear`` not matching ``exclude`` by the ``variant`` layer; returns the swapped names."""
+    """Replace every ``nn.Linear`` not matching ``exclude`` by the ``variant`` layer; returns the swapped names.
+
+    Patterns follow core's one rule (``leanlm.core.swap.excluded``): fnmatch on the full name or a
+    dotted suffix of it, so ``k_proj`` names every k_proj and ``model.layers.0.*`` one block.
+    """
     cls = variant_class(variant)
     patterns = parse_exclude(exclude)
-    targets, kept_fused = [], {}
-    for name, module in model.named_modules():
-        if type(module) is not nn.Linear or not name or _excluded(name, patterns):
-            continue
+    kept_fused: dict[str, list] = {}
+
+    def plain_and_not_fused_away(module: nn.Module, name: str) -> bool:
+        if type(module) is not nn.Linear:  # exactly nn.Linear: already-swapped layers stay as they are
+            return False
         parts = _fused_parts_excluded(name, patterns)
         if parts:
             kept = kept_fused.setdefault(name.rsplit(".", 1)[-1], [0, parts])
             kept[0] += 1
-            continue
-        targets.append((name, module))
+        return not parts
+
+    swapped = swap_linears(model, lambda m: _rebuild(m, cls), plain_and_not_fused_away, exclude=patterns)
     for fused, (count, parts) in kept_fused.items():
         log.warning("%s fuses %s: %d such layers kept in float because %s excluded",
                     fused, "/".join(FUSED[fused]), count, "/".join(parts) + (" is" if len(parts) == 1 else " are"))  # fmt: skip
-    if not targets:
+    if not swapped:  # nothing was changed
         raise UserError(
             f"no nn.Linear layer left to swap in {type(model).__name__} (exclude={list(patterns)})"
         )
-    for name, module in targets:
-        _set_module(model, name, _rebuild(module, cls))
-    return [name for name, _ in targets]
+    return swapped
 
 
 def unswap_linear_layers(model: nn.Module) -> list[str]:
     """Turn every SwitchBack/Standard layer back into ``nn.Linear`` (same Parameters); returns the names."""
-    names = []
-    for name, module in list(model.named_modules()):
-        if not isinstance(module, SWAPPED_TYPES):
-            continue
+
+    def to_plain(module: nn.Module) -> nn.Linear:
         if module.weight is None:  # prepare_for_eval freed it: rebuild a float weight from the int8 copy
             scale = module.weight_scale.float()
             scale = scale[:, None] if scale.dim() == 1 else scale
             dtype = module.bias.dtype if module.bias is not None else torch.float32
             module.weight = nn.Parameter((module.weight_int8.float() * scale / 127.0).to(dtype))
-        plain = _rebuild(module, nn.Linear)
-        _set_module(model, name, plain)
-        names.append(name)
-    return names
+        return _rebuild(module, nn.Linear)
+
+    return swap_linears(model, to_plain, lambda m, _: isinstance(m, SWAPPED_TYPES))
 
 
 def count_swapped(model: nn.Module) -> dict[str, int]:
