@@ -111,6 +111,8 @@ def test_save_load_round_trip(routed, untied_base, tmp_path):
         "dllm_config.json",
         "routers.safetensors",
         "lora.safetensors",
+        "adapter_config.json",  # peft's adapter files (test_peft_adapter.py)
+        "adapter_model.safetensors",
     }
     loaded = DLLM.load(folder, copy.deepcopy(untied_base))
     assert loaded.lora_merged

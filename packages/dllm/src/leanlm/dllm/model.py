@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 CONFIG_FILE = "dllm_config.json"
 ROUTERS_FILE = "routers.safetensors"
 LORA_FILE = "lora.safetensors"
+PEFT_CONFIG_FILE = "adapter_config.json"  # peft's names: PeftModel.from_pretrained(base, folder) loads these
+PEFT_WEIGHTS_FILE = "adapter_model.safetensors"
 
 
 @dataclass
@@ -413,7 +415,9 @@ class DLLM(nn.Module):
         return state
 
     def save(self, folder: str | Path) -> Path:
-        """Write ``dllm_config.json``, ``routers.safetensors`` and ``lora.safetensors`` (small: no base weights)."""
+        """Write ``dllm_config.json``, ``routers.safetensors`` and ``lora.safetensors`` (small: no base
+        weights), and with LoRA also peft's ``adapter_config.json`` + ``adapter_model.safetensors``, so
+        ``peft.PeftModel.from_pretrained(base, folder)`` gives the model with every block executed."""
         from safetensors.torch import save
 
         from leanlm.core.records import atomic_path, write_json
@@ -427,8 +431,26 @@ class DLLM(nn.Module):
             part = {k: v for k, v in state.items() if k.startswith(prefix)}
             with atomic_path(folder / name, mode="wb") as f:
                 f.write(save(part))
+        if not self.lora_merged:
+            self._save_peft_adapter(folder)
         write_json(folder / CONFIG_FILE, {"dllm": self.config.to_dict(), "num_layers": self.num_layers})
         return folder
+
+    def _save_peft_adapter(self, folder: Path) -> None:
+        """peft's adapter files, written by peft's own state-dict and config functions (its key names)."""
+        from peft import get_peft_model_state_dict
+        from safetensors.torch import save
+
+        from leanlm.core.records import atomic_path, write_json
+
+        weights = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(self.model).items()}
+        with atomic_path(folder / PEFT_WEIGHTS_FILE, mode="wb") as f:
+            f.write(save(weights, metadata={"format": "pt"}))
+        config = self.model.peft_config["default"].to_dict()
+        config = {k: sorted(v) if isinstance(v, set) else v for k, v in config.items()}
+        config |= {"base_model_name_or_path": _base_location(self.config.base_model, self.lm),
+                   "task_type": "CAUSAL_LM", "inference_mode": True}  # fmt: skip
+        write_json(folder / PEFT_CONFIG_FILE, config)
 
     @classmethod
     def from_base(cls, model: nn.Module, config: DLLMConfig | None = None, *, lora: bool = True) -> DLLM:
@@ -479,6 +501,25 @@ class DLLM(nn.Module):
                 target.copy_(state[key].to(target.dtype))
         dllm.eval()
         return dllm.merge_lora() if merge else dllm
+
+
+def _base_location(name: str, model: nn.Module) -> str:
+    """What peft records as the base: where the model was loaded from (as peft does: the config's
+    ``_name_or_path``, a folder made absolute), else where the configured base name resolves."""
+    from leanlm.core.models import resolve_model
+
+    loaded = str(getattr(model.config, "_name_or_path", "") or "")
+    if loaded:
+        return str(Path(loaded).resolve()) if Path(loaded).exists() else loaded
+    try:
+        r = resolve_model(name)
+    except UserError:
+        return name
+    return (
+        str(Path(r.location).resolve())
+        if r.kind in {"local", "checkpoint", "embedded"}
+        else r.location or name
+    )
 
 
 def _layers(model: nn.Module) -> nn.ModuleList:
