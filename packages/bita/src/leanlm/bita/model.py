@@ -225,6 +225,7 @@ class BiTAModel(nn.Module):
         masks: PackedMasks,
         freeze_len: torch.Tensor,
         seq_len: torch.Tensor,
+        real_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Hidden states of the mask tokens ``[b, N, H]`` and their labels ``[b, N]`` (-100 on
         padding); row r of example i is packed row ``freeze_len[i] + r``, mask ``r % M``. The loss
@@ -235,7 +236,8 @@ class BiTAModel(nn.Module):
         per-layer K/V. Pass 2 runs only the mask tokens ``[b, N]`` (N = max G*M) with autograd,
         against a cache ``[prefix | real K/V]``. The joint forward instead back-propagates
         through every real row of every layer (they carry the mask embeddings' graph), about
-        half of its cost at the paper's layout.
+        half of its cost at the paper's layout. ``real_kv`` (per layer K, V ``[b, n_kv, F_max, d]``,
+        from ``real_pass``) skips pass 1, e.g. when several adapters score the same examples.
         """
         b, T = input_ids.shape
         F = freeze_len.long()
@@ -245,19 +247,8 @@ class BiTAModel(nn.Module):
         cols = torch.arange(F_max, device=dev)
         real = cols.view(1, -1) < F.view(-1, 1)  # [b, F_max]
 
-        # pass 1: real tokens only, causal, columns past each row's F hidden (right padding)
-        with torch.no_grad():
-            real_ids = torch.where(real, input_ids[:, :F_max], torch.zeros_like(input_ids[:, :F_max]))
-            causal = cols.view(1, -1, 1) >= cols.view(1, 1, -1)  # [1, F_max, F_max]
-            vis1 = (causal & real.unsqueeze(1)) | torch.eye(F_max, dtype=torch.bool, device=dev)
-            out = self.base.get_decoder()(
-                input_ids=real_ids,
-                attention_mask=additive_mask(vis1, self.dtype).unsqueeze(1),
-                position_ids=cols.view(1, -1).expand(b, -1),
-                use_cache=True,
-            )
-            real_kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
-
+        if real_kv is None:
+            real_kv = self.real_pass(input_ids, freeze_len)
         # pass 2: the mask tokens (rows F_b .. F_b+N-1, clamped; rows past seq_len are padding)
         packed_rows = F.view(-1, 1) + torch.arange(N, device=dev).view(1, -1)  # [b, N]
         valid = packed_rows < seq_len.view(-1, 1)
@@ -277,6 +268,30 @@ class BiTAModel(nn.Module):
             layer.keys = torch.cat([layer.keys, k], dim=2)
             layer.values = torch.cat([layer.values, v], dim=2)
         return self.hidden_states(ids2, mask.unsqueeze(1), pos2, cache), labels2
+
+    @torch.no_grad()
+    def real_pass(
+        self, input_ids: torch.Tensor, freeze_len: torch.Tensor
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Pass 1 of ``two_pass_hidden``: the real tokens ``[b, F_max]`` of right-padded packed
+        examples, causal, without the adapter; per layer K, V ``[b, n_kv, F_max, d]``."""
+        b = input_ids.shape[0]
+        F = freeze_len.long()
+        F_max = int(F.max())
+        dev = input_ids.device
+        cols = torch.arange(F_max, device=dev)
+        real = cols.view(1, -1) < F.view(-1, 1)  # [b, F_max]
+        # columns past each row's F hidden (right padding)
+        real_ids = torch.where(real, input_ids[:, :F_max], torch.zeros_like(input_ids[:, :F_max]))
+        causal = cols.view(1, -1, 1) >= cols.view(1, 1, -1)  # [1, F_max, F_max]
+        vis1 = (causal & real.unsqueeze(1)) | torch.eye(F_max, dtype=torch.bool, device=dev)
+        out = self.base.get_decoder()(
+            input_ids=real_ids,
+            attention_mask=additive_mask(vis1, self.dtype).unsqueeze(1),
+            position_ids=cols.view(1, -1).expand(b, -1),
+            use_cache=True,
+        )
+        return [(layer.keys, layer.values) for layer in out.past_key_values.layers]
 
     def _with_prefix(self, prefix_visible: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
         """[b, q] prefix visibility + [b, q, k] key visibility -> additive [b, q, P + k]."""
