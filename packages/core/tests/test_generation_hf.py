@@ -183,3 +183,14 @@ def test_prompt_ids_keep_one_bos(arch, bos_count):
     assert as_text == as_chat
     if bos_count is not None:  # (Qwen's "BOS" is <|im_start|>, which opens every turn: not counted)
         assert as_chat[0] == tok.bos_token_id and as_chat.count(tok.bos_token_id) == bos_count
+
+
+def test_end_token_ids_union_of_config_list_and_tokenizer_and_until_end():
+    from types import SimpleNamespace
+
+    from leanlm.core.generation.hf import end_token_ids, until_end
+
+    tok = SimpleNamespace(eos_token_id=9)
+    assert end_token_ids(SimpleNamespace(eos_token_id=[5, 7]), tok) == {5, 7, 9}  # Llama-3 style list
+    assert end_token_ids(SimpleNamespace(eos_token_id=None), tok) == {9}
+    assert until_end([1, 2, 7, 0, 0], {5, 7, 9}) == [1, 2, 7] and until_end([1, 2], {9}) == [1, 2]

@@ -26,6 +26,7 @@ def dllm_dir(tokenizer, tmp_path_factory):
 
 
 def test_batched_backend_equals_each_request_decoded_alone(dllm_dir, tokenizer):
+    from leanlm.core.generation.hf import end_token_ids
     from leanlm.core.sft import encode_prompt
     from leanlm.dllm.decode import generate as dllm_generate
 
@@ -36,7 +37,12 @@ def test_batched_backend_equals_each_request_decoded_alone(dllm_dir, tokenizer):
     ratios = []
     for prompt, result in zip(prompts, results):
         ids = torch.tensor([encode_prompt(tokenizer, prompt)])
-        alone = dllm_generate(backend.dllm, ids, max_new_tokens=10, eos_token_id=sorted(backend._end_ids()))
+        alone = dllm_generate(
+            backend.dllm,
+            ids,
+            max_new_tokens=10,
+            eos_token_id=sorted(end_token_ids(backend.dllm.lm.generation_config, tokenizer)),
+        )
         assert result.ok and result.token_ids == alone.tokens[0]  # left padding changed nothing
         ratios.append(result.meta["exec_ratio"])
     assert min(ratios) > 0.0 and max(ratios) < 1.0  # the routers really skipped blocks

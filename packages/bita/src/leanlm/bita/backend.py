@@ -18,7 +18,7 @@ from typing import Any
 
 from leanlm.core.errors import UserError
 from leanlm.core.generation.base import Backend, OnResult
-from leanlm.core.generation.hf import cut_at_stop, prompt_ids
+from leanlm.core.generation.hf import cut_at_stop, end_token_ids, prompt_ids
 from leanlm.core.generation.types import GenerationRequest, GenerationResult, SamplingParams
 
 
@@ -78,16 +78,9 @@ class BiTABackend(Backend):
                                               top_p=params.top_p, seed=int(params.seed or 0))  # fmt: skip
         return self._decoders[key]
 
-    def _end_ids(self) -> set[int]:
-        eos = self.model.base.generation_config.eos_token_id
-        ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-        if self.tokenizer.eos_token_id is not None:
-            ids.add(self.tokenizer.eos_token_id)
-        return ids
-
     def run(self, requests: Sequence[GenerationRequest], params: SamplingParams, on_result: OnResult) -> None:
         decoder = self._decoder(params)
-        end_ids = self._end_ids()
+        end_ids = end_token_ids(self.model.base.generation_config, self.tokenizer)
         for request in requests:
             ids = prompt_ids(self.tokenizer, request)
             out = decoder.generate(ids, params.max_new_tokens, sorted(end_ids))

@@ -14,7 +14,7 @@ from typing import Any
 
 from leanlm.core.errors import UserError
 from leanlm.core.generation.base import Backend, OnResult
-from leanlm.core.generation.hf import cut_at_stop, prompt_ids
+from leanlm.core.generation.hf import cut_at_stop, end_token_ids, prompt_ids
 from leanlm.core.generation.types import GenerationRequest, GenerationResult, SamplingParams
 
 
@@ -44,19 +44,12 @@ class DLLMBackend(Backend):
         )
         self.batch_size = int(batch_size)
 
-    def _end_ids(self) -> set[int]:
-        eos = self.dllm.lm.generation_config.eos_token_id
-        ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-        if self.tokenizer.eos_token_id is not None:
-            ids.add(self.tokenizer.eos_token_id)
-        return ids
-
     def run(self, requests: Sequence[GenerationRequest], params: SamplingParams, on_result: OnResult) -> None:
         import torch
 
         from leanlm.dllm.decode import generate
 
-        end_ids = self._end_ids()
+        end_ids = end_token_ids(self.dllm.lm.generation_config, self.tokenizer)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         encoded = sorted(((r, prompt_ids(self.tokenizer, r)) for r in requests), key=lambda x: -len(x[1]))
         for start in range(0, len(encoded), self.batch_size):

@@ -23,6 +23,24 @@ from leanlm.core.generation.types import GenerationRequest, GenerationResult, Sa
 from leanlm.core.sft import encode_prompt
 
 
+def end_token_ids(generation_config: Any, tokenizer: Any) -> set[int]:
+    """The ids that end an answer: the generation config's ``eos_token_id`` (one id, or a list such as
+    Llama-3's ``<|eot_id|>`` and ``<|end_of_text|>``) plus the tokenizer's ``eos_token_id``."""
+    eos = getattr(generation_config, "eos_token_id", None)
+    ids = {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])}
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return ids
+
+
+def until_end(ids: Sequence[int], end_ids: set[int]) -> list[int]:
+    """``ids`` up to and including the first end id (what follows it, e.g. padding, dropped)."""
+    for i, t in enumerate(ids):
+        if t in end_ids:
+            return list(ids[: i + 1])
+    return list(ids)
+
+
 def cut_at_stop(text: str, stop: Sequence[str] | None) -> str:
     """``text`` up to (not including) the earliest occurrence of any stop string."""
     if not stop:
@@ -93,13 +111,6 @@ class HFBackend(Backend):
             cfg.stop_strings = list(params.stop)
         return cfg
 
-    def _end_ids(self, cfg: Any) -> set[int]:
-        eos = cfg.eos_token_id
-        ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-        if self.tokenizer.eos_token_id is not None:
-            ids.add(self.tokenizer.eos_token_id)
-        return ids
-
     # -- generation -------------------------------------------------------------------------
     def run(self, requests: Sequence[GenerationRequest], params: SamplingParams, on_result: OnResult) -> None:
         import torch
@@ -107,7 +118,7 @@ class HFBackend(Backend):
         encoded = [(r, self.prompt_ids(r)) for r in requests]
         encoded.sort(key=lambda item: -len(item[1]))
         cfg = self._generation_config(params)
-        end_ids = self._end_ids(cfg)
+        end_ids = end_token_ids(cfg, self.tokenizer)
         pad_id = cfg.pad_token_id
         device = next(self.model.parameters()).device
         for start in range(0, len(encoded), self.batch_size):
@@ -133,7 +144,7 @@ class HFBackend(Backend):
             self.stats.add(requests=len(batch))
             new = out[:, width:].tolist()
             for (request, ids), row in zip(batch, new):
-                generated = _until_end(row, end_ids)
+                generated = until_end(row, end_ids)
                 text = self.tokenizer.decode(generated, skip_special_tokens=True)
                 result = GenerationResult(
                     id=request.id,
@@ -145,11 +156,3 @@ class HFBackend(Backend):
                 )
                 self.stats.add(prompt_tokens=len(ids), completion_tokens=len(generated))
                 on_result(result)
-
-
-def _until_end(row: list[int], end_ids: set[int]) -> list[int]:
-    """Generated ids up to and including the first end-of-sequence id (the padding after it dropped)."""
-    for i, t in enumerate(row):
-        if t in end_ids:
-            return row[: i + 1]
-    return row

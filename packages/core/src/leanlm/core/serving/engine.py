@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from leanlm.core.generation.base import Backend
+from leanlm.core.generation.hf import end_token_ids
 from leanlm.core.generation.types import GenerationRequest, GenerationResult, SamplingParams
 
 log = logging.getLogger(__name__)
@@ -154,10 +155,7 @@ class Engine(EngineBase):
     """Batched, streaming decoding of one HF causal LM for the server (see the module docstring)."""
 
     def __init__(self, model: Any, tokenizer: Any, max_batch: int = 8, max_queue: int = 256):
-        from leanlm.core.generation.hf import HFBackend
-
         self.model = model
-        self.ends = HFBackend(model=model, tokenizer=tokenizer)  # the model's end-of-answer ids
         super().__init__(tokenizer, max_batch, max_queue)
 
     def _decode(self, batch: list[Job]) -> None:
@@ -167,7 +165,7 @@ class Engine(EngineBase):
         for row in rows:
             if not row.job.params.greedy:
                 row.generator = torch.Generator(device="cpu").manual_seed(int(row.job.params.seed or 0))
-        end_ids = self.ends._end_ids(self.ends._generation_config(batch[0].params))
+        end_ids = end_token_ids(self.model.generation_config, self.tokenizer)
         device = next(self.model.parameters()).device
         width = max(len(j.prompt_ids) for j in batch)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
