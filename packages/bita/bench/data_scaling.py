@@ -74,16 +74,18 @@ def stage_data(a: argparse.Namespace) -> None:
 
 
 def training_pairs(work: Path, limit: int | None = None) -> list[dict[str, Any]]:
-    """Generated (prompt, output) records in prompt-file order (nested subsets for growing N)."""
+    """The answered (prompt, output) records in prompt-file order, first ``limit`` (nested subsets
+    for growing N). A data stage stopped early has answered the shortest prompts first (the hf
+    backend sorts by length), so a partial pool leans towards shorter prompts."""
     from leanlm.bita.prompts import training_records
     from leanlm.core.records import read_jsonl
 
     order = [p["id"] for p in read_jsonl(work / "data" / "prompts.jsonl")]
     by_id = {r["id"]: r for r in training_records(read_jsonl(work / "data" / "data.jsonl"))}
-    missing = [i for i in order[: limit or len(order)] if i not in by_id]
-    if missing:
-        raise SystemExit(f"{len(missing)} prompts have no answer yet: run the data stage first")
-    return [by_id[i] for i in order[: limit or len(order)]]
+    answered = [by_id[i] for i in order if i in by_id]
+    if limit and len(answered) < limit:
+        raise SystemExit(f"only {len(answered)} prompts are answered, {limit} asked: run the data stage")
+    return answered[: limit or len(answered)]
 
 
 def stage_evalset(a: argparse.Namespace) -> None:
