@@ -1,16 +1,27 @@
-"""Does leanlm's packed (GPTQ-v2 layout) export load in GPTQModel, and reproduce leanlm's logits?
+"""Do leanlm's packed (GPTQ-v2 layout) exports load in transformers and GPTQModel, and reproduce leanlm's logits?
 
-GPTQModel is not a workspace dependency (it pins numpy/transformers/datasets ranges and pulls build tools),
-so this script installs it on first use into a bench-only folder (``~/.cache/leanlm/bench-venvs/
-gptqmodel-target``: the sdist built without CUDA extensions plus its few pure-Python extras, ``--no-deps``)
-that is put on ``PYTHONPATH`` of a child process running the workspace's own torch and transformers.
+GPTQModel and optimum are not workspace dependencies (GPTQModel pins numpy/transformers/datasets ranges and
+pulls build tools), so this script installs them on first use into a bench-only folder (``~/.cache/leanlm/
+bench-venvs/gptqmodel-target``: GPTQModel's sdist built without CUDA extensions, optimum, and GPTQModel's few
+pure-Python extras, all ``--no-deps``) that is put on ``PYTHONPATH`` of a child process running the
+workspace's own torch and transformers.
 
-For each bit width: export round-to-nearest g64 codes of the embedded model with ``export_packed``
-(fp16 scales), compute leanlm's logits on a fixed held-out prompt (fp32, exact dequantize-matmul), load
-the folder with ``GPTQModel.load(folder, device="cpu")`` in the child and compare its fp32 logits.
+For each bit width: export round-to-nearest g64 codes of the embedded model with ``export_packed`` (fp16
+scales), compute leanlm's logits of that folder on a fixed 64-token held-out prompt in fp32 (exact
+dequantize-matmul), fp16 (the same in fp16) and bf16 (PyTorch's int4 kernel), then in one child per bit
+width load the folder with each loader below and compare its logits with leanlm's at the same dtype:
+
+* ``transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=...)`` (optimum + GPTQModel underneath)
+* ``gptqmodel.GPTQModel.load(folder, device="cpu", dtype=...)`` with its automatic kernel choice
+
+Why fp32 ``GPTQModel.load`` of a 4-bit export is wrong: of GPTQModel 7.7's CPU kernels only
+``TorchFusedLinear`` accepts fp32, so ``backend=auto`` picks it, and its CPU path replaces the zero-points
+by zeros (``transform_cpu``: ``qzeros = zeros_like(scales)``), which is right for symmetric GPTQ only; for
+2/3 bits ``GPTQModel.load`` refuses fp32 (``TorchLinear`` takes fp16/bf16 only). The row is kept to show it.
+
 Writes ``results/<label>/results.{json,md}`` (section ``gptq_interop``).
 
-    OMP_NUM_THREADS=1 uv run python packages/bitdistiller/bench/gptq_interop.py --label cpu-2core-shared
+    OMP_NUM_THREADS=1 uv run python packages/bitdistiller/bench/gptq_interop.py --label cpu-2core-epyc
 """
 
 from __future__ import annotations
@@ -26,49 +37,87 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 TARGET = Path.home() / ".cache/leanlm/bench-venvs/gptqmodel-target"
-PACKAGES = ["gptqmodel==7.7.0", "pypcre", "device-smi", "tokenicer", "logbar", "defuser", "torchao"]
+PACKAGES = [
+    "gptqmodel==7.7.0",
+    "optimum==2.3.0",
+    "pypcre",
+    "device-smi",
+    "tokenicer",
+    "logbar",
+    "defuser",
+    "torchao",
+]
+# (loader, dtype): each row compares with leanlm's logits at that dtype
+LOADERS = [("transformers", "fp32"), ("transformers", "fp16"), ("gptqmodel", "fp16"), ("gptqmodel", "bf16"),
+           ("gptqmodel", "fp32")]  # fmt: skip
 
 CHILD = r"""
 import json, sys, torch
 job = json.loads(sys.stdin.read())
-out = {}
-try:
-    from gptqmodel import GPTQModel
-    m = GPTQModel.load(job["folder"], device="cpu", dtype=torch.float32)
-    ids = torch.tensor([job["ids"]])
-    with torch.no_grad():
-        logits = m(input_ids=ids).logits.float()
-    torch.save(logits, job["out"])
-    out["ok"] = True
-    out["kernel"] = sorted({type(x).__name__ for x in m.modules()
-                            if type(x).__module__.startswith("gptqmodel.nn_modules")})
-except Exception as e:  # report what failed, in one line
-    out = {"ok": False, "error": f"{type(e).__name__}: {str(e)[:400]}"}
-print(json.dumps(out))
+dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+ids = torch.tensor([job["ids"]])
+for loader, dt in job["loaders"]:
+    out = {"loader": loader, "dtype": dt}
+    try:
+        if loader == "transformers":
+            from transformers import AutoModelForCausalLM
+            m = AutoModelForCausalLM.from_pretrained(job["folder"], dtype=dtypes[dt], device_map="cpu")
+        else:
+            from gptqmodel import GPTQModel
+            m = GPTQModel.load(job["folder"], device="cpu", dtype=dtypes[dt])
+        with torch.no_grad():
+            logits = m(input_ids=ids).logits.float()
+        path = f"{job['out']}_{loader}_{dt}.pt"
+        torch.save(logits, path)
+        out |= {"ok": True, "logits": path,
+                "kernel": sorted({type(x).__name__ for x in m.modules() if "gptqmodel" in type(x).__module__})}
+        del m
+    except Exception as e:  # report what failed, in one line
+        out |= {"ok": False, "error": f"{type(e).__name__}: {str(e)[:300]}"}
+    print(json.dumps(out), flush=True)
 """
 
 
-def ensure_gptqmodel() -> Path:
-    probe = subprocess.run([sys.executable, "-c", "import gptqmodel"], env=dict(os.environ, PYTHONPATH=str(TARGET)),
-                           capture_output=True)  # fmt: skip
+def ensure_loaders() -> Path:
+    env = dict(os.environ, PYTHONPATH=str(TARGET))
+    probe = subprocess.run(
+        [sys.executable, "-c", "import gptqmodel, optimum.gptq"], env=env, capture_output=True
+    )
     if probe.returncode == 0:
         return TARGET
     print(
-        f"[gptqmodel] installing {PACKAGES[0]} (sdist, no CUDA extensions) into {TARGET} ...", file=sys.stderr
+        f"[gptq] installing {', '.join(PACKAGES[:2])} (sdist, no CUDA extensions) into {TARGET} ...",
+        file=sys.stderr,
     )
     uv = shutil.which("uv")
     env = dict(os.environ, BUILD_CUDA_EXT="0", CUDA_VISIBLE_DEVICES="")
+    TARGET.parent.mkdir(parents=True, exist_ok=True)
     # --no-config: the workspace's override-dependencies must not apply to this separate folder
     subprocess.run([uv, "pip", "install", "--no-config", "--python", sys.executable, "--target", str(TARGET),
                     "--no-deps", "--no-build-isolation", *PACKAGES], check=True, env=env, cwd=TARGET.parent)  # fmt: skip
     return TARGET
 
 
+def versions(target: Path) -> dict[str, str]:
+    code = ("import json, importlib.metadata as m; print(json.dumps({p: m.version(p) for p in "
+            "('gptqmodel', 'optimum', 'transformers', 'torch')}))")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=str(target)),
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def compare(got, ref) -> dict[str, float]:
+    return {"max_abs_diff": float((got - ref).abs().max()), "ref_max_abs": float(ref.abs().max()),
+            "argmax_agreement": float((got.argmax(-1) == ref.argmax(-1)).float().mean())}  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--label", default="cpu")
-    ap.add_argument("--bits", default="4,2")
-    ap.add_argument("--timeout", type=int, default=1200, help="seconds for each GPTQModel child")
+    ap.add_argument("--bits", default="2,3,4")
+    ap.add_argument(
+        "--timeout", type=int, default=1200, help="seconds for each child (all loaders of one export)"
+    )
     args = ap.parse_args()
 
     import torch
@@ -76,17 +125,21 @@ def main() -> None:
     from leanlm.bitdistiller.export import export_packed
     from leanlm.bitdistiller.modules import quantize_model
     from leanlm.bitdistiller.quant import QuantSpec
-    from leanlm.core.bench_report import save_section
+    from leanlm.core.bench_report import machine_info, save_section
     from leanlm.core.evaluation import heldout_texts
     from leanlm.core.models import load_model, load_tokenizer
 
-    target = ensure_gptqmodel()
+    info = machine_info()
+    print(json.dumps(info), flush=True)
+    target = ensure_loaders()
+    vers = versions(target)
     out_dir = HERE / "results" / args.label
     work = out_dir / ".work" / "gptq"
     work.mkdir(parents=True, exist_ok=True)
     tok = load_tokenizer("default")
     ids = tok(heldout_texts("text", "test")[0][:400]).input_ids[:64]
-    rows = {}
+    rows: dict[str, list[dict]] = {}
+    t_all = time.time()
     for bits in (int(b) for b in args.bits.split(",")):
         spec = QuantSpec("int", bits, 64)
         folder = work / f"int{bits}-g64"
@@ -94,47 +147,55 @@ def main() -> None:
             export_packed(
                 quantize_model(load_model("default", device="cpu", dtype="fp32"), spec), tok, folder, spec
             )
-        ours = load_model(str(folder), device="cpu", dtype="fp32")
-        with torch.no_grad():
-            ref = ours(input_ids=torch.tensor([ids])).logits.float()
-        job = {"folder": str(folder), "ids": ids, "out": str(work / f"gptq_logits_int{bits}.pt")}
+        refs = {}
+        for dt in ("fp32", "fp16", "bf16"):
+            ours = load_model(str(folder), device="cpu", dtype=dt)
+            with torch.no_grad():
+                refs[dt] = ours(input_ids=torch.tensor([ids])).logits.float()
+            del ours
+        job = {"folder": str(folder), "ids": ids, "out": str(work / f"logits_int{bits}"), "loaders": LOADERS}
         t = time.time()
+        results = []
         try:
             proc = subprocess.run([sys.executable, "-c", CHILD], input=json.dumps(job), text=True,
                                   capture_output=True, env=dict(os.environ, PYTHONPATH=str(target)),
                                   timeout=args.timeout)  # fmt: skip
-            lines = [x for x in proc.stdout.strip().splitlines() if x.startswith("{")]
-            err = " ".join(proc.stderr.strip().splitlines()[-1:])
-            res = json.loads(lines[-1]) if lines else {"ok": False, "error": err}
-        except subprocess.TimeoutExpired as e:
-            tail = (e.stderr or b"")[-300:]
-            res = {
-                "ok": False,
-                "error": f"GPTQModel.load did not finish in {args.timeout} s; stderr tail: {tail!r}",
-            }
-        res["seconds"] = time.time() - t
-        if res.get("ok"):
-            got = torch.load(job["out"])
-            res["max_abs_diff"] = float((got - ref).abs().max())
-            res["ref_max_abs"] = float(ref.abs().max())
-            res["argmax_agreement"] = float((got.argmax(-1) == ref.argmax(-1)).float().mean())
-        rows[f"int{bits}-g64"] = res
-        print(f"int{bits}: {res}", flush=True)
+            results = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
+            if not results:
+                results = [{"loader": "child", "dtype": "-", "ok": False,
+                            "error": " ".join(proc.stderr.strip().splitlines()[-1:])}]  # fmt: skip
+        except subprocess.TimeoutExpired:
+            results = [
+                {"loader": "child", "dtype": "-", "ok": False, "error": f"did not finish in {args.timeout} s"}
+            ]
+        for r in results:
+            if r.get("ok"):
+                r |= compare(torch.load(r.pop("logits")), refs[r["dtype"]])
+            print(f"int{bits}: {r}", flush=True)
+        rows[f"int{bits}-g64"] = results
+        print(f"int{bits}: child {time.time() - t:.0f} s", flush=True)
     lines = [
-        "GPTQModel 7.7.0 (bench-only install, CPU) loading leanlm's packed export (`GPTQModel.load(folder, "
-        "device='cpu')`), logits on a 64-token held-out prompt vs leanlm's own fp32 logits of the same folder:",
+        f"leanlm's packed export (RTN g64 of the embedded model, fp16 scales) loaded by transformers {vers['transformers']}"
+        f" + optimum {vers['optimum']} + GPTQModel {vers['gptqmodel']} (bench-only install, CPU, torch {vers['torch']}); "
+        "logits on a 64-token held-out prompt vs leanlm's own logits of the same folder at the same dtype "
+        "(fp32 and fp16: exact dequantize-matmul; bf16: PyTorch's int4 kernel). "
+        f"{info['cpu']}, {info['cores']} cores.",
         "",
-        "| export | loads | max abs diff | largest logit | top-1 agreement | note |",
-        "|---|---|---|---|---|---|",
+        "| export | loader | dtype | loads | kernel | max abs diff | largest logit | top-1 agreement |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for k, r in rows.items():
-        if r.get("ok"):
-            lines.append(f"| {k} | yes ({', '.join(r['kernel'])}) | {r['max_abs_diff']:.2e} | {r['ref_max_abs']:.1f} | "
-                         f"{r['argmax_agreement']:.3f} | |")  # fmt: skip
-        else:
-            lines.append(f"| {k} | no | - | - | - | {r['error']} |")
-    save_section(out_dir, "gptq_interop", {"rows": rows, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())},
-                 "\n".join(lines))  # fmt: skip
+    for k, rs in rows.items():
+        for r in rs:
+            call = ("AutoModelForCausalLM.from_pretrained" if r["loader"] == "transformers" else
+                    "GPTQModel.load" if r["loader"] == "gptqmodel" else r["loader"])  # fmt: skip
+            if r.get("ok"):
+                lines.append(f"| {k} | {call} | {r['dtype']} | yes | {', '.join(r['kernel'])} | {r['max_abs_diff']:.2e} | "
+                             f"{r['ref_max_abs']:.1f} | {r['argmax_agreement']:.3f} |")  # fmt: skip
+            else:
+                lines.append(f"| {k} | {call} | {r['dtype']} | no: {r['error'][:160]} | - | - | - | - |")
+    result = {"rows": rows, "versions": vers, "machine": info, "wall_s": time.time() - t_all,
+              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}  # fmt: skip
+    save_section(out_dir, "gptq_interop", result, "\n".join(lines))
     print("\n".join(lines))
 
 

@@ -88,6 +88,13 @@ def test_train_checkpoints_and_resume(pipeline, tiny_dir):
     assert (root / "run" / "checkpoint-2").is_dir()
     qc = json.loads((root / "run" / "checkpoint-2" / "config.json").read_text())["quantization_config"]
     assert qc["quant_method"] == "bitdistiller" and qc["group_size"] == 32
+    from transformers import AutoModelForCausalLM
+
+    from leanlm.bitdistiller.checkpoint import LATENT_MODEL_TYPE
+
+    for sealed in ("checkpoint-2", "final"):  # Trainer's saves are sealed: plain transformers refuses them
+        with pytest.raises(ValueError, match=LATENT_MODEL_TYPE):
+            AutoModelForCausalLM.from_pretrained(root / "run" / sealed)
     import shutil
 
     shutil.copytree(root / "run", root / "run2")  # keep run/final for the export test
@@ -99,6 +106,14 @@ def test_train_checkpoints_and_resume(pipeline, tiny_dir):
     )  # finished run: nothing trained again
     more = run(cli.train, "bitdistiller-train", *args, "--max-steps", 3)
     assert more["steps"] == 3 and more["resumed_from"].endswith("checkpoint-2")
+
+
+def test_clip_on_a_latent_checkpoint_is_one_line(pipeline, capsys):
+    root = pipeline["root"]
+    err = fails(
+        capsys, cli.clip, "bitdistiller-clip", "--model", root / "clipped", "--dump-clip", root / "x.pt"
+    )
+    assert "latent weights" in err and len(err.strip().splitlines()) == 1
 
 
 def test_eval_ppl_requantizes_and_export_matches(pipeline):

@@ -7,14 +7,25 @@ checkpoint's ``config.json``::
     {"quant_method": "bitdistiller", "format": "latent", "quant_type": "int", "bits": 2, "group_size": 64, ...}
 
 and every leanlm-bitdistiller command loads models through ``load_model_for_eval``, which re-quantizes
-such a checkpoint automatically (plain transformers warns "Unknown quantization type, got
-bitdistiller" and skips it: a visible hint, not a silent wrong model). A packed export (see
-``export``) carries a GPTQ-style ``quantization_config`` and loads as a low-bit model.
+such a checkpoint automatically. A packed export (see ``export``) carries a GPTQ-style
+``quantization_config`` and loads as a low-bit model.
+
+Outside leanlm, transformers would only warn "Unknown quantization type" and load the latent weights
+as a full-precision model. So a saved checkpoint is *sealed*: its ``config.json`` has ``model_type``
+``LATENT_MODEL_TYPE`` (the real one kept in ``quantization_config["model_type"]``), which
+``AutoConfig``/``AutoModelForCausalLM.from_pretrained`` reject with a ValueError naming it, and a
+``leanlm_note`` saying what to run instead. ``attach_quantization_config`` seals every later
+``save_pretrained`` of the model (HF Trainer's ``checkpoint-N/``, ``final/``, ``bitdistiller-clip
+--save-model``); ``hf_config`` unseals for leanlm's own loading; the tensors are unchanged, so Trainer
+resume (which reads them directly) works as before.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -26,21 +37,81 @@ from leanlm.core.errors import UserError
 log = logging.getLogger(__name__)
 
 QUANT_METHOD = "bitdistiller"
+# not a transformers architecture, on purpose: AutoConfig raises "has model type `...` but Transformers
+# does not recognize this architecture" instead of loading latent weights as a full-precision model
+LATENT_MODEL_TYPE = "leanlm_bitdistiller_latent_qat_checkpoint"
+LATENT_NOTE = (
+    "leanlm-bitdistiller QAT checkpoint: latent full-precision weights that are only meaningful re-quantized. "
+    "Use it with leanlm-bitdistiller (bitdistiller-eval-ppl --model DIR, bitdistiller-eval ...) or export it "
+    "(bitdistiller-export DIR OUT: packed GPTQ-v2 for transformers/GPTQModel; --format gguf for llama.cpp)."
+)
 
 
 def latent_config(spec: QuantSpec) -> dict[str, Any]:
     return {"quant_method": QUANT_METHOD, "format": "latent", **spec.to_dict()}
 
 
+def seal(folder: str | Path) -> bool:
+    """Make ``folder``'s config.json unloadable by plain transformers (see the module docstring); True if changed."""
+    from leanlm.core.records import write_json
+
+    path = Path(folder) / "config.json"
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    qc = raw.get("quantization_config")
+    if (
+        not (isinstance(qc, dict) and qc.get("quant_method") == QUANT_METHOD)
+        or raw.get("model_type") == LATENT_MODEL_TYPE
+    ):
+        return False
+    qc["model_type"] = raw["model_type"]
+    raw["model_type"] = LATENT_MODEL_TYPE
+    raw["leanlm_note"] = LATENT_NOTE
+    write_json(path, raw)  # atomic: a killed save leaves the old file or the new one
+    return True
+
+
+def is_latent_checkpoint(location: str | Path) -> bool:
+    """True for a local folder holding a (sealed or not) BitDistiller latent checkpoint."""
+    qc = saved_quantization(str(location))
+    return qc is not None and qc.get("quant_method") == QUANT_METHOD
+
+
+def hf_config(location: str | Path) -> Any:
+    """The transformers config of a (sealed or not) latent checkpoint, without its quantization_config."""
+    from transformers import AutoConfig
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    raw = json.loads((Path(location) / "config.json").read_text(encoding="utf-8"))
+    if raw.get("model_type") != LATENT_MODEL_TYPE:
+        config = AutoConfig.from_pretrained(str(location))
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        return config
+    qc = raw.pop("quantization_config")
+    raw.pop("leanlm_note", None)
+    raw["model_type"] = qc["model_type"]
+    return CONFIG_MAPPING[raw["model_type"]].from_dict(raw)
+
+
+def _sealing_save(model: nn.Module, save_directory: str | Path, *args: Any, **kwargs: Any) -> Any:
+    out = type(model).save_pretrained(model, save_directory, *args, **kwargs)
+    if (Path(save_directory) / "config.json").is_file():  # only the main process writes it
+        seal(save_directory)
+    return out
+
+
 def attach_quantization_config(model: nn.Module, spec: QuantSpec) -> None:
-    """Record ``spec`` in ``model.config`` so ``save_pretrained`` (and HF Trainer checkpoints) save it."""
+    """Record ``spec`` in ``model.config`` and seal every later ``save_pretrained`` of ``model``.
+
+    HF Trainer saves checkpoints through ``model.save_pretrained``; the instance attribute set here
+    (a partial, so a deep copy of the model seals its own saves) runs the class method, then ``seal``.
+    """
     model.config.quantization_config = latent_config(spec)
+    model.save_pretrained = functools.partial(_sealing_save, model)
 
 
 def saved_quantization(location: str) -> dict[str, Any] | None:
     """The ``quantization_config`` in a model folder's config.json, if any (None for hub ids without one)."""
-    from pathlib import Path
-
     from leanlm.core.records import read_json
 
     path = Path(location) / "config.json"
@@ -86,7 +157,7 @@ def load_model_for_eval(
     Flags quantize a plain model (round to nearest); with no flags and no saved config the model
     stays full precision.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     from leanlm.core.models import load_model, load_tokenizer, model_location, pick_device, pick_dtype
 
@@ -103,8 +174,7 @@ def load_model_for_eval(
         return model, tokenizer, spec
     spec = resolve_spec(saved, flags, location)
     if saved is not None and saved.get("quant_method") == QUANT_METHOD:
-        config = AutoConfig.from_pretrained(location)
-        del config.quantization_config  # ours, not a transformers quantizer
+        config = hf_config(location)  # unsealed, without our quantization_config (not a transformers one)
         dev = pick_device(device)
         model = AutoModelForCausalLM.from_pretrained(location, config=config, dtype=pick_dtype(dtype, dev))
         model = model.to(dev).eval()

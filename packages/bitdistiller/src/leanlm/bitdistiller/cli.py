@@ -29,10 +29,15 @@ def _fit_group_size(model: str, group_size: int | None) -> int:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from leanlm.bitdistiller.checkpoint import is_latent_checkpoint
     from leanlm.bitdistiller.modules import check_group_size
     from leanlm.core.models import check_model_folder, model_location
 
-    config = AutoConfig.from_pretrained(check_model_folder(model_location(model)))
+    location = check_model_folder(model_location(model))
+    if is_latent_checkpoint(location):  # transformers would refuse it (sealed); say why in one line
+        raise UserError(f"{model} is a BitDistiller QAT/clipped checkpoint (latent weights); start from the "
+                        "full-precision model and pass --clip CACHE, or evaluate/export the checkpoint")  # fmt: skip
+    config = AutoConfig.from_pretrained(location)
     with torch.device("meta"):
         skeleton = AutoModelForCausalLM.from_config(config)
     if group_size is not None:
