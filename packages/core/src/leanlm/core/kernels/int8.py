@@ -19,9 +19,7 @@ from __future__ import annotations
 import torch
 
 from leanlm.core.kernels.dispatch import use_triton
-
-EPS = 1e-12
-QMAX = 127.0
+from leanlm.core.kernels.int8_format import EPS, QMAX
 
 __all__ = [
     "EPS",

@@ -16,7 +16,7 @@ import triton.language as tl
 from triton.language.extra import libdevice
 
 from leanlm.core.kernels.dispatch import interpreting
-from leanlm.core.kernels.int8 import EPS, QMAX
+from leanlm.core.kernels.int8_format import EPS, QMAX
 
 # decided once: the interpreter is chosen when triton is imported, like TRITON_INTERPRET itself
 _LIBDEVICE = not interpreting()
