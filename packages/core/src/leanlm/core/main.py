@@ -107,7 +107,7 @@ class LeanLM:
 
         return run_recipe(path, run_dir, bool(evaluate)).read_text()
 
-    def demo(self, *methods: str, out_dir: str = "leanlm-demo", model: str = "default") -> str:
+    def demo(self, *methods: str, output_dir: str = "leanlm-demo", model: str = "default") -> str:
         """Run each installed method end to end on the embedded model (offline, CPU); writes a report.
 
         `leanlm demo compose` runs the packaged distill -> quantize -> accelerate recipe instead (Lion ->
@@ -121,7 +121,7 @@ class LeanLM:
             raise UserError(
                 f"no installed method named {', '.join(unknown)}; installed: {', '.join(available) or 'none'}"
             )
-        out = Path(out_dir)
+        out = Path(output_dir)
         results = run_demos(out, list(methods) or None, model=model)
         report = write_report(out, results)
         failed = [r.method for r in results if not r.ok]
