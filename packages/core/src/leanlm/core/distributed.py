@@ -1,9 +1,16 @@
 """Launching, ranks and seeding.
 
 A console script calls ``maybe_launch(nproc)`` first: with ``--nproc N`` (N > 1) and not already
-inside a distributed job, it re-executes itself under ``torchrun --nproc_per_node N`` (or the
-``deepspeed`` launcher) and exits with the launcher's code. Inside the job ``WORLD_SIZE``/``RANK``
-are set and HF Trainer picks them up.
+inside a distributed job, it re-executes itself under ``torchrun --standalone --nproc_per_node N``
+(or the ``deepspeed`` launcher) and exits with the launcher's code. Inside the job ``WORLD_SIZE``/
+``RANK`` are set and HF Trainer picks them up.
+
+``--nproc`` is the one-machine shortcut. For several machines (or any launcher of your own), run
+the same command under the launcher without ``--nproc``: a process that already has ``WORLD_SIZE``
+(torchrun, ``accelerate launch``, ``deepspeed``, or torchrun inside a SLURM ``srun``) never relaunches::
+
+    torchrun --nnodes 2 --node_rank $RANK --master_addr HOST --master_port 29500 \
+        --nproc_per_node 8 $(which lion-train) data.jsonl runs/student
 """
 
 from __future__ import annotations
@@ -27,6 +34,11 @@ def rank() -> int:
 
 def is_main_process() -> bool:
     return rank() == 0
+
+
+def in_distributed_job() -> bool:
+    """Whether a launcher (torchrun, accelerate, deepspeed) started this process as one rank of a job."""
+    return "LOCAL_RANK" in os.environ or "WORLD_SIZE" in os.environ
 
 
 def set_seed(seed: int) -> None:
@@ -57,7 +69,7 @@ def launch_command(nproc: int, argv: Sequence[str], launcher: str = "torchrun") 
 
 def maybe_launch(nproc: int | None, launcher: str = "torchrun", argv: Sequence[str] | None = None) -> None:
     """Re-execute this command on ``nproc`` processes unless already distributed; never returns then."""
-    if not nproc or int(nproc) <= 1 or "LOCAL_RANK" in os.environ:
+    if not nproc or int(nproc) <= 1 or in_distributed_job():
         return
     args = list(argv if argv is not None else sys.argv)
     args = _drop_flag(args, "--nproc")

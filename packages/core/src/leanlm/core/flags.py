@@ -48,6 +48,49 @@ STEPS = Rule("-1 (no limit) or an integer >= 1", lambda v: _num(True, 1)(v) or v
 
 OUTPUT_FILE, OUTPUT_DIR = "output file", "output folder"
 
+# --report_to: where HF Trainer sends its logs (the package whose import the tracker needs)
+REPORT_TO_CHOICES = {"none": None, "tensorboard": "tensorboard", "wandb": "wandb"}
+
+
+def parse_report_to(value: Any, installed: bool = False) -> list[str]:
+    """``none`` -> ``["none"]``; ``tensorboard``, ``wandb`` or ``tensorboard,wandb`` -> the list.
+
+    With ``installed``, a tracker whose package does not import is refused too (before training,
+    not after the first logging step).
+    """
+    import importlib.util
+
+    names = [
+        n.strip() for n in (",".join(value) if isinstance(value, list | tuple) else str(value)).split(",")
+    ]
+    names = [n for n in names if n]
+    bad = [n for n in names if n not in REPORT_TO_CHOICES]
+    if bad or not names or ("none" in names and len(names) > 1):
+        raise UserError(f"--report_to must be none, tensorboard, wandb or tensorboard,wandb; got {value!r}")
+    if installed:
+        for name in names:
+            package = REPORT_TO_CHOICES[name]
+            missing = package == "tensorboard" and not any(
+                importlib.util.find_spec(m) for m in ("tensorboard", "tensorboardX")
+            )
+            missing = missing or (package == "wandb" and importlib.util.find_spec("wandb") is None)
+            if missing:
+                raise UserError(
+                    f"--report_to {name}: the {package} package is not installed (pip install {package})"
+                )
+    return names
+
+
+def _report_to_ok(value: Any) -> bool:
+    try:
+        parse_report_to(value)
+    except UserError:
+        return False
+    return True
+
+
+REPORT_TO = Rule("none, tensorboard, wandb or tensorboard,wandb", _report_to_ok)
+
 FLAG_RULES: dict[str, Rule | str] = {
     # counts
     **dict.fromkeys(
@@ -130,6 +173,7 @@ FLAG_RULES: dict[str, Rule | str] = {
         FRACTION,
     ),  # fmt: skip
     **dict.fromkeys(("top_p", "target"), PROBABILITY),
+    "report_to": REPORT_TO,
     # paths a command writes
     **dict.fromkeys(("output", "out", "log_file", "dump_clip"), OUTPUT_FILE),
     **dict.fromkeys(("output_dir", "out_dir", "run_dir"), OUTPUT_DIR),

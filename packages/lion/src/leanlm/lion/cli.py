@@ -220,54 +220,47 @@ def train(
     data: str,
     output_dir: str,
     model: str = "default",
-    num_train_epochs: float = 3,
-    learning_rate: float = 2e-5,
-    lr_scheduler_type: str = "cosine",
-    warmup_ratio: float = 0.03,
-    weight_decay: float = 0.0,
-    per_device_train_batch_size: int = 2,
-    gradient_accumulation_steps: int = 8,
     max_length: int = 1024,
-    gradient_checkpointing: bool = False,
-    save_steps: int = 600,
-    logging_steps: int = 1,
+    learning_rate: float | None = None,
+    epochs: float | None = None,
+    batch_size: int | None = None,
+    grad_accum: int | None = None,
+    max_steps: int | None = None,
+    lr_scheduler_type: str | None = None,
+    warmup_ratio: float | None = None,
+    weight_decay: float | None = None,
+    save_steps: int | None = None,
+    logging_steps: int | None = None,
+    gradient_checkpointing: bool | None = None,
+    seed: int | None = None,
+    report_to: str | None = None,
     deepspeed: str | None = None,
     fsdp: bool = False,
     nproc: int | None = None,
     resume: bool = True,
-    seed: int = 42,
     extra: dict | None = None,
 ) -> dict[str, Any]:
     """Instruction-tune MODEL on DATA (records with instruction, input, output) -> OUTPUT_DIR.
 
-    Defaults are the paper's: 3 epochs, lr 2e-5 cosine, warmup 3%, batch 2 x 8 accumulation per device,
-    sequence 1024. --deepspeed zero2|zero2_offload|zero3|zero3_offload|<config.json>; --fsdp (full
-    shard, one unit per decoder layer); --nproc N re-launches itself under torchrun. Any other
-    TrainingArguments field: --extra '{"tf32": true, "save_total_limit": 2}'.
+    Defaults are the paper's: 3 epochs, lr 2e-5 cosine, warmup 3%, batch 2 x 8 accumulation per process,
+    sequence 1024. --deepspeed zero2|zero2_offload|zero3|zero3_offload|<config.json> (CUDA); --fsdp (full
+    shard, one unit per decoder layer, CPU processes too); --nproc N re-launches itself under torchrun (or
+    run the command under torchrun yourself, several nodes too); --report_to tensorboard|wandb|none. Any
+    other TrainingArguments field: --extra '{"tf32": true, "save_total_limit": 2}'.
     """
     from leanlm.core.distributed import maybe_launch
-    from leanlm.lion.train import train_student
+    from leanlm.lion.train import LION_RECIPE, train_student
 
-    maybe_launch(nproc)
+    flags = LION_RECIPE.override(learning_rate=learning_rate, epochs=epochs, batch_size=batch_size,
+                                 grad_accum=grad_accum, max_steps=max_steps, lr_scheduler_type=lr_scheduler_type,
+                                 warmup_ratio=warmup_ratio, weight_decay=weight_decay, save_steps=save_steps,
+                                 logging_steps=logging_steps, gradient_checkpointing=gradient_checkpointing,
+                                 seed=seed, report_to=report_to, deepspeed=deepspeed, fsdp=fsdp, resume=resume)  # fmt: skip
     if extra is not None and not isinstance(extra, dict):
         raise UserError(f"--extra must be a JSON object of TrainingArguments fields, got {extra!r}")
+    maybe_launch(nproc)
     records = read_records(data)
-    overrides = {
-        "num_train_epochs": float(num_train_epochs),
-        "learning_rate": float(learning_rate),
-        "lr_scheduler_type": lr_scheduler_type,
-        "warmup_ratio": float(warmup_ratio),
-        "weight_decay": float(weight_decay),
-        "per_device_train_batch_size": int(per_device_train_batch_size),
-        "gradient_accumulation_steps": int(gradient_accumulation_steps),
-        "gradient_checkpointing": parse_bool(gradient_checkpointing, "--gradient_checkpointing"),
-        "save_steps": int(save_steps),
-        "logging_steps": int(logging_steps),
-        **(extra or {}),
-    }
-    metrics = train_student(model, records, output_dir, max_length=int(max_length), deepspeed=deepspeed,
-                            fsdp=parse_bool(fsdp, "--fsdp"), resume=parse_bool(resume, "--resume"), seed=int(seed),
-                            **overrides)  # fmt: skip
+    metrics = train_student(model, records, output_dir, flags, max_length=max_length, **(extra or {}))
     log.info("trained: %s", metrics)
     return metrics
 
@@ -322,8 +315,11 @@ def iterate(
     max_length: int = 1024,
     batch_size: int = 2,
     grad_accum: int = 8,
+    max_steps: int | None = None,
+    report_to: str | None = None,
     deepspeed: str | None = None,
     fsdp: bool = False,
+    nproc: int | None = None,
     price_in: float = 0.0,
     price_out: float = 0.0,
     seed: int = 0,
@@ -336,9 +332,17 @@ def iterate(
     --student_backend hf|vllm (in process) or openai --student_base_url (a server you restart on the
     new weights). --price_in/--price_out (USD per 1M tokens) fill the cost column of the report.
     A stage whose requests still fail after the retries stops the run (exit 2; re-run to resume)
-    unless --max_failed_fraction allows that share to fail.
+    unless --max_failed_fraction allows that share to fail. --nproc N trains the student on N processes
+    (a torchrun job per iteration; --fsdp shards it); the API stages stay in this process. --deepspeed
+    (CUDA), --report_to tensorboard|wandb|none as in lion-train.
     """
+    from leanlm.core.training import TrainFlags
     from leanlm.lion.iterate import IterateConfig, LionRun
+
+    # the flags this command sets (the rest stay the recipe's in train_student); they enter the train
+    # digest, so epochs stays a float as before (3.0, not 3: an unchanged run is not retrained)
+    flags = TrainFlags(epochs=float(epochs), learning_rate=learning_rate, batch_size=batch_size, grad_accum=grad_accum,
+                       max_steps=max_steps, report_to=report_to, deepspeed=deepspeed, fsdp=fsdp)  # fmt: skip
 
     role = _role(backend, model, base_url, api_key, concurrency, max_retries, timeout)
     cfg = IterateConfig(
@@ -367,15 +371,10 @@ def iterate(
         review_attempts=int(review_attempts),
         referee_format=str(referee_format),
         train=parse_bool(train, "--train"),
-        train_options={
-            "num_train_epochs": float(epochs),
-            "learning_rate": float(learning_rate),
-            "max_length": int(max_length),
-            "per_device_train_batch_size": int(batch_size),
-            "gradient_accumulation_steps": int(grad_accum),
-        },  # fmt: skip
-        deepspeed=deepspeed,
-        fsdp=parse_bool(fsdp, "--fsdp"),
+        train_options={**flags.argument_fields(), "max_length": max_length},
+        deepspeed=flags.deepspeed,
+        fsdp=flags.fsdp,
+        nproc=nproc,
         price_in=float(price_in),
         price_out=float(price_out),
         seed=int(seed),
