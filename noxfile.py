@@ -135,10 +135,10 @@ def _install_torch(session: nox.Session, python: Path) -> str:
 
     From ``$LEANLM_TORCH_INDEX`` (default the PyTorch CPU index) when it answers, else from a wheel
     pip's find-links already offer (no index), else PyPI's default build. Returns which one was used."""
-    pip = [str(python), "-m", "pip", "install", "--only-binary", ":all:", "--quiet"]
+    pip = [str(python), "-m", "pip", "install", "--only-binary", ":all:", "--quiet", "--no-compile"]
     index = os.environ.get("LEANLM_TORCH_INDEX", CPU_TORCH_INDEX)
     tries = [
-        ("cpu index", ["--index-url", index, "torch"]),
+        ("cpu index (or pip's find-links)", ["--index-url", index, "torch"]),
         ("local wheel", ["--no-index", "--no-deps", "torch"]),
     ]
     for label, args in tries if index != "pypi" else ():
@@ -176,11 +176,14 @@ def install(session: nox.Session) -> None:
             t0 = time.time()
             python = _fresh_venv(session, work / f"venv-{package}")
             torch_from = _install_torch(session, python)
-            session.run(str(python), "-m", "pip", "install", "--quiet", "--only-binary", ":all:",
+            # --no-compile: byte-compiling ~150 packages costs minutes; imports compile what they use
+            t1 = time.time()
+            session.run(str(python), "-m", "pip", "install", "--quiet", "--no-compile", "--only-binary", ":all:",
                         "--no-binary", PURE_PYTHON_SDISTS, "--find-links", str(dist),
                         str(wheels["core"]), str(wheels[package]), external=True)  # fmt: skip
             project = tomllib.loads(Path(f"packages/{package}/pyproject.toml").read_text())["project"]
             scripts = project.get("scripts", {})
+            t2 = time.time()
             for script in scripts:
                 session.run(str(python.parent / script), "--help", silent=True, env=env, external=True)
             out = session.run(
@@ -192,7 +195,8 @@ def install(session: nox.Session) -> None:
                 if version.split(".")[0] != want:
                     session.error(f"leanlm-{package}: {name} {version} installed, uv.lock has {locked[name]}")
             times[package] = time.time() - t0
-            session.log(f"leanlm-{package}: ok in {times[package]:.0f} s (torch from {torch_from}) {report}")
+            session.log(f"leanlm-{package}: ok in {times[package]:.0f} s (torch {t1 - t0:.0f} s from {torch_from}, "
+                        f"pip install {t2 - t1:.0f} s, smoke {time.time() - t2:.0f} s) {report}")  # fmt: skip
             shutil.rmtree(work / f"venv-{package}", ignore_errors=True)  # ~1-6 GB each
     finally:
         shutil.rmtree(work, ignore_errors=True)
