@@ -17,6 +17,8 @@ from leanlm.bitdistiller.checkpoint import (
 from leanlm.bitdistiller.export import export_packed
 from leanlm.bitdistiller.modules import quantize_model
 from leanlm.bitdistiller.quant import QuantSpec
+from leanlm.core.errors import UserError
+from leanlm.core.models import load_model
 
 
 def test_qat_checkpoint_fails_in_plain_transformers_and_loads_in_leanlm(tmp_path, tiny_model, tokenizer):
@@ -36,6 +38,8 @@ def test_qat_checkpoint_fails_in_plain_transformers_and_loads_in_leanlm(tmp_path
             AutoModelForCausalLM.from_pretrained(folder)
         with pytest.raises(ValueError, match=LATENT_MODEL_TYPE):
             AutoConfig.from_pretrained(folder)
+    with pytest.raises(UserError, match="bitdistiller-export"):  # core's loader: one line, not a traceback
+        load_model(str(tmp_path / "ckpt"), device="cpu")
     config = hf_config(tmp_path / "ckpt")
     assert config.model_type == "llama" and not hasattr(config, "quantization_config")
     loaded, _, spec = load_model_for_eval(str(tmp_path / "ckpt"), device="cpu")

@@ -8,6 +8,7 @@ one ``UserError`` saying where to put the weights.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -328,6 +329,16 @@ def load_tokenizer(name: str = "default", **kwargs: Any) -> Any:
     return tok
 
 
+def _refusal_note(location: str) -> str | None:
+    """``leanlm_note`` of a local folder's config.json: set by a method whose folder plain loading would misread."""
+    path = Path(location) / "config.json"
+    try:
+        note = json.loads(path.read_text(encoding="utf-8")).get("leanlm_note") if path.is_file() else None
+    except (OSError, ValueError):
+        return None
+    return note if isinstance(note, str) else None
+
+
 def load_model(
     name: str = "default",
     *,
@@ -344,6 +355,10 @@ def load_model(
 
     if is_packed_folder(location):  # a low-bit export: PackedLinear layers on the fast kernels
         return load_packed(location, dtype=dtype, device=dev, lm_head=kwargs.pop("lm_head", None))
+    # a folder a leanlm method marked as not a plain model (e.g. latent QAT weights): say why, in one line
+    note = _refusal_note(location)
+    if note:
+        raise UserError(f"{location}: {note}")
     try:
         model = AutoModelForCausalLM.from_pretrained(location, dtype=pick_dtype(dtype, dev), **kwargs)
     except OSError as e:  # unreachable hub, gated repo, missing files: one line, not a traceback
