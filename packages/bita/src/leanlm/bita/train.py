@@ -18,22 +18,25 @@ from leanlm.bita.model import BiTAConfig, BiTAModel
 from leanlm.bita.prompts import training_records
 from leanlm.core.errors import UserError
 from leanlm.core.sft import PaddingCollator
+from leanlm.core.training import TrainFlags
 
 log = logging.getLogger(__name__)
 
-TRAIN_DEFAULTS: dict[str, Any] = {
-    "learning_rate": 3e-2,
-    "lr_scheduler_type": "cosine",
-    "num_train_epochs": 1.0,
-    "per_device_train_batch_size": 8,
-    "gradient_accumulation_steps": 2,
-    "weight_decay": 0.0,
-    "max_grad_norm": 1.0,
-    "logging_steps": 10,
-    "save_steps": 5000,
-    "save_total_limit": 2,
-    "dataloader_drop_last": False,
-}
+# the paper's recipe (LLaMA-2-7B-chat, 8 GPUs: global batch 8 x 2 x 8 = 128)
+BITA_RECIPE = TrainFlags(
+    learning_rate=3e-2,
+    lr_scheduler_type="cosine",
+    epochs=1.0,
+    batch_size=8,
+    grad_accum=2,
+    weight_decay=0.0,
+    max_grad_norm=1.0,
+    logging_steps=10,
+    save_steps=5000,
+    save_total_limit=2,
+    seed=0,
+)
+BITA_ARGUMENTS: dict[str, Any] = {"dataloader_drop_last": False}  # TrainingArguments fields, not flags
 CPU_MAX_STEPS = 40  # a short job when no GPU is present and no step count was given
 
 
@@ -81,19 +84,22 @@ def train_adapter(
     tokenizer: Any,
     records: list[dict[str, Any]],
     output_dir: str | Path,
+    flags: TrainFlags = BITA_RECIPE,
     *,
     max_groups: int = 64,
     cutoff: int = 2048,
     resample: int = 4,
-    seed: int = 0,
-    deepspeed: str | None = None,
-    resume: bool = True,
     source: str = "data",
-    **overrides: Any,
+    **training_args: Any,
 ) -> dict[str, Any]:
-    """Train ``model``'s adapter on (prompt, output) records; saves the adapter to ``output_dir``."""
-    from leanlm.core.training import save_run_config, train_with_resume, training_arguments
+    """Train ``model``'s adapter on (prompt, output) records; saves the adapter to ``output_dir``.
 
+    ``flags``: the training flags (default the paper recipe); ``training_args``: further
+    TrainingArguments fields, which win over the flags (``max_steps=4``, ``save_steps=1000``).
+    """
+    from leanlm.core.training import save_run_config, train_with_resume
+
+    seed = flags.seed if flags.seed is not None else 0
     pairs = [tokenize_pair(tokenizer, p, o) for p, o in prompt_response_pairs(records, source)]
     dataset = build_dataset(
         pairs,
@@ -106,7 +112,7 @@ def train_adapter(
     )
     if not dataset:
         raise UserError(f"{source}: every response is shorter than M+1={model.num_masks + 1} tokens")
-    args = training_arguments(output_dir, TRAIN_DEFAULTS | {"seed": seed}, overrides, deepspeed=deepspeed)
+    args = flags.to_training_arguments(output_dir, overrides=training_args, **BITA_ARGUMENTS)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     trainer = make_trainer_class()(
         model=model,
@@ -115,18 +121,22 @@ def train_adapter(
         data_collator=PaddingCollator(pad, pad_to_multiple_of=4),  # ints (freeze_len, ...) are stacked
     )
     model.train()
-    result = train_with_resume(trainer, resume)
+    result = train_with_resume(trainer, flags.resume)
     model.eval()
-    model.save_adapter(output_dir)
+    if args.should_save:  # rank 0 of a distributed run (DDP keeps the replicas equal)
+        model.save_adapter(output_dir)
     summary = {
         "examples": len(dataset),
         "pairs": len(pairs),
         "mask_labels": sum(ex["num_groups"] * model.num_masks for ex in dataset),
         "steps": int(result.global_step),
+        "world_size": args.world_size,
         "train_loss": float(result.training_loss),
         "losses": [h["loss"] for h in trainer.state.log_history if "loss" in h],
     }
-    save_run_config(output_dir, {"bita": model.config.__dict__, "data": summary, "args": args.to_dict()})
+    if args.should_save:
+        save_run_config(output_dir, {"bita": model.config.__dict__, "data": summary, "flags": flags.record(),
+                                     "args": args.to_dict()})  # fmt: skip
     return summary
 
 
@@ -140,72 +150,57 @@ def train(
     max_groups: int = 64,
     cutoff: int = 2048,
     resample: int = 4,
+    limit: int | None = None,
+    dtype: str | None = None,
     learning_rate: float | None = None,
     epochs: float | None = None,
     batch_size: int | None = None,
     grad_accum: int | None = None,
     max_steps: int | None = None,
-    limit: int | None = None,
+    save_steps: int | None = None,
+    logging_steps: int | None = None,
+    seed: int = 0,
+    report_to: str | None = None,
     deepspeed: str | None = None,
     nproc: int | None = None,
-    dtype: str | None = None,
-    seed: int = 0,
     resume: bool = True,
 ) -> dict[str, Any]:
     """Train a BiTA adapter for MODEL on the generated JSONL DATA (records with prompt + output).
 
     Paper defaults: M=3, P=16, lr 3e-2 cosine, 1 epoch over 4x resampled data, cutoff 2048,
-    64 groups. deepspeed: zero2 | zero3 | zero2_offload | zero3_offload | a JSON path.
-    nproc N>1 relaunches under torchrun. Without a GPU and without --max_steps the job stops
-    after 40 steps (a short CPU run).
+    64 groups, batch 8 x 2 accumulation per process. deepspeed: zero2 | zero3 | zero2_offload |
+    zero3_offload | a JSON path (CUDA). --nproc N>1 relaunches under torchrun (or run the command
+    under torchrun yourself, several nodes too). --report_to tensorboard|wandb|none. Without a GPU
+    and without --max_steps the job stops after 40 steps (a short CPU run).
     """
     import torch
 
-    from leanlm.core.cli import parse_bool
     from leanlm.core.distributed import maybe_launch
     from leanlm.core.models import load_model, load_tokenizer
     from leanlm.core.records import read_records
 
+    flags = BITA_RECIPE.override(learning_rate=learning_rate, epochs=epochs, batch_size=batch_size,
+                                 grad_accum=grad_accum, max_steps=max_steps, save_steps=save_steps,
+                                 logging_steps=logging_steps, seed=seed, report_to=report_to,
+                                 deepspeed=deepspeed, resume=resume)  # fmt: skip
+    config = BiTAConfig(
+        num_masks=num_masks, num_prefix=num_prefix, prefix_dropout=prefix_dropout, base_model=str(model)
+    )
+    config.validate()
     maybe_launch(nproc)
     records = training_records(read_records(data))
     if not records:
         raise UserError(f"{data}: no records")
     if limit:
-        records = records[: int(limit)]
-    config = BiTAConfig(
-        num_masks=int(num_masks),
-        num_prefix=int(num_prefix),
-        prefix_dropout=float(prefix_dropout),
-        base_model=str(model),
-    )
-    config.validate()
-    if not torch.cuda.is_available() and max_steps is None:
-        max_steps = CPU_MAX_STEPS
-        log.info("no GPU: a short CPU job of %d steps (pass --max_steps to change)", max_steps)
+        records = records[:limit]
+    if not torch.cuda.is_available() and flags.max_steps is None:
+        flags = flags.override(max_steps=CPU_MAX_STEPS)
+        log.info("no GPU: a short CPU job of %d steps (pass --max_steps to change)", CPU_MAX_STEPS)
     tokenizer = load_tokenizer(model)
     base = load_model(model, dtype=dtype)
     bita = BiTAModel(base, config, seed=seed)
-    overrides = {
-        "learning_rate": learning_rate,
-        "num_train_epochs": epochs,
-        "per_device_train_batch_size": batch_size,
-        "gradient_accumulation_steps": grad_accum,
-        "max_steps": max_steps,
-    }
-    summary = train_adapter(
-        bita,
-        tokenizer,
-        records,
-        output_dir,
-        max_groups=int(max_groups),
-        cutoff=int(cutoff),
-        resample=int(resample),
-        seed=int(seed),
-        deepspeed=deepspeed,
-        resume=parse_bool(resume, "resume"),
-        source=str(data),
-        **overrides,
-    )
+    summary = train_adapter(bita, tokenizer, records, output_dir, flags, max_groups=max_groups, cutoff=cutoff,
+                            resample=resample, source=str(data))  # fmt: skip
     summary.pop("losses", None)
     summary["output_dir"] = str(output_dir)
     return summary

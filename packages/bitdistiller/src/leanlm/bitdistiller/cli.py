@@ -189,41 +189,42 @@ def train(
     eval_fraction: float = 0.0,
     mask_prompt: bool = False,
     max_samples: int | None = None,
-    epochs: float | None = None,
-    max_steps: int | None = None,
+    dtype: str | None = None,
     learning_rate: float | None = None,
+    epochs: float | None = None,
     batch_size: int | None = None,
     grad_accum: int | None = None,
+    max_steps: int | None = None,
     save_steps: int | None = None,
     logging_steps: int | None = None,
     gradient_checkpointing: bool | None = None,
     seed: int | None = None,
+    report_to: str | None = None,
     deepspeed: str | None = None,
     nproc: int | None = None,
     resume: bool = True,
-    dtype: str | None = None,
 ) -> str:
-    """KD-QAT (paper defaults: lr 8e-6 constant, seq 1024, global batch 128 = 16 x 8 accumulation).
+    """KD-QAT (paper defaults: lr 8e-6 constant, seq 1024, batch 16 x 8 accumulation per process, 4 epochs).
 
     Losses: cakld (default), forward, reverse, jsd, tlsd, ce. --deepspeed zero2|zero2_offload|zero3|
-    zero3_offload|FILE; --nproc N relaunches under torchrun. Re-running resumes from the last checkpoint.
+    zero3_offload|FILE (CUDA); --nproc N relaunches under torchrun (or run the command under torchrun
+    yourself, several nodes too); --report_to tensorboard|wandb|none. Re-running resumes from the last
+    checkpoint.
     """
     from leanlm.bitdistiller.quant import QuantSpec
+    from leanlm.bitdistiller.train import BITDISTILLER_RECIPE
     from leanlm.bitdistiller.train import train as run_train
     from leanlm.core.distributed import maybe_launch
 
+    flags = BITDISTILLER_RECIPE.override(learning_rate=learning_rate, epochs=epochs, batch_size=batch_size,
+                                         grad_accum=grad_accum, max_steps=max_steps, save_steps=save_steps,
+                                         logging_steps=logging_steps, gradient_checkpointing=gradient_checkpointing,
+                                         seed=seed, report_to=report_to, deepspeed=deepspeed, resume=resume)  # fmt: skip
     spec = QuantSpec(quant_type, w_bit, _fit_group_size(model, group_size))
     maybe_launch(nproc)
-    overrides = {
-        "num_train_epochs": epochs, "max_steps": max_steps, "learning_rate": learning_rate,
-        "per_device_train_batch_size": batch_size, "gradient_accumulation_steps": grad_accum,
-        "save_steps": save_steps, "logging_steps": logging_steps, "seed": seed,
-        "gradient_checkpointing": None if gradient_checkpointing is None else parse_bool(gradient_checkpointing),
-    }  # fmt: skip
     summary = run_train(model, data, output_dir, spec, clip=clip, loss=loss, gamma=gamma, gamma_batches=gamma_batches,
                         max_length=max_length, eval_fraction=eval_fraction, mask_prompt=parse_bool(mask_prompt),
-                        max_samples=max_samples, resume=parse_bool(resume), deepspeed=deepspeed, dtype=dtype,
-                        overrides=overrides)  # fmt: skip
+                        max_samples=max_samples, dtype=dtype, flags=flags)  # fmt: skip
     return _show(summary)
 
 

@@ -24,22 +24,23 @@ from leanlm.bitdistiller.losses import KDLoss, build_loss, teacher_confidence
 from leanlm.bitdistiller.modules import quantize_model
 from leanlm.bitdistiller.quant import QuantSpec
 from leanlm.core.errors import UserError
+from leanlm.core.training import TrainFlags
 
 log = logging.getLogger(__name__)
 
 # the paper's recipe (train.sh): lr 8e-6 constant, seq 1024, global batch 8 GPUs x 16 = 128, 4 epochs (LLaMA-2)
-DEFAULTS: dict[str, Any] = {
-    "learning_rate": 8e-6,
-    "lr_scheduler_type": "constant",
-    "weight_decay": 0.0,
-    "per_device_train_batch_size": 16,
-    "gradient_accumulation_steps": 8,
-    "num_train_epochs": 4,
-    "logging_steps": 1,
-    "save_steps": 50,
-    "save_total_limit": 3,
-    "seed": 42,
-}
+BITDISTILLER_RECIPE = TrainFlags(
+    learning_rate=8e-6,
+    lr_scheduler_type="constant",
+    weight_decay=0.0,
+    batch_size=16,
+    grad_accum=8,
+    epochs=4,
+    logging_steps=1,
+    save_steps=50,
+    save_total_limit=3,
+    seed=42,
+)
 
 
 def _trainer_class() -> type:
@@ -125,18 +126,24 @@ def train(
     eval_fraction: float = 0.0,
     mask_prompt: bool = False,
     max_samples: int | None = None,
-    resume: bool = True,
-    deepspeed: str | None = None,
     dtype: str | None = None,
+    flags: TrainFlags = BITDISTILLER_RECIPE,
     overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Run KD-QAT; returns a summary (gamma, steps, losses, final folder)."""
+    """Run KD-QAT; returns a summary (gamma, steps, losses, final folder).
+
+    ``flags``: the training flags (default the paper recipe); ``overrides``: TrainingArguments
+    fields that win over them (``{"max_steps": 4}``).
+    """
     from leanlm.core.models import load_model, load_tokenizer
     from leanlm.core.records import read_json, write_json
     from leanlm.core.sft import PaddingCollator
-    from leanlm.core.training import last_checkpoint, save_run_config, train_with_resume, training_arguments
+    from leanlm.core.training import last_checkpoint, save_run_config, train_with_resume
 
-    finished = _finished_run(output_dir, (overrides or {}).get("max_steps")) if resume else None
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    max_steps = overrides.get("max_steps", flags.max_steps)
+    resume = flags.resume
+    finished = _finished_run(output_dir, max_steps) if resume else None
     if finished is not None:
         log.info(
             "%s already reached max_steps; nothing to train (delete the folder to start again)", output_dir
@@ -145,8 +152,7 @@ def train(
     rows = read_teacher_file(data)
     if max_samples:
         rows = rows[:max_samples]
-    overrides = dict(overrides or {})
-    seed = int(overrides.get("seed") or DEFAULTS["seed"])
+    seed = int(overrides.get("seed", flags.seed if flags.seed is not None else 42))
     tokenizer = load_tokenizer(model_name)
     examples = tokenize_teacher(rows, tokenizer, max_length, mask_prompt)
     n_eval = int(len(examples) * eval_fraction)
@@ -154,10 +160,11 @@ def train(
     if not train_set:
         raise UserError(f"{data}: no training examples left after the {eval_fraction:.0%} eval split")
     collator = PaddingCollator(tokenizer.pad_token_id, side="right")
+    evaluation = {}
     if n_eval:
-        overrides.setdefault("eval_strategy", "steps")
-        overrides.setdefault("eval_steps", overrides.get("save_steps") or DEFAULTS["save_steps"])
-    args = training_arguments(output_dir, DEFAULTS, overrides, deepspeed=deepspeed)
+        every = overrides.get("save_steps", flags.save_steps)
+        evaluation = {"eval_strategy": "steps", "eval_steps": every}
+    args = flags.to_training_arguments(output_dir, overrides=overrides, **evaluation)
 
     kd_loss_name = loss.lower()
     teacher = None
@@ -181,7 +188,7 @@ def train(
         output_dir,
         {"model": model_name, "data": str(data), "spec": spec.to_dict(), "clip": str(clip) if clip else None,
          "loss": kd_loss_name, "gamma": gamma, "max_length": max_length, "train_examples": len(train_set),
-         "eval_examples": len(eval_set), "training_args": {k: v for k, v in overrides.items()}},
+         "eval_examples": len(eval_set), "flags": flags.record(), "training_args": overrides},
     )  # fmt: skip
     trainer = _trainer_class()(
         model=student,
@@ -198,19 +205,23 @@ def train(
     student.config.use_cache = (
         True  # off for training only: generation from the saved model needs its KV cache
     )
-    trainer.save_model(str(final))
-    tokenizer.save_pretrained(str(final))
+    trainer.save_model(str(final))  # every rank joins (sharded states gather); rank 0 writes
+    main = trainer.args.should_save
+    if main:
+        tokenizer.save_pretrained(str(final))
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     summary = {
         "final": str(final),
         "gamma": gamma,
         "loss": kd_loss_name,
         "steps": trainer.state.global_step,
+        "world_size": args.world_size,
         "first_loss": losses[0] if losses else None,
         "last_loss": losses[-1] if losses else None,
         "train_loss": getattr(result, "training_loss", None),
         "resumed_from": resumed_from,
-        "max_steps": overrides.get("max_steps"),
+        "max_steps": max_steps,
     }
-    write_json(Path(output_dir) / "train_summary.json", summary)
+    if main:
+        write_json(Path(output_dir) / "train_summary.json", summary)
     return summary
