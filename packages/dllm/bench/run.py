@@ -29,7 +29,7 @@ from leanlm.dllm import DLLM, DLLMConfig, generate
 from leanlm.dllm.data import load_examples, tokenize
 from leanlm.dllm.evaluate import choice_accuracy
 from leanlm.dllm.static import drop_layers, layer_importance, warm_start_routers
-from leanlm.dllm.train import finetune
+from leanlm.dllm.train import DLLM_RECIPE, finetune
 
 
 def log(msg: str) -> None:
@@ -37,9 +37,9 @@ def log(msg: str) -> None:
 
 
 def train(net: DLLM, tok, feats, args, out: Path, router_lr: float | None = None) -> dict:
-    return finetune(net, tok, feats, out, epochs=1, batch_size=args.batch, max_steps=args.steps, lr=args.lr,
-                    router_lr=router_lr, router_schedule=args.router_schedule, warmup_ratio=0.1, logging_steps=max(1, args.steps // 4),
-                    save_steps=10**6, resume=False)  # fmt: skip
+    flags = DLLM_RECIPE.override(epochs=1, batch_size=args.batch, max_steps=args.steps, learning_rate=args.lr,
+                                 warmup_ratio=0.1, logging_steps=max(1, args.steps // 4), save_steps=10**6, resume=False)  # fmt: skip
+    return finetune(net, tok, feats, out, flags, router_lr=router_lr, router_schedule=args.router_schedule)
 
 
 def decode_speed(net: DLLM, tok, prompts: list[str], new_tokens: int) -> dict:

@@ -33,3 +33,10 @@ def test_dllm_finetune_two_processes(tmp_path):
     assert proc.stdout.count('"saved"') == 1
     loaded = DLLM.load(summary["saved"], str(tiny))
     assert loaded.num_layers == 3 and len(loaded.routers) == 2
+
+
+def test_finetune_takes_the_shared_training_flags():
+    from leanlm.core.training import missing_trainer_flags
+    from leanlm.dllm import cli
+
+    assert missing_trainer_flags(cli.finetune) == []

@@ -9,7 +9,7 @@ import torch
 from leanlm.core.errors import UserError
 from leanlm.dllm import DLLM, DLLMConfig
 from leanlm.dllm.loss import exec_ratio, lambda_schedule, ratio_loss
-from leanlm.dllm.train import finetune, lr_lambdas, param_groups
+from leanlm.dllm.train import DLLM_RECIPE, finetune, lr_lambdas, param_groups
 
 
 def test_lambda_sine_ramp():
@@ -100,8 +100,9 @@ def test_short_finetune_moves_ratio_toward_target(tiny_model, tokenizer, tmp_pat
     d = DLLM(copy.deepcopy(tiny_model), DLLMConfig(start_layer=1, target=0.5, lambda_max=5.0))
     feats = [tokenize_example(tokenizer, f"Say {i}.", f" {i} {i} {i}", max_length=24) for i in range(16)]
     before = d.eval()(torch.tensor([feats[0]["input_ids"]])).execs.mean()
-    summary = finetune(d, tokenizer, feats, tmp_path / "run", epochs=1, batch_size=4, max_steps=12, lr=1e-3,
-                       router_lr=1e-1, warmup_ratio=0.0, logging_steps=4, save_steps=10)  # fmt: skip
+    flags = DLLM_RECIPE.override(epochs=1, batch_size=4, max_steps=12, learning_rate=1e-3, warmup_ratio=0.0,
+                                 logging_steps=4, save_steps=10)  # fmt: skip
+    summary = finetune(d, tokenizer, feats, tmp_path / "run", flags, router_lr=1e-1)
     assert summary["steps"] == 12
     after = d.eval()(torch.tensor([feats[0]["input_ids"]])).execs.mean()
     assert before > 0.9 and after < before - 0.1
@@ -147,11 +148,12 @@ def test_finetune_router_schedule_constant_keeps_router_lr(tiny_model, tokenizer
 
     d = DLLM(copy.deepcopy(tiny_model), DLLMConfig(start_layer=1, target=0.5))
     feats = [tokenize_example(tokenizer, f"Say {i}.", f" {i}", max_length=16) for i in range(8)]
-    kw = {"epochs": 1, "batch_size": 4, "max_steps": 6, "lr": 1e-3, "router_lr": 2e-2, "warmup_ratio": 0.0,
-          "logging_steps": 1, "save_steps": 100, "resume": False}  # fmt: skip
-    summary = finetune(d, tokenizer, feats, tmp_path / "c", router_schedule="constant", **kw)
+    flags = DLLM_RECIPE.override(epochs=1, batch_size=4, max_steps=6, learning_rate=1e-3, warmup_ratio=0.0,
+                                 logging_steps=1, save_steps=100, resume=False)  # fmt: skip
+    kw = {"router_lr": 2e-2}
+    summary = finetune(d, tokenizer, feats, tmp_path / "c", flags, router_schedule="constant", **kw)
     last = summary["history"][-1]
     assert last["router_lr"] == pytest.approx(2e-2) and last["learning_rate"] == pytest.approx(2e-2)
     d2 = DLLM(copy.deepcopy(tiny_model), DLLMConfig(start_layer=1, target=0.5))
-    last_cos = finetune(d2, tokenizer, feats, tmp_path / "k", **kw)["history"][-1]
+    last_cos = finetune(d2, tokenizer, feats, tmp_path / "k", flags, **kw)["history"][-1]
     assert last_cos["router_lr"] < 2e-2 * 0.1

@@ -34,32 +34,36 @@ def finetune(
     reserve_initials: int = 2,
     router_hidden: int | None = None,
     lora_rank: int = 8,
+    blr: float = 9e-3,
+    router_lr: float | None = None,
+    router_schedule: str = "cosine",
+    max_seq_len: int = 512,
+    limit: int | None = None,
+    test_size: int = 200,
+    dense: bool = False,
+    dtype: str | None = None,
+    learning_rate: float | None = None,
     epochs: float = 10.0,
     batch_size: int = 8,
     grad_accum: int = 1,
-    blr: float = 9e-3,
-    lr: float | None = None,
-    router_lr: float | None = None,
-    router_schedule: str = "cosine",
-    weight_decay: float = 0.02,
-    warmup_ratio: float = 0.2,
-    max_seq_len: int = 512,
-    limit: int | None = None,
     max_steps: int = -1,
+    warmup_ratio: float = 0.2,
+    weight_decay: float = 0.02,
     save_steps: int = 200,
-    test_size: int = 200,
+    logging_steps: int = 10,
     seed: int = 0,
-    dense: bool = False,
-    resume: bool = True,
+    report_to: str | None = None,
     deepspeed: str | None = None,
     nproc: int | None = None,
-    dtype: str | None = None,
+    resume: bool = True,
 ) -> None:
     """Fine-tune routers + LoRA (q/k/v) on DATA and save them to OUTPUT/dllm.
 
     DATA: a folder with {train,test,prompt}.json (alpaca or piqa template), a .json/.jsonl alpaca file,
     or an offline task: piqa, boolq, social_i_qa, openbookqa, gsm8k, mmlu. ``--nproc N`` relaunches
-    under torchrun; ``--deepspeed zero2`` picks a ZeRO preset. ``--dense`` trains LoRA only (baseline).
+    under torchrun (or run the command under torchrun yourself, several nodes too); ``--deepspeed zero2``
+    picks a ZeRO preset (CUDA); ``--report_to tensorboard|wandb|none``. ``--learning_rate`` defaults to
+    blr * batch_size * grad_accum / 256. ``--dense`` trains LoRA only (baseline).
     ``--router_schedule constant`` keeps the routers' LR constant after the warm-up (LoRA still decays).
     ``--lambda_ramp 0.5`` reaches lambda_max halfway through training (the original: 1.0, at the end).
     ``--choice_format text`` trains a choice task on the right option's text instead of its number.
@@ -71,8 +75,13 @@ def finetune(
     from leanlm.dllm.config import DLLMConfig
     from leanlm.dllm.data import load_examples, tokenize
     from leanlm.dllm.model import DLLM, check_supported_name
+    from leanlm.dllm.train import DLLM_RECIPE
     from leanlm.dllm.train import finetune as run_finetune
 
+    flags = DLLM_RECIPE.override(learning_rate=learning_rate, epochs=epochs, batch_size=batch_size,
+                                 grad_accum=grad_accum, max_steps=max_steps, warmup_ratio=warmup_ratio,
+                                 weight_decay=weight_decay, save_steps=save_steps, logging_steps=logging_steps,
+                                 seed=seed, report_to=report_to, deepspeed=deepspeed, resume=resume)  # fmt: skip
     config = DLLMConfig(start_layer=start_layer, reserve_initials=reserve_initials, target=target,
                         lambda_max=lambda_max, lambda_ramp=lambda_ramp, ratio_scope=ratio_scope, router_hidden=router_hidden, lora_rank=lora_rank,
                         dynamic=not parse_bool(dense, "--dense"), base_model=model).validate()  # fmt: skip
@@ -85,11 +94,8 @@ def finetune(
     dllm = DLLM(load_model(model, dtype=dtype), config)
     features = tokenize(tokenizer, examples, max_seq_len)
     log.info("training on %d examples from %s", len(features), data)
-    summary = run_finetune(dllm, tokenizer, features, output, epochs=epochs, batch_size=batch_size,
-                           grad_accum=grad_accum, blr=blr, lr=lr, router_lr=router_lr, weight_decay=weight_decay,
-                           router_schedule=router_schedule, warmup_ratio=warmup_ratio, max_steps=max_steps,
-                           save_steps=save_steps, seed=seed,
-                           resume=parse_bool(resume, "--resume"), deepspeed=deepspeed)  # fmt: skip
+    summary = run_finetune(dllm, tokenizer, features, output, flags, blr=blr, router_lr=router_lr,
+                           router_schedule=router_schedule)  # fmt: skip
     summary.pop("history", None)
     if not is_main_process():  # every rank holds the same routers + LoRA (DDP): rank 0 writes them
         return

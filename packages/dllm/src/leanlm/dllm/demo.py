@@ -19,7 +19,7 @@ def run_demo(out_dir: Path, model: str = "default") -> DemoResult:
     from leanlm.dllm import DLLM, DLLMConfig, generate
     from leanlm.dllm.data import load_examples, tokenize
     from leanlm.dllm.evaluate import choice_accuracy
-    from leanlm.dllm.train import finetune
+    from leanlm.dllm.train import DLLM_RECIPE, finetune
 
     t0 = time.time()
     out_dir = Path(out_dir)
@@ -29,8 +29,9 @@ def run_demo(out_dir: Path, model: str = "default") -> DemoResult:
     train = load_examples("piqa", "train", limit=16, test_size=40)
     test = load_examples("piqa", "test", test_size=40)[:16]
     dllm = DLLM(copy.deepcopy(base), DLLMConfig(target=0.5))
-    summary = finetune(dllm, tok, tokenize(tok, train, 160), out_dir / "run", epochs=1, batch_size=4, max_steps=4,
-                       lr=1e-3, router_lr=5e-2, warmup_ratio=0.0, logging_steps=1, save_steps=10**6, resume=False)  # fmt: skip
+    flags = DLLM_RECIPE.override(epochs=1, batch_size=4, max_steps=4, learning_rate=1e-3, warmup_ratio=0.0,
+                                 logging_steps=1, save_steps=10**6, resume=False)  # fmt: skip
+    summary = finetune(dllm, tok, tokenize(tok, train, 160), out_dir / "run", flags, router_lr=5e-2)
     folder = dllm.save(out_dir / "dllm")
     dllm = DLLM.load(folder, base)  # reload from the small folder, LoRA merged
     acc = choice_accuracy(dllm, tok, test, batch_size=4)

@@ -19,13 +19,32 @@ import torch
 from transformers import Trainer
 
 from leanlm.core.errors import UserError
-from leanlm.core.training import save_run_config, train_with_resume, training_arguments
+from leanlm.core.training import TrainFlags, save_run_config, train_with_resume
 from leanlm.dllm.loss import lambda_schedule
 from leanlm.dllm.model import DLLM
 
 log = logging.getLogger(__name__)
 
 TRAINABLE_FILE = "dllm_trainable.pt"
+# the original script's recipe; the learning rate comes from blr (lr = blr * effective batch / 256)
+DLLM_RECIPE = TrainFlags(
+    epochs=10.0,
+    batch_size=8,
+    grad_accum=1,
+    weight_decay=0.02,
+    warmup_ratio=0.2,
+    lr_scheduler_type="cosine",
+    max_steps=-1,
+    save_steps=200,
+    logging_steps=10,
+    seed=0,
+)
+DLLM_ARGUMENTS: dict[str, Any] = {  # TrainingArguments fields that are not flags
+    "adam_beta1": 0.9,
+    "adam_beta2": 0.95,
+    "save_only_model": False,
+    "dataloader_num_workers": 0,
+}
 ROUTER_SCHEDULES = ("cosine", "constant")
 
 
@@ -120,52 +139,27 @@ def finetune(
     tokenizer: Any,
     features: list[dict[str, list[int]]],
     output_dir: str | Path,
+    flags: TrainFlags = DLLM_RECIPE,
     *,
-    epochs: float = 10.0,
-    batch_size: int = 8,
-    grad_accum: int = 1,
     blr: float = 9e-3,
-    lr: float | None = None,
     router_lr: float | None = None,
     router_schedule: str = "cosine",
-    weight_decay: float = 0.02,
-    warmup_ratio: float = 0.2,
-    max_steps: int = -1,
-    save_steps: int = 200,
-    logging_steps: int = 10,
-    seed: int = 0,
-    resume: bool = True,
-    deepspeed: str | None = None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Train routers + LoRA on tokenized ``features``; returns a summary (the caller saves the model)."""
+    """Train routers + LoRA on tokenized ``features``; returns a summary (the caller saves the model).
+
+    ``flags.learning_rate`` None: ``blr * batch_size * grad_accum / 256``; ``router_lr`` None: the same.
+    ``extra``: TrainingArguments fields that win over the flags.
+    """
     from leanlm.core.sft import PaddingCollator
 
-    lr = lr if lr is not None else blr * batch_size * grad_accum / 256
+    batch_size, grad_accum = flags.batch_size or 8, flags.grad_accum or 1
+    lr = flags.learning_rate if flags.learning_rate is not None else blr * batch_size * grad_accum / 256
     router_lr = router_lr if router_lr is not None else lr
+    weight_decay = flags.weight_decay if flags.weight_decay is not None else 0.0
     check_router_schedule(router_schedule)  # before any work
-    args = training_arguments(
-        output_dir,
-        {
-            "num_train_epochs": epochs,
-            "per_device_train_batch_size": batch_size,
-            "gradient_accumulation_steps": grad_accum,
-            "learning_rate": lr,
-            "weight_decay": weight_decay,
-            "adam_beta1": 0.9,
-            "adam_beta2": 0.95,
-            "warmup_ratio": warmup_ratio,
-            "lr_scheduler_type": "cosine",
-            "max_steps": max_steps,
-            "save_steps": save_steps,
-            "logging_steps": logging_steps,
-            "seed": seed,
-            "save_only_model": False,
-            "dataloader_num_workers": 0,
-        },
-        extra or {},
-        deepspeed=deepspeed,
-    )
+    flags = flags.override(learning_rate=lr)
+    args = flags.to_training_arguments(output_dir, overrides=extra, **DLLM_ARGUMENTS)
     optimizer = torch.optim.AdamW(param_groups(dllm, lr, router_lr, weight_decay), betas=(0.9, 0.95))
     dllm.train()
     trainer = DLLMTrainer(
@@ -177,10 +171,10 @@ def finetune(
     )
     trainer.router_schedule = router_schedule
     save_run_config(output_dir, {"dllm": dllm.config.to_dict(), "lr": lr, "router_lr": router_lr,
-                                 "router_schedule": router_schedule, "epochs": epochs, "batch_size": batch_size,
-                                 "grad_accum": grad_accum})  # fmt: skip
+                                 "router_schedule": router_schedule, "epochs": flags.epochs, "batch_size": batch_size,
+                                 "grad_accum": grad_accum, "flags": flags.record()})  # fmt: skip
     t0 = time.time()
-    result = train_with_resume(trainer, resume)
+    result = train_with_resume(trainer, flags.resume)
     dllm.eval()
     history = [h for h in trainer.state.log_history if "loss" in h]
     return {"train_loss": result.training_loss, "steps": trainer.state.global_step, "seconds": time.time() - t0,
