@@ -16,6 +16,11 @@ carries ``quantization_config = {"quant_method": "gptq", "bits", "group_size", "
 ``quantize_config.json`` is written for GPTQ tools. The reader and the layers live in
 ``leanlm.core.packed`` (so ``leanlm.core.models.load_model`` opens packed folders for every command);
 ``export_gguf`` in ``leanlm.bitdistiller.gguf_export`` writes the same codes as GGUF Q4_1.
+
+Other loaders (``bench/gptq_interop.py``): transformers 5.23 + optimum 2.3 + GPTQModel 7.7 reproduce leanlm's
+logits at 2/3/4 bits (``AutoModelForCausalLM.from_pretrained(folder)``, or ``GPTQModel.load`` in fp16/bf16).
+``GPTQModel.load(..., dtype=torch.float32)`` of a 4-bit folder picks GPTQModel's ``TorchFusedLinear``, whose
+CPU path drops asymmetric zero-points (wrong for any ``sym: false`` checkpoint), so load in fp16/bf16 there.
 """
 
 from __future__ import annotations
