@@ -241,12 +241,19 @@ def measure(location: str, settings: dict[str, Any]) -> dict[str, Any]:
     from leanlm.core.evaluation.lm_eval_bridge import run_lm_eval
     from leanlm.core.evaluation.perplexity import perplexity
     from leanlm.core.models import load_model, load_tokenizer
+    from leanlm.core.packed import is_packed_folder
 
-    dtype = settings.get("dtype", "float32")
+    # a packed low-bit folder is measured in bf16, the activations its CPU kernels run in (fp32 would time
+    # the slow dequantize-then-matmul fallback); everything else in fp32 unless the report says otherwise
+    dtype = settings.get("dtype") or ("bfloat16" if is_packed_folder(location) else "float32")
     model, tok = load_model(location, dtype=dtype, device="cpu"), load_tokenizer(location)
     ppl = perplexity(model, tok, settings.get("text", "text"), seqlen=int(settings.get("seqlen", 256)),
                      max_chunks=int(settings.get("max_chunks", 4)))  # fmt: skip
-    out: dict[str, Any] = {"ppl": round(ppl["ppl"], 3), "weight_bytes": weight_bytes(location)}
+    out: dict[str, Any] = {
+        "ppl": round(ppl["ppl"], 3),
+        "weight_bytes": weight_bytes(location),
+        "dtype": dtype,
+    }
     task = settings.get("task", "piqa")
     if task:
         scores = run_lm_eval(model, tok, [task], limit=int(settings.get("limit", 40)))
@@ -290,7 +297,7 @@ def run_recipe(
             row.update(cache[key])
     write_json(root / "report.json", {"recipe": recipe.name, "source": str(path), "report": recipe.report,
                                       "steps": rows})  # fmt: skip
-    metrics = [k for k in ("ppl", f"{recipe.report.get('task', 'piqa')}_acc", "decode_tok_s", "weight_bytes")
+    metrics = [k for k in ("ppl", f"{recipe.report.get('task', 'piqa')}_acc", "decode_tok_s", "weight_bytes", "dtype")
                if any(k in r for r in rows)]  # fmt: skip
     lines = [f"# Recipe {recipe.name}", "", "| step | model | ran | seconds | " + " | ".join(metrics) + " |",
              "|" + "---|" * (4 + len(metrics))]  # fmt: skip
