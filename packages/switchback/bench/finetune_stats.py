@@ -3,8 +3,9 @@ optionally one longer run each way to compare the losses.
 
     uv run python packages/switchback/bench/finetune_stats.py --num-runs 5 --max-steps 3 --loss-steps 50
 
-Writes bench/finetune/{linear,switchback}/finetune_log.jsonl, bench/finetune/stats/* and, with
-``--loss-steps``, bench/finetune/loss/{linear,switchback}/finetune_log.jsonl and loss.{json,md}.
+Writes bench/results/finetune/{linear,switchback}/finetune_log.jsonl, bench/results/finetune/stats/* and, with
+``--loss-steps``, bench/results/finetune/loss/{linear,switchback}/finetune_log.jsonl and loss.{json,md}
+(``--output-dir`` names another folder than bench/results/finetune).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 from leanlm.core.cli import run_cli
 from leanlm.core.records import write_json, write_text
 from leanlm.switchback.stats import compare_logs
-from leanlm.switchback.train import finetune
+from leanlm.switchback.train import SWITCHBACK_RECIPE, finetune
 
 HERE = Path(__file__).parent
 
@@ -23,9 +24,8 @@ def loss_comparison(out: Path, common: dict, steps: int) -> str:
     """One run of ``steps`` steps each way (same seed and data); the loss curves side by side."""
     runs = {}
     for name, sb in (("linear", False), ("switchback", True)):
-        log = finetune(
-            switchback=sb, output_dir=str(out / name), **{**common, "num_runs": 1, "max_steps": steps}
-        )
+        flags = common["flags"].override(max_steps=steps)
+        log = finetune(switchback=sb, output_dir=str(out / name), **{**common, "num_runs": 1, "flags": flags})
         runs[name] = log[-1]
     lin, sb = runs["linear"]["losses"], runs["switchback"]["losses"]
     gaps = [s - ln for (_, ln), (_, s) in zip(lin, sb)]
@@ -54,7 +54,7 @@ def main(
     bf16: bool = True,
     threads: int = 1,
     loss_steps: int = 0,
-    output_dir: str = str(HERE / "finetune"),
+    output_dir: str = str(HERE / "results" / "finetune"),
 ) -> str:
     """N fine-tunes with nn.Linear, N with SwitchBack, Welch's t-test on the run times; then, if
     ``loss_steps``, one run of that many steps each way for the loss comparison.
@@ -62,9 +62,10 @@ def main(
     Default precision: fp32 master weights with bf16 autocast (HF Trainer's --bf16), as the seed trained.
     """
     out = Path(output_dir)
-    common = dict(model=model, dataset="instructions", max_steps=max_steps, batch_size=batch_size, limit=limit,
-                  target_max_len=target_max_len, learning_rate=learning_rate, dtype=dtype, bf16=bf16,
-                  save_model=False, threads=threads)  # fmt: skip
+    flags = SWITCHBACK_RECIPE.override(max_steps=max_steps, batch_size=batch_size, learning_rate=learning_rate,
+                                       bf16=bf16)  # fmt: skip
+    common = dict(model=model, dataset="instructions", limit=limit, target_max_len=target_max_len, dtype=dtype,
+                  save_model=False, threads=threads, flags=flags)  # fmt: skip
     # interleave the two conditions run by run so slow phases of the shared machine hit both alike
     for n in range(1, num_runs + 1):
         finetune(switchback=False, output_dir=str(out / "linear"), **{**common, "num_runs": n})

@@ -12,10 +12,10 @@ from pathlib import Path
 from leanlm.core.demo import DemoResult
 from leanlm.core.records import read_jsonl
 from leanlm.switchback.stats import compare_logs
-from leanlm.switchback.train import finetune
+from leanlm.switchback.train import SWITCHBACK_RECIPE, finetune
 
-DEMO_SETTINGS = {"dataset": "instructions", "limit": 32, "batch_size": 4, "max_steps": 4, "target_max_len": 48,
-                 "learning_rate": 1e-5, "num_runs": 2, "save_model": False}  # fmt: skip
+DEMO_SETTINGS = {"dataset": "instructions", "limit": 32, "target_max_len": 48, "num_runs": 2, "save_model": False,
+                 "flags": SWITCHBACK_RECIPE.override(batch_size=4, max_steps=4, learning_rate=1e-5)}  # fmt: skip
 
 
 def run_demo(out_dir: Path, model: str = "default") -> DemoResult:
@@ -31,8 +31,8 @@ def run_demo(out_dir: Path, model: str = "default") -> DemoResult:
     loss_gap = max(abs(a["final_loss"] - b["final_loss"]) for a, b in zip(linear, sb))
     summary = "\n".join(
         [
-            f"Toy fine-tune of `{model}`: {DEMO_SETTINGS['num_runs']} runs x {DEMO_SETTINGS['max_steps']} steps "
-            f"(batch {DEMO_SETTINGS['batch_size']}) with nn.Linear and with SwitchBack (global int8; lm_head, "
+            f"Toy fine-tune of `{model}`: {DEMO_SETTINGS['num_runs']} runs x {DEMO_SETTINGS['flags'].max_steps} steps "
+            f"(batch {DEMO_SETTINGS['flags'].batch_size}) with nn.Linear and with SwitchBack (global int8; lm_head, "
             "k_proj, v_proj kept in float), then Welch's t-test on the run times.",
             "",
             table,

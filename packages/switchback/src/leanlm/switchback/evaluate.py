@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from leanlm.core.cli import parse_bool
 from leanlm.core.errors import UserError
 from leanlm.core.records import write_json, write_text
 
@@ -33,7 +32,7 @@ def evaluate(
     num_fewshot: int | None = None,
     limit: int | None = None,
     batch_size: int = 8,
-    switchback: bool | str = False,
+    switchback: bool = False,
     variant: str = "global",
     exclude: str | None = None,
     dtype: str | None = None,
@@ -59,7 +58,7 @@ def evaluate(
     names = _task_list(tasks)
     net = load_model(model, dtype=dtype)
     tokenizer = load_tokenizer(model)
-    int8 = parse_bool(switchback, "--switchback")
+    int8 = switchback
     if int8:
         from leanlm.switchback.layers import SwitchBackLinear
         from leanlm.switchback.surgery import swap_linear_layers
@@ -69,9 +68,7 @@ def evaluate(
         for module in net.modules():
             if isinstance(module, SwitchBackLinear):
                 module.prepare_for_eval()
-    results = run_lm_eval(
-        net, tokenizer, names, num_fewshot=num_fewshot, limit=limit, batch_size=int(batch_size)
-    )
+    results = run_lm_eval(net, tokenizer, names, num_fewshot=num_fewshot, limit=limit, batch_size=batch_size)
     out = Path(output_dir)
     write_json(out / "results.json", {"model": model, "switchback": int8, "variant": variant if int8 else None,
                                       "limit": limit, "num_fewshot": num_fewshot, "results": results})  # fmt: skip
