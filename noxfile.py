@@ -71,7 +71,7 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Run the benchmarks of the packages named after `--` (default: all), writing bench/results.*."""
+    """Run the benchmarks of the packages named after `--` (default: all), writing bench/results/<label>/."""
     chosen = session.posargs or PACKAGES
     for package in chosen:
         sync(session, package, "bench")

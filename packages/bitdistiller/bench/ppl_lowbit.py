@@ -6,7 +6,8 @@
 Perplexity: GPTQ style on the fixed held-out "test" split of the offline Shakespeare text; calibration
 and teacher prompts come from the disjoint "calib" side. Peers: HQQ (HQQLinear) and optimum-quanto
 (qint2/qint4 weights; no 3-bit type) at the same bits and group size; quanto is evaluated under
-``torch.no_grad`` (its frozen weights fail under ``inference_mode``). Writes results.json and results.md.
+``torch.no_grad`` (its frozen weights fail under ``inference_mode``). Writes results.json and results.md to
+``bench/results/<label>/`` (``--label``, default ``cpu``; ``--out`` names another folder).
 """
 
 from __future__ import annotations
@@ -84,9 +85,11 @@ def main() -> None:
     p.add_argument("--ppl-seqlen", type=int, default=256)
     p.add_argument("--ppl-chunks", type=int, default=16)
     p.add_argument("--speed-tokens", type=int, default=32)
-    p.add_argument("--out", default=str(HERE))
+    p.add_argument("--label", default="cpu", help="results go to bench/results/<label>/")
+    p.add_argument("--out", default=None, help="folder instead of bench/results/<label>/")
     p.add_argument("--work", default=str(HERE / ".work"))
     a = p.parse_args()
+    a.out = a.out or str(HERE / "results" / a.label)
 
     from leanlm.bitdistiller.checkpoint import load_model_for_eval
     from leanlm.bitdistiller.clip import apply_clip, calibration_blocks, run_clip_search, save_clip

@@ -10,7 +10,7 @@ the client's interpreter lock); ``--in-process`` runs it in a thread of this pro
     uv run python packages/core/bench/generation.py --requests 200 --concurrency 16 --latency 0.1
 
 Writes ``results.json`` (key ``generation``, other keys kept) and a ``generation`` section of
-``results.md`` beside this file (``--out`` changes the folder).
+``results.md`` in ``bench/results/<label>/`` (``--label``, default ``cpu``; ``--out`` names another folder).
 """
 
 from __future__ import annotations
@@ -81,8 +81,10 @@ def main() -> None:
     ap.add_argument("--latency", type=float, default=0.1, help="seconds the server waits before each answer")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs after the first (cold) one")
     ap.add_argument("--in-process", action="store_true", help="server in a thread of this process")
-    ap.add_argument("--out", type=Path, default=HERE)
+    ap.add_argument("--label", default="cpu", help="results go to bench/results/<label>/")
+    ap.add_argument("--out", type=Path, default=None, help="folder instead of bench/results/<label>/")
     args = ap.parse_args()
+    args.out = args.out or HERE / "results" / args.label
 
     ideal = args.requests * args.latency / args.concurrency
     load_before = os.getloadavg()[0]

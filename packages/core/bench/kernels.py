@@ -13,7 +13,8 @@ fp32/bf16 ``F.linear``, including SmolLM2-135M's shapes on CPU.
     python packages/core/bench/kernels.py --device cuda            # a GPU: Triton kernels
 
 Writes ``results.json`` (key ``kernels_<device>``, other keys kept) and a section of ``results.md``
-beside this file (``--out`` changes the folder). Ratios > 1 mean the kernel is faster.
+in ``bench/results/<label>/`` (``--label``, default the device; ``--out`` names another folder). Ratios > 1 mean
+the kernel is faster.
 """
 
 from __future__ import annotations
@@ -200,8 +201,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--bits", default="2,3,4")
     parser.add_argument("--group", type=int, default=128)
-    parser.add_argument("--out", type=Path, default=HERE)
+    parser.add_argument("--label", default=None, help="bench/results/<label>/ (default: the device)")
+    parser.add_argument("--out", type=Path, default=None, help="folder instead of bench/results/<label>/")
     args = parser.parse_args()
+    args.out = args.out or HERE / "results" / (args.label or args.device)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is visible")
     if args.device == "cuda":

@@ -5,7 +5,7 @@ Routers are set by hand (not trained): all-execute, random (data-dependent, abou
 second block from ``start_layer`` skipped. This measures what skipping saves in this implementation's decode
 loop on a GPU, not what a trained model would choose.
 
-    python packages/dllm/bench/gpu_decode.py [OUT_DIR]      # writes OUT_DIR/gpu_decode.json (default: bench/cuda)
+    python packages/dllm/bench/gpu_decode.py [OUT_DIR]      # writes OUT_DIR/gpu_decode.json (default: bench/results/cuda)
 """
 
 import os
@@ -23,7 +23,7 @@ from leanlm.dllm import DLLM, DLLMConfig, generate
 if not torch.cuda.is_available():
     print("gpu_decode.py: no CUDA device: skipped")
     sys.exit(0)
-out_dir = sys.argv[1] if len(sys.argv) > 1 else str(Path(__file__).parent / "cuda")
+out_dir = sys.argv[1] if len(sys.argv) > 1 else str(Path(__file__).parent / "results" / "cuda")
 torch.manual_seed(0)
 cfg = LlamaConfig(
     vocab_size=32000,

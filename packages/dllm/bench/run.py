@@ -8,7 +8,7 @@
    batches: drop the blocks whose removal raises the loss least), then the same LoRA fine-tune; at
    the two block counts that bracket D-LLM's FLOPs ratio, each compared with D-LLM example by example.
 4. Batch-1 greedy decode tokens/s of each model through the same decode loop (plus HF generate).
-Writes results.json and results.md next to this file (or --out).
+Writes results.json and results.md to bench/results/<label>/ (--label, default cpu; or --out).
 """
 
 from __future__ import annotations
@@ -99,8 +99,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     ap.add_argument("--skip_base", action="store_true", help="skip the zero-shot base-model row")
     ap.add_argument("--dllm_only", action="store_true", help="stop after the D-LLM row and the decode speeds")
-    ap.add_argument("--out", default=str(Path(__file__).parent))
+    ap.add_argument("--label", default="cpu", help="results go to bench/results/<label>/")
+    ap.add_argument("--out", default=None, help="folder instead of bench/results/<label>/")
     args = ap.parse_args()
+    args.out = args.out or str(Path(__file__).parent / "results" / args.label)
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)

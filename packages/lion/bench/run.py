@@ -15,6 +15,8 @@ tiny_llama student; referee marks of the student's answers before and after imit
 
     uv run python packages/lion/bench/run.py --part network --pool 500
     uv run python packages/lion/bench/run.py --part offline --offline_pool 12
+
+Writes results.json and results.md to bench/results/<label>/ (``--label``, default ``cpu``; other parts' keys kept).
 """
 
 from __future__ import annotations
@@ -210,8 +212,9 @@ def _read_answers(run_dir: Path, pool: list[dict]) -> list[dict]:
     return out
 
 
-def write_results(results: dict) -> None:
-    (HERE / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+def write_results(results: dict, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     lines = ["# Lion benchmark results", ""]
     net = results.get("network")
     if net:
@@ -262,7 +265,7 @@ def write_results(results: dict) -> None:
             f"wall {off['wall_s']} s.",
             "",
         ]
-    (HERE / "results.md").write_text("\n".join(lines))
+    (folder / "results.md").write_text("\n".join(lines))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -276,8 +279,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--offline_pool", type=int, default=12)
     p.add_argument("--offline_new", type=int, default=2)
     p.add_argument("--offline_epochs", type=float, default=5)
+    p.add_argument("--label", default="cpu", help="results go to bench/results/<label>/")
     args = p.parse_args(argv)
-    path = HERE / "results.json"
+    folder = HERE / "results" / args.label
+    path = folder / "results.json"
     results = json.loads(path.read_text()) if path.exists() else {}
     if args.part in ("network", "all"):
         results["network"] = network(args)
@@ -285,7 +290,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.part in ("offline", "all"):
         results["offline"] = offline(args)
         print(json.dumps(results["offline"], indent=2))
-    write_results(results)
+    write_results(results, folder)
 
 
 if __name__ == "__main__":

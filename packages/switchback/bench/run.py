@@ -2,10 +2,10 @@
 
     uv run --with torchao==0.18.0 python packages/switchback/bench/run.py            # the README's reduced scale
     uv run python packages/switchback/bench/run.py --tokens 2048,8192,16384 --threads 0  # fuller grid, all threads
-    python packages/switchback/bench/run.py --device cuda --output-dir packages/switchback/bench/cuda \
+    python packages/switchback/bench/run.py --device cuda --label cuda \
         --tokens 2048,8192,16384 --step-models tinyllama-shapes --layers 0 --batch 8 --seq 1024 --repeats 10
 
-Writes results.json, results.md and layers.png next to this file (or --output-dir).
+Writes results.json, results.md and layers.png to bench/results/<label>/ (--label, default cpu; or --output-dir).
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ HERE = Path(__file__).parent
 
 
 def main(
-    output_dir: str = str(HERE),
+    label: str = "cpu",
+    output_dir: str = "",
     widths: str = "576,1024,2048,4096",
     tokens: str = "2048,8192",
     step_models: str = "default,tinyllama-shapes",
@@ -37,6 +38,7 @@ def main(
 
     ``--layers 0`` keeps every decoder layer; ``--device cuda`` runs on the GPU (Triton int8 kernels).
     """
+    output_dir = output_dir or str(HERE / "results" / label)
     return run_benchmark(output_dir=output_dir, widths=widths, tokens=tokens, step_models=step_models,
                          batch=batch, seq=seq, layers=layers or None, repeats=repeats, warmup=warmup, threads=threads or None,
                          device=device, modes=modes, loss_steps=loss_steps)  # fmt: skip

@@ -246,7 +246,7 @@ def _gemv_kernel(
 
 # Up to this many rows of x the GEMV kernel reads the packed weight directly; above it, dequantizing
 # the weight once and calling cuBLAS wins (every row reuses the dequantized weight). Measured on an
-# H100 (packages/core/bench/results.md), K=4096, N=11008: GEMV 0.13 ms at 1 row but 0.54 ms at 4 rows,
+# H100 (packages/core/bench/results/cpu-2core-h100-2026-11-26/results.md), K=4096, N=11008: GEMV 0.13 ms at 1 row but 0.54 ms at 4 rows,
 # dequantize + cuBLAS 0.16 ms at 16 rows.
 GEMV_MAX_ROWS = 1
 
