@@ -261,6 +261,11 @@ class TrainFlags:
             )
         if self.deepspeed and self.fsdp:
             raise UserError("--deepspeed and --fsdp exclude each other; choose one")
+        if self.deepspeed:
+            import importlib.util
+
+            if importlib.util.find_spec("deepspeed") is None:  # an extra since pip installs skip its sdist
+                raise UserError("--deepspeed needs DeepSpeed: pip install 'leanlm-core[deepspeed]'")
 
     def override(self, **given: Any) -> TrainFlags:
         """A copy with the ``given`` fields that are not None replaced (flags the user did not set stay)."""
