@@ -197,7 +197,8 @@ def run_steps(recipe: Recipe, run_dir: Path) -> list[dict[str, Any]]:
         )
         stamp = folder / STAMP
         finished = stamp.exists() and read_json(stamp).get("digest") == key
-        seconds = 0.0
+        # a skipped step reports the seconds of the run that made it
+        seconds = float(read_json(stamp).get("seconds", 0.0)) if finished else 0.0
         if finished:
             log.info("recipe step %d %s: unchanged, skipped", n, step.name)
         else:
@@ -228,10 +229,18 @@ def run_steps(recipe: Recipe, run_dir: Path) -> list[dict[str, Any]]:
 
 
 def weight_bytes(location: str) -> int | None:
+    """Bytes of the model's own weight files (top level of its folder: not checkpoint-N/ or optimizer states)."""
     p = Path(location)
     if not p.is_dir():
-        return None
-    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file() and f.suffix in WEIGHT_SUFFIXES)
+        try:
+            from leanlm.core.models import model_location
+
+            p = Path(model_location(location))  # an alias such as the embedded model
+        except Exception:  # noqa: BLE001 - a hub id or an unknown name: size unknown
+            return None
+        if not p.is_dir():
+            return None
+    return sum(f.stat().st_size for f in p.glob("*") if f.is_file() and f.suffix in WEIGHT_SUFFIXES)
 
 
 def measure(location: str, settings: dict[str, Any]) -> dict[str, Any]:
