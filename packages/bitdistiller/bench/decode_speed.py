@@ -239,7 +239,9 @@ def main() -> None:
     ap.add_argument("--ppl-chunks", type=int, default=16)
     ap.add_argument("--no-llamacpp", action="store_true")
     ap.add_argument("--no-rss", action="store_true")
-    ap.add_argument("--shared-machine", action="store_true", help="say in the report that other jobs shared the CPU")
+    ap.add_argument(
+        "--shared-machine", action="store_true", help="say in the report that other jobs shared the CPU"
+    )
     ap.add_argument("--work", default=None)
     ap.add_argument("--rss-child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -373,8 +375,11 @@ def main() -> None:
         f"prompt. {info['cpu']}, {info['cores']} cores, torch {info['torch']}, CPU capability "
         f"{info['torch_cpu_capability']}, AMX {'yes' if info['amx'] else 'no'}, avx512_bf16 "
         f"{'yes' if info['avx512_bf16'] else 'no'}; load average {info['load_average_1min']:.2f} at the start. "
-        + ("**Shared machine** (other jobs on the same cores): only ratios within this run compare."
-           if info["shared_machine"] else "Quiet machine (no other jobs)."),
+        + (
+            "**Shared machine** (other jobs on the same cores): only ratios within this run compare."
+            if info["shared_machine"]
+            else "Quiet machine (no other jobs)."
+        ),
         "",
         "| variant | "
         + " | ".join(f"tok/s {t}T | x fp32 {t}T | x bf16 {t}T | prefill ms {t}T" for t in threads)
