@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -37,17 +36,9 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from _rss import peak_rss_mib  # noqa: E402 - the bench folder is on the path only from the line above
+
 PACKED = {"int2": (2, 64), "int3": (3, 64), "int4": (4, 64)}
-
-
-def peak_rss_mib() -> float:
-    """VmHWM of this process (MiB). Not ``ru_maxrss``: Linux keeps that across exec, so a child would report
-    its parent's peak (every variant read 3116 MiB, the parent's, in the first run)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def cpu_info(shared: bool) -> dict[str, Any]:

@@ -15,22 +15,12 @@ from __future__ import annotations
 
 import json
 import math
-import resource
 import sys
 import time
 
 import numpy as np
+from _rss import peak_rss_mib  # this script's folder is on sys.path when it runs
 from llama_cpp import Llama
-
-
-def peak_rss_mib() -> float:
-    """VmHWM of this process (MiB). Not ``ru_maxrss``: Linux keeps that across exec, so a child would report
-    its parent's peak (every variant read 3116 MiB, the parent's, in the first run)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _model(path: str, threads: int, n_ctx: int, logits_all: bool) -> Llama:
