@@ -18,8 +18,8 @@ from typing import Any
 
 from leanlm.core.errors import UserError
 from leanlm.core.generation.base import Backend, OnResult
-from leanlm.core.generation.hf import cut_at_stop, end_token_ids, prompt_ids
-from leanlm.core.generation.types import GenerationRequest, GenerationResult, SamplingParams
+from leanlm.core.generation.hf import answer, end_token_ids, prompt_ids
+from leanlm.core.generation.types import GenerationRequest, SamplingParams
 
 
 def _is_adapter(path: str) -> bool:
@@ -85,19 +85,6 @@ class BiTABackend(Backend):
             ids = prompt_ids(self.tokenizer, request)
             out = decoder.generate(ids, params.max_new_tokens, sorted(end_ids))
             generated = list(out.tokens)
-            text = self.tokenizer.decode([t for t in generated if t not in end_ids], skip_special_tokens=True)
             self.stats.add(requests=1, prompt_tokens=len(ids), completion_tokens=len(generated))
-            on_result(
-                GenerationResult(
-                    id=request.id,
-                    text=cut_at_stop(text, params.stop),
-                    prompt_tokens=len(ids),
-                    completion_tokens=len(generated),
-                    token_ids=generated,
-                    meta={
-                        **request.meta,
-                        "forwards": out.forwards,
-                        "mean_accepted": round(out.mean_accepted, 4),
-                    },
-                )  # fmt: skip
-            )
+            on_result(answer(self.tokenizer, request, len(ids), generated, end_ids, params, forwards=out.forwards,
+                             mean_accepted=round(out.mean_accepted, 4)))  # fmt: skip

@@ -14,8 +14,8 @@ from typing import Any
 
 from leanlm.core.errors import UserError
 from leanlm.core.generation.base import Backend, OnResult
-from leanlm.core.generation.hf import cut_at_stop, end_token_ids, prompt_ids
-from leanlm.core.generation.types import GenerationRequest, GenerationResult, SamplingParams
+from leanlm.core.generation.hf import answer, end_token_ids, prompt_ids
+from leanlm.core.generation.types import GenerationRequest, SamplingParams
 
 
 class DLLMBackend(Backend):
@@ -63,20 +63,8 @@ class DLLMBackend(Backend):
                            seed=int(params.seed or 0))  # fmt: skip
             self.stats.add(requests=len(batch))
             for (request, ids), generated, stats in zip(batch, out.tokens, out.stats):
-                text = self.tokenizer.decode(
-                    [t for t in generated if t not in end_ids], skip_special_tokens=True
-                )
                 self.stats.add(prompt_tokens=len(ids), completion_tokens=len(generated))
+                ratio = round(float(stats.get("decode_exec_ratio", float("nan"))), 4)
                 on_result(
-                    GenerationResult(
-                        id=request.id,
-                        text=cut_at_stop(text, params.stop),
-                        prompt_tokens=len(ids),
-                        completion_tokens=len(generated),
-                        token_ids=list(generated),
-                        meta={
-                            **request.meta,
-                            "exec_ratio": round(float(stats.get("decode_exec_ratio", float("nan"))), 4),
-                        },
-                    )  # fmt: skip
+                    answer(self.tokenizer, request, len(ids), generated, end_ids, params, exec_ratio=ratio)
                 )

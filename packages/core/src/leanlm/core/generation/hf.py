@@ -41,6 +41,16 @@ def until_end(ids: Sequence[int], end_ids: set[int]) -> list[int]:
     return list(ids)
 
 
+def answer(tokenizer: Any, request: GenerationRequest, prompt_tokens: int, generated: Sequence[int],
+           end_ids: set[int], params: SamplingParams, **meta: Any) -> GenerationResult:  # fmt: skip
+    """The result of an in-process generation: ``generated`` (ids, up to and including an end id) decoded
+    without its end ids and cut at the stop strings; ``meta`` adds to the request's meta."""
+    text = tokenizer.decode([t for t in generated if t not in end_ids], skip_special_tokens=True)
+    return GenerationResult(id=request.id, text=cut_at_stop(text, params.stop), prompt_tokens=prompt_tokens,
+                            completion_tokens=len(generated), meta={**request.meta, **meta},
+                            token_ids=list(generated))  # fmt: skip
+
+
 def cut_at_stop(text: str, stop: Sequence[str] | None) -> str:
     """``text`` up to (not including) the earliest occurrence of any stop string."""
     if not stop:
@@ -145,14 +155,5 @@ class HFBackend(Backend):
             new = out[:, width:].tolist()
             for (request, ids), row in zip(batch, new):
                 generated = until_end(row, end_ids)
-                text = self.tokenizer.decode(generated, skip_special_tokens=True)
-                result = GenerationResult(
-                    id=request.id,
-                    text=cut_at_stop(text, params.stop),
-                    prompt_tokens=len(ids),
-                    completion_tokens=len(generated),
-                    meta=dict(request.meta),
-                    token_ids=generated,
-                )
                 self.stats.add(prompt_tokens=len(ids), completion_tokens=len(generated))
-                on_result(result)
+                on_result(answer(self.tokenizer, request, len(ids), generated, end_ids, params))
