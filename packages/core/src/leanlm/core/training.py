@@ -38,6 +38,14 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def _refuse_unknown(keys: Any, valid: set[str], what: str) -> None:
+    """One line for the first name not in ``valid``, with the closest valid one."""
+    for key in keys:
+        if key not in valid:
+            hint = difflib.get_close_matches(key, valid, n=1)
+            raise UserError(f"unknown {what} {key!r}" + (f"; did you mean {hint[0]!r}?" if hint else ""))
+
+
 def deepspeed_config(
     stage: int = 2, offload: bool = False, path: str | Path | None = None
 ) -> dict[str, Any] | Path:
@@ -151,13 +159,7 @@ def training_arguments(
     if "warmup_ratio" in merged:
         ratio = float(merged.pop("warmup_ratio"))
         merged.setdefault("warmup_steps", ratio if ratio < 1 else int(ratio))
-    valid = {f.name for f in dataclasses.fields(TrainingArguments)}
-    for key in merged:
-        if key not in valid:
-            hint = difflib.get_close_matches(key, valid, n=1)
-            raise UserError(
-                f"unknown training option {key!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
-            )
+    _refuse_unknown(merged, {f.name for f in dataclasses.fields(TrainingArguments)}, "training option")
     cuda = _cuda()
     if (merged.get("deepspeed") or deepspeed) and not cuda:
         raise UserError("DeepSpeed runs only on CUDA GPUs here (accelerate does not start it on a CPU)")
@@ -269,13 +271,7 @@ class TrainFlags:
 
     def override(self, **given: Any) -> TrainFlags:
         """A copy with the ``given`` fields that are not None replaced (flags the user did not set stay)."""
-        names = {f.name for f in dataclasses.fields(self)}
-        for key in given:
-            if key not in names:
-                hint = difflib.get_close_matches(key, names, n=1)
-                raise UserError(
-                    f"unknown training flag {key!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
-                )
+        _refuse_unknown(given, {f.name for f in dataclasses.fields(self)}, "training flag")
         return dataclasses.replace(self, **{k: v for k, v in given.items() if v is not None})
 
     def argument_fields(self) -> dict[str, Any]:
