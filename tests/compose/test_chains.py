@@ -18,6 +18,18 @@ import yaml
 from leanlm.core.packed import is_packed_folder
 from leanlm.core.recipe import run_recipe
 
+
+def bita_steps(data: str, tree: str) -> list[dict]:
+    """BiTA on the chain's packed export: train an adapter on ``data``, then evaluate ``tree`` against greedy."""
+    return [
+        {"name": "bita", "command": "bita-train", "evaluate": False,
+         "flags": {"data": data, "max_steps": 2, "cutoff": 64, "batch_size": 2, "grad_accum": 1, "num_prefix": 4}},
+        {"name": "bita-eval", "command": "bita-eval", "model_flag": None, "produces": None,
+         "flags": {"data": "instructions", "adapter": "{steps.bita.output}", "model": "{steps.export.model}",
+                   "limit": 2, "max_new_tokens": 12, "tree": tree, "template": "alpaca"}},
+    ]  # fmt: skip
+
+
 STEPS = [
     {"name": "distill", "command": "lion-iterate", "model_flag": "student", "output_flag": "run_dir",
      "produces": "iter_1/student",
@@ -40,12 +52,7 @@ STEPS = [
     {"name": "bita-data", "command": "bita-gen-outputs", "output_flag": None, "produces": None,
      "flags": {"prompts": "{steps.bita-prompts.output}/prompts.jsonl", "output": "{output}/data.jsonl",
                "max_new_tokens": 16}},
-    {"name": "bita", "command": "bita-train", "evaluate": False,
-     "flags": {"data": "{steps.bita-data.output}/data.jsonl", "max_steps": 2, "cutoff": 64, "batch_size": 2,
-               "grad_accum": 1, "num_prefix": 4}},
-    {"name": "bita-eval", "command": "bita-eval", "model_flag": None, "produces": None,
-     "flags": {"data": "instructions", "adapter": "{steps.bita.output}", "model": "{steps.export.model}",
-               "limit": 2, "max_new_tokens": 12, "tree": "1", "template": "alpaca"}},
+    *bita_steps("{steps.bita-data.output}/data.jsonl", tree="1"),
 ]  # fmt: skip
 
 
@@ -118,12 +125,7 @@ SWITCHBACK_STEPS = [
      "flags": {"data": "{first}/3-mix/mix.jsonl", "quant_type": "int", "w_bit": 2, "group_size": 32,
                "max_steps": 2, "max_length": 48, "batch_size": 2, "grad_accum": 1}},
     {"name": "export", "command": "bitdistiller-export", "output_flag": "out_dir", "flags": {"format": "packed"}},
-    {"name": "bita", "command": "bita-train", "evaluate": False,
-     "flags": {"data": "{first}/7-bita-data/data.jsonl", "max_steps": 2, "cutoff": 64, "batch_size": 2,
-               "grad_accum": 1, "num_prefix": 4}},
-    {"name": "bita-eval", "command": "bita-eval", "model_flag": None, "produces": None,
-     "flags": {"data": "instructions", "adapter": "{steps.bita.output}", "model": "{steps.export.model}",
-               "limit": 2, "max_new_tokens": 12, "tree": "1-1", "template": "alpaca"}},
+    *bita_steps("{first}/7-bita-data/data.jsonl", tree="1-1"),
 ]  # fmt: skip
 
 
