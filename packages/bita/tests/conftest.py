@@ -2,7 +2,7 @@ import copy
 
 import pytest
 
-pytest_plugins = ["leanlm.core.testing"]
+pytest_plugins = ["leanlm.core.testing.fixtures"]
 
 
 @pytest.fixture(scope="session")

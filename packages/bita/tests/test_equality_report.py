@@ -23,7 +23,7 @@ def test_rounding_step():
 @pytest.fixture(scope="module")
 def tied_pair(tokenizer):
     """A model whose LM head has two identical rows g < b: their logits tie exactly everywhere."""
-    from leanlm.core.models import tiny_llama
+    from leanlm.core.testing.tiny_models import tiny_llama
 
     base = tiny_llama(tie_word_embeddings=False, seed=1)
     ids = tokenizer("The cat sat on the mat and", add_special_tokens=True)["input_ids"]

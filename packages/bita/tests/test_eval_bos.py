@@ -6,7 +6,7 @@ import pytest
 
 from leanlm.bita.evaluate import load_eval_prompts
 from leanlm.core.sft import encode_prompt
-from leanlm.core.tiny_models import tiny_tokenizer
+from leanlm.core.testing.tiny_models import tiny_tokenizer
 
 
 @pytest.mark.parametrize("arch", ["llama3", "gemma", "mistral", "phi3"])

@@ -81,7 +81,7 @@ V = 8
 
 @pytest.fixture(scope="module")
 def tiny_vocab_bita():
-    from leanlm.core.models import tiny_llama
+    from leanlm.core.testing.tiny_models import tiny_llama
 
     base = tiny_llama(vocab_size=V, num_layers=2, hidden_size=32, num_heads=4, num_kv_heads=2, seed=3)
     with torch.no_grad():  # sharper, unequal next-token distributions than the random init gives

@@ -8,7 +8,7 @@ import torch
 
 from leanlm.bita.decoding import BiTADecoder, TreeSpec, greedy_reference
 from leanlm.bita.model import BiTAConfig, BiTAModel
-from leanlm.core.testing import DEVICES
+from leanlm.core.testing.fixtures import DEVICES
 
 PROMPTS = [
     "Hello",

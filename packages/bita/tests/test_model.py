@@ -57,7 +57,7 @@ def test_save_load_round_trip(tiny_bita, tiny_model, tokenizer, tmp_path):
     a, b = BiTADecoder(m, "3-2").generate(ids, 20), BiTADecoder(loaded, "3-2").generate(ids, 20)
     assert a.tokens == b.tokens and a.accepted == b.accepted
     # a different base model does not fit this adapter
-    from leanlm.core.models import tiny_llama
+    from leanlm.core.testing.tiny_models import tiny_llama
 
     with pytest.raises(UserError, match="another model|adapter built"):
         load_bita(tmp_path, base=tiny_llama(num_layers=2))

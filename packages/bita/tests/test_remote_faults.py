@@ -8,8 +8,8 @@ import pytest
 
 from leanlm.bita.cli import gen_outputs
 from leanlm.core.cli import EXIT_USER_ERROR, run_cli
-from leanlm.core.fake_servers import FakeServer
 from leanlm.core.records import write_jsonl
+from leanlm.core.testing.fake_servers import FakeServer
 
 
 def _prompts(tmp_path, n: int = 8):

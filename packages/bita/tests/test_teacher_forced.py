@@ -71,7 +71,7 @@ def _repeating_adapter() -> BiTAModel:
     """A tied-embedding random tiny model falls into repeating one token (a different one per
     prompt). Masks embedded as the token PROMPTS[2] falls into draft that token, so decoding
     PROMPTS[2] accepts long runs while the other prompts reject the drafts."""
-    from leanlm.core.tiny_models import tiny_model
+    from leanlm.core.testing.tiny_models import tiny_model
 
     base = tiny_model("llama", tie_word_embeddings=True)
     token = greedy_reference(base, PROMPTS[2], 4)[-1]

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-pytest_plugins = ["leanlm.core.testing"]
+pytest_plugins = ["leanlm.core.testing.fixtures"]
 
 
 @pytest.fixture(scope="session")

@@ -202,7 +202,7 @@ def test_bad_inputs_give_one_clear_error(capsys, tmp_path, tiny_dir, pipeline):
     assert "supports 2, 3, 4 bits" in err and "Traceback" not in err
     err = fails(capsys, cli.eval_ppl, "bitdistiller-eval-ppl", "--model", tiny_dir, "--quant-type", "fp4")
     assert "unknown quant type 'fp4'" in err
-    from leanlm.core.models import tiny_llama
+    from leanlm.core.testing.tiny_models import tiny_llama
 
     other = tmp_path / "other"
     tiny_llama(hidden_size=96, intermediate_size=192).save_pretrained(other)

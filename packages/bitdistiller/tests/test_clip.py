@@ -84,7 +84,7 @@ def test_clip_cache_save_apply_and_mismatch(tmp_path, tiny_model, tiny_clips):
     name, mx, mn = clips[0]
     w = m.get_submodule(name).weight.reshape(mx.shape[0], mx.shape[1], -1)
     assert torch.all(w <= mx + 1e-7) and torch.all(w >= mn - 1e-7)
-    from leanlm.core.models import tiny_llama
+    from leanlm.core.testing.tiny_models import tiny_llama
 
     other = tiny_llama(hidden_size=96, num_heads=4, num_kv_heads=2, intermediate_size=128)
     with pytest.raises(UserError, match="for another model"):

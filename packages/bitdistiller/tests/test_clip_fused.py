@@ -11,7 +11,7 @@ import torch
 
 from leanlm.bitdistiller.clip import _HessianHook, apply_clip, fused_qkv_split, run_clip_search, search_clip
 from leanlm.bitdistiller.quant import QuantSpec
-from leanlm.core.tiny_models import ARCHITECTURES, tiny_model
+from leanlm.core.testing.tiny_models import ARCHITECTURES, tiny_model
 
 
 def _llama_twin(phi3):

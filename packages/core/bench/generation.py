@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from leanlm.core.bench_report import save_section
-from leanlm.core.fake_servers import FakeServer
 from leanlm.core.generation import GenerationRequest, SamplingParams, generate, get_backend
+from leanlm.core.testing.fake_servers import FakeServer
 
 HERE = Path(__file__).resolve().parent
 

@@ -16,8 +16,9 @@ if __name__ == "__main__":
     import torch
     from transformers import Trainer
 
-    from leanlm.core.models import load_tokenizer, tiny_llama
+    from leanlm.core.models import load_tokenizer
     from leanlm.core.sft import PaddingCollator, tokenize_example
+    from leanlm.core.testing.tiny_models import tiny_llama
     from leanlm.core.training import training_arguments
 
     tok = load_tokenizer("default")

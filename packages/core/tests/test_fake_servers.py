@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from leanlm.core.fake_servers import FakeServer, Fault
+from leanlm.core.testing.fake_servers import FakeServer, Fault
 
 
 def post(server: FakeServer, path: str, body: dict, timeout: float = 5.0) -> httpx.Response:

@@ -6,9 +6,9 @@ import pytest
 
 from leanlm.core.cli import EXIT_USER_ERROR, check_flags, run_cli
 from leanlm.core.errors import UserError
-from leanlm.core.fake_servers import FakeServer
 from leanlm.core.flags import check_flag_values, parse_flags
-from leanlm.core.testing import assert_scripts_reject_bogus_flag
+from leanlm.core.testing.cli_checks import assert_scripts_reject_bogus_flag
+from leanlm.core.testing.fake_servers import FakeServer
 
 
 def command(run_dir: str, iterations: int = 1, learning_rate: float = 1e-3, dry: bool = False) -> str:

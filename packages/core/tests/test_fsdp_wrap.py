@@ -5,7 +5,7 @@ import pytest
 from torch import nn
 
 from leanlm.core.errors import UserError
-from leanlm.core.tiny_models import ARCHITECTURES, tiny_model
+from leanlm.core.testing.tiny_models import ARCHITECTURES, tiny_model
 from leanlm.core.training import decoder_layer_classes, training_arguments
 
 

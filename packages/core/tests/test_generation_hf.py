@@ -173,7 +173,7 @@ def test_bad_requests_raise_user_error(tiny_model, tokenizer):
 def test_prompt_ids_keep_one_bos(arch, bos_count):
     """A chat, or the same chat rendered to text and sent as a prompt, gives the same ids with one BOS."""
     from leanlm.core.generation.hf import prompt_ids
-    from leanlm.core.tiny_models import tiny_tokenizer
+    from leanlm.core.testing.tiny_models import tiny_tokenizer
 
     tok = tiny_tokenizer(arch)
     messages = [{"role": "user", "content": "hi"}]

@@ -8,7 +8,6 @@ import time
 import pytest
 
 from leanlm.core.errors import UserError
-from leanlm.core.fake_servers import FakeServer
 from leanlm.core.generation import (
     GenerationRequest,
     IncompleteGeneration,
@@ -18,6 +17,7 @@ from leanlm.core.generation import (
 )
 from leanlm.core.generation.remote import normalize_url
 from leanlm.core.generation.vllm_backend import vllm_available
+from leanlm.core.testing.fake_servers import FakeServer
 
 FAST = {"backoff_base": 0.01, "backoff_max": 0.5, "timeout": 0.5}  # tests must not sleep for real backoffs
 

@@ -134,7 +134,7 @@ def test_int8_planes_match_per_channel_int8(n, k):
 
 
 def test_quantize_lm_head_ties_embedding_to_int8_rows():
-    from leanlm.core.models import tiny_llama
+    from leanlm.core.testing.tiny_models import tiny_llama
 
     model = tiny_llama(num_layers=1, hidden_size=64, intermediate_size=128)
     ids = torch.tensor([[1, 5, 9, 200]])

@@ -11,8 +11,8 @@ from leanlm.core.models import (
     load_tokenizer,
     pick_dtype,
     resolve_model,
-    tiny_llama,
 )
+from leanlm.core.testing.tiny_models import tiny_llama
 
 
 def test_alias_resolution_order(tmp_path, monkeypatch):

@@ -3,7 +3,7 @@ import torch
 
 from leanlm.core.sft import IGNORE_INDEX, PaddingCollator, encode_prompt, tokenize_example
 from leanlm.core.templates import format_prompt
-from leanlm.core.tiny_models import ARCH_STYLE, ARCHITECTURES, STYLES, tiny_tokenizer
+from leanlm.core.testing.tiny_models import ARCH_STYLE, ARCHITECTURES, STYLES, tiny_tokenizer
 
 
 def test_prompt_tokens_are_masked(tokenizer):

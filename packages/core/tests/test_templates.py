@@ -2,7 +2,7 @@ import pytest
 
 from leanlm.core.errors import UserError
 from leanlm.core.templates import TEMPLATES, default_template_for, format_conversation, format_prompt
-from leanlm.core.tiny_models import ARCHITECTURES, tiny_tokenizer
+from leanlm.core.testing.tiny_models import ARCHITECTURES, tiny_tokenizer
 
 
 def test_alpaca_with_and_without_input():

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from leanlm.core.errors import UserError
-from leanlm.core.tiny_models import (
+from leanlm.core.testing.tiny_models import (
     ARCH_STYLE,
     ARCHITECTURES,
     STYLES,

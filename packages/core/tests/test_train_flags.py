@@ -75,8 +75,9 @@ def test_report_to_tensorboard_writes_events_or_says_it_is_missing(tmp_path):
         return
     from transformers import Trainer
 
-    from leanlm.core.models import load_tokenizer, tiny_llama
+    from leanlm.core.models import load_tokenizer
     from leanlm.core.sft import PaddingCollator, tokenize_example
+    from leanlm.core.testing.tiny_models import tiny_llama
 
     tok = load_tokenizer("default")
     data = [tokenize_example(tok, f"Q{i}", f" {i}", max_length=16) for i in range(4)]

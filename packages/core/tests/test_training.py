@@ -48,7 +48,7 @@ def test_deepspeed_bad_choice(tmp_path):
 
 
 def test_fsdp_preset_accepted(tmp_path):
-    from leanlm.core.models import tiny_llama
+    from leanlm.core.testing.tiny_models import tiny_llama
 
     args = training_arguments(tmp_path, {}, fsdp=True, model=tiny_llama(num_layers=1))
     assert args.fsdp and args.fsdp_config["transformer_layer_cls_to_wrap"] == ["LlamaDecoderLayer"]

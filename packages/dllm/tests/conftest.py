@@ -6,7 +6,7 @@ import torch
 
 from leanlm.dllm import DLLM, DLLMConfig
 
-pytest_plugins = ["leanlm.core.testing"]
+pytest_plugins = ["leanlm.core.testing.fixtures"]
 
 
 def randomize(dllm: DLLM, seed: int = 0, router_scale: float = 4.0) -> DLLM:
@@ -25,7 +25,7 @@ def randomize(dllm: DLLM, seed: int = 0, router_scale: float = 4.0) -> DLLM:
 @pytest.fixture
 def untied_base():
     """A tiny random LLaMA with an untied head (tied random ones tend to repeat the input token)."""
-    from leanlm.core.models import tiny_llama
+    from leanlm.core.testing.tiny_models import tiny_llama
 
     return tiny_llama(tie_word_embeddings=False, seed=1).double()
 

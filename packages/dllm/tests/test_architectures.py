@@ -10,7 +10,7 @@ import torch
 from conftest import randomize
 
 from leanlm.core.errors import UserError
-from leanlm.core.tiny_models import ARCHITECTURES, tiny_model
+from leanlm.core.testing.tiny_models import ARCHITECTURES, tiny_model
 from leanlm.dllm import DLLM, DLLMConfig
 from leanlm.dllm.decode import generate, reference_generate
 
@@ -97,7 +97,7 @@ def test_other_architectures_refused():
 def test_console_scripts_per_architecture(arch, piqa_rows, tmp_path):
     from test_data_cli import _run
 
-    from leanlm.core.tiny_models import tiny_model_dir
+    from leanlm.core.testing.tiny_models import tiny_model_dir
 
     model = tiny_model_dir(arch, tmp_path / arch, num_layers=3)
     out = tmp_path / "run"

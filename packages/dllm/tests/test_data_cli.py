@@ -64,7 +64,8 @@ def test_missing_field_is_one_clear_error(tmp_path, piqa_folder):
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    from leanlm.core.models import load_tokenizer, tiny_llama
+    from leanlm.core.models import load_tokenizer
+    from leanlm.core.testing.tiny_models import tiny_llama
 
     folder = tmp_path_factory.mktemp("tiny")
     tiny_llama().save_pretrained(folder)

@@ -12,7 +12,8 @@ import pytest
 
 @pytest.mark.slow
 def test_dllm_finetune_two_processes(tmp_path):
-    from leanlm.core.models import load_tokenizer, tiny_llama
+    from leanlm.core.models import load_tokenizer
+    from leanlm.core.testing.tiny_models import tiny_llama
     from leanlm.dllm import DLLM
 
     tiny = tmp_path / "tiny"

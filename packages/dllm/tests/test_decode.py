@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from leanlm.core.testing import DEVICES
+from leanlm.core.testing.fixtures import DEVICES
 from leanlm.dllm import DLLM, DLLMConfig, generate, reference_generate
 from leanlm.dllm.decode import KVCache
 

@@ -14,7 +14,7 @@ from leanlm.dllm import DLLM, DLLMConfig
 @pytest.fixture(scope="module")
 def dllm_dir(tokenizer, tmp_path_factory):
     """A saved D-LLM (random LoRA, routers skipping about half the blocks) on a saved tiny base folder."""
-    from leanlm.core.models import tiny_llama
+    from leanlm.core.testing.tiny_models import tiny_llama
 
     base = tiny_llama(tie_word_embeddings=False, seed=1)
     base_dir = tmp_path_factory.mktemp("base")

@@ -19,7 +19,7 @@ def saved(tmp_path_factory):
     """(base folder, D-LLM folder, D-LLM logits with all blocks executed, ids), float64."""
     from transformers import AutoModelForCausalLM
 
-    from leanlm.core.models import tiny_llama
+    from leanlm.core.testing.tiny_models import tiny_llama
 
     base_dir = tmp_path_factory.mktemp("base")
     tiny_llama(tie_word_embeddings=False, seed=1).save_pretrained(base_dir)
@@ -72,7 +72,7 @@ def test_peft_loads_the_folder_with_d_llm_logits(saved):
 
 
 def test_no_adapter_files_without_lora(tmp_path):
-    from leanlm.core.models import tiny_llama
+    from leanlm.core.testing.tiny_models import tiny_llama
 
     dllm = DLLM(tiny_llama(), DLLMConfig(lora_rank=0))
     names = {p.name for p in dllm.save(tmp_path / "d").iterdir()}

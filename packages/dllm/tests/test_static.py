@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from leanlm.core.errors import UserError
-from leanlm.core.models import tiny_llama
+from leanlm.core.testing.tiny_models import tiny_llama
 from leanlm.dllm import DLLM, DLLMConfig
 from leanlm.dllm.static import (
     drop_layers,

@@ -1,7 +1,7 @@
 """Lion benchmarks: API pacing of one full iteration, and an offline iteration's referee scores.
 
 Part ``network``: one iteration of ``LionRun`` on a pool of ``--pool`` instructions against the
-loopback OpenAI-compatible server (``leanlm.core.fake_servers``) answering as a scripted teacher,
+loopback OpenAI-compatible server (``leanlm.core.testing.fake_servers``) answering as a scripted teacher,
 referee, generator and student with ``--latency`` seconds per request. Imitation training is local
 GPU work, not API traffic, so it is left out here (``train=False``; the student answers through the
 same server, as a vLLM server would). Reported: wall time per stage against the ideal at
@@ -45,11 +45,11 @@ def _pool(n: int) -> list[dict]:
 
 
 def network(args: argparse.Namespace) -> dict:
-    from leanlm.core.fake_servers import FakeServer
     from leanlm.core.records import write_jsonl
+    from leanlm.core.testing.fake_servers import FakeServer
+    from leanlm.core.testing.scripted_teacher import ScriptedTeacher
     from leanlm.lion.iterate import IterateConfig, LionRun
     from leanlm.lion.roles import RoleConfig
-    from leanlm.lion.scripted import ScriptedTeacher
 
     work = Path(tempfile.mkdtemp(prefix="lion-bench-"))
     try:

@@ -7,7 +7,7 @@ from lion_helpers import make_pool
 
 from leanlm.core.records import write_jsonl
 
-pytest_plugins = ["leanlm.core.testing"]
+pytest_plugins = ["leanlm.core.testing.fixtures"]
 
 
 def pytest_configure(config):

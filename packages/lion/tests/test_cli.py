@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from leanlm.core.cli import run_cli
-from leanlm.core.fake_servers import FakeServer
 from leanlm.core.records import read_jsonl
+from leanlm.core.testing.fake_servers import FakeServer
+from leanlm.core.testing.scripted_teacher import ScriptedTeacher, is_hard
 from leanlm.lion import cli
-from leanlm.lion.scripted import ScriptedTeacher, is_hard
 
 SCRIPTS = ["lion-teacher", "lion-infer", "lion-referee", "lion-discriminate", "lion-generate", "lion-train",
            "lion-iterate", "lion-weight-diff"]  # fmt: skip

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from lion_helpers import make_pool
 
-from leanlm.core.fake_servers import FakeServer
 from leanlm.core.records import ResumableJsonlWriter, read_jsonl, write_jsonl
+from leanlm.core.testing.fake_servers import FakeServer
+from leanlm.core.testing.scripted_teacher import ScriptedTeacher, is_hard
 from leanlm.lion.iterate import IterateConfig, LionRun
 from leanlm.lion.roles import RoleConfig
-from leanlm.lion.scripted import ScriptedTeacher, is_hard
 
 OUTPUTS = ["iter_1/hard.jsonl", "iter_1/easy.jsonl", "iter_1/new_hard.jsonl", "iter_1/new_easy.jsonl",
            "pools/train_2.jsonl", "pools/cache_2.jsonl"]  # fmt: skip

@@ -7,8 +7,9 @@ import json
 import pytest
 
 from leanlm.core.errors import RecordError, UserError
+from leanlm.core.testing.oracles import brute_force_max_rouge
 from leanlm.lion.discriminate import discriminate, pair_scores
-from leanlm.lion.filters import RougeDeduper, brute_force_max_rouge, clean_generation, rule_rejection
+from leanlm.lion.filters import RougeDeduper, clean_generation, rule_rejection
 from leanlm.lion.pools import load_pool, next_pools, normalize_pool
 from leanlm.lion.prompts import REFEREE_RULES, referee_messages
 from leanlm.lion.referee import parse_scores

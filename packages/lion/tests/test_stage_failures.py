@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 from lion_helpers import make_pool
 
-from leanlm.core.fake_servers import FakeServer
 from leanlm.core.generation import IncompleteGeneration
 from leanlm.core.records import read_jsonl, write_jsonl
+from leanlm.core.testing.fake_servers import FakeServer
+from leanlm.core.testing.scripted_teacher import ScriptedTeacher
 from leanlm.lion.iterate import IterateConfig, LionRun
 from leanlm.lion.prompts import teacher_messages
 from leanlm.lion.roles import RoleConfig
-from leanlm.lion.scripted import ScriptedTeacher
 
 OUTPUTS = ["iter_1/hard.jsonl", "iter_1/easy.jsonl", "iter_1/new_hard.jsonl", "iter_1/new_easy.jsonl",
            "pools/train_2.jsonl", "pools/cache_2.jsonl"]  # fmt: skip

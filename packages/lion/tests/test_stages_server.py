@@ -6,14 +6,15 @@ import pytest
 from lion_helpers import make_pool
 
 from leanlm.core.errors import UserError
-from leanlm.core.fake_servers import FakeServer
+from leanlm.core.testing.fake_servers import FakeServer
+from leanlm.core.testing.oracles import brute_force_max_rouge
+from leanlm.core.testing.scripted_teacher import ScriptedTeacher, is_hard
 from leanlm.lion import stages
 from leanlm.lion.discriminate import discriminate
-from leanlm.lion.filters import RougeDeduper, brute_force_max_rouge
+from leanlm.lion.filters import RougeDeduper
 from leanlm.lion.pools import normalize_pool
 from leanlm.lion.prompts import teacher_messages
 from leanlm.lion.roles import RoleConfig, make_backend
-from leanlm.lion.scripted import ScriptedTeacher, is_hard
 
 
 def _backend(server: FakeServer, **kw):

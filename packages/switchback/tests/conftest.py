@@ -1,1 +1,1 @@
-pytest_plugins = ["leanlm.core.testing"]
+pytest_plugins = ["leanlm.core.testing.fixtures"]

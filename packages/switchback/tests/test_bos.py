@@ -2,7 +2,7 @@
 
 import pytest
 
-from leanlm.core.tiny_models import ARCH_STYLE, ARCHITECTURES, STYLES, tiny_tokenizer
+from leanlm.core.testing.tiny_models import ARCH_STYLE, ARCHITECTURES, STYLES, tiny_tokenizer
 from leanlm.switchback.data import default_template, encode_pair, to_pair
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from leanlm.core.fake_servers import FakeServer
-from leanlm.core.testing import assert_scripts_reject_bogus_flag, console_scripts
+from leanlm.core.testing.cli_checks import assert_scripts_reject_bogus_flag, console_scripts
+from leanlm.core.testing.fake_servers import FakeServer
 
 
 def test_every_script_rejects_a_bogus_flag(tmp_path, capsys) -> None:

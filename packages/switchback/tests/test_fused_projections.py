@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from leanlm.core.tiny_models import ARCHITECTURES, tiny_model
+from leanlm.core.testing.tiny_models import ARCHITECTURES, tiny_model
 from leanlm.switchback.surgery import swap_linear_layers
 
 KV_NAMES = ("k_proj", "v_proj", "qkv_proj")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from leanlm.core.errors import UserError
-from leanlm.core.testing import DEVICES
+from leanlm.core.testing.fixtures import DEVICES
 from leanlm.switchback.layers import (
     StandardLinear,
     SwitchBackLinear,

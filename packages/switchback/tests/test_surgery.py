@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from leanlm.core.errors import UserError
-from leanlm.core.models import tiny_llama
+from leanlm.core.testing.tiny_models import tiny_llama
 from leanlm.switchback import (
     DEFAULT_EXCLUDE,
     StandardLinear,

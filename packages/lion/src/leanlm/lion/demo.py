@@ -27,7 +27,8 @@ def toy_pool(n: int, seed: int = 0, max_chars: int = 110) -> list[dict[str, Any]
 
 def tiny_student(path: Path, seed: int = 0) -> Path:
     """A random tiny_llama with the embedded tokenizer, saved as a model folder."""
-    from leanlm.core.models import load_tokenizer, tiny_llama
+    from leanlm.core.models import load_tokenizer
+    from leanlm.core.testing.tiny_models import tiny_llama
 
     if not (path / "config.json").exists():
         tiny_llama(seed=seed).save_pretrained(path)

@@ -134,11 +134,3 @@ class RougeDeduper:
     def is_novel(self, text: str) -> tuple[bool, Similarity]:
         sim = self.similarity(text)
         return sim.score <= self.threshold, sim
-
-
-def brute_force_max_rouge(text: str, references: Iterable[str]) -> float:
-    """Reference implementation for tests: score every pair with ``rouge-score`` itself."""
-    from rouge_score import rouge_scorer
-
-    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
-    return max((scorer.score(r, text)["rougeL"].fmeasure for r in references), default=0.0)

@@ -242,7 +242,49 @@ def supported_models_table(pytest_args: list[str]) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":  # python -m leanlm.core.tiny_models <pytest args...>: print the table
+def tiny_llama(
+    *,
+    num_layers: int = 4,
+    hidden_size: int = 64,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    intermediate_size: int = 128,
+    vocab_size: int | None = None,
+    seed: int = 0,
+    tie_word_embeddings: bool = True,
+) -> Any:
+    """A randomly initialised small ``LlamaForCausalLM`` (GQA) sharing the embedded model's tokenizer.
+
+    For fast unit tests: ~3.5M parameters with the default sizes, deterministic for a given seed.
+    """
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from leanlm.core.models import load_tokenizer
+
+    tok = load_tokenizer("default")
+    config = LlamaConfig(
+        vocab_size=vocab_size or len(tok),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        max_position_embeddings=2048,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=tie_word_embeddings,
+        rope_theta=10000.0,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    return model.eval()
+
+
+if __name__ == "__main__":  # python -m leanlm.core.testing.tiny_models <pytest args...>: print the table
     import sys
 
     table = supported_models_table(sys.argv[1:])

@@ -16,7 +16,7 @@ import hashlib
 import re
 from typing import Any
 
-from leanlm.core.fake_servers import request_key
+from leanlm.core.testing.fake_servers import request_key
 
 _WORDS = [
     "river",
@@ -88,7 +88,7 @@ def _between(text: str, start: str, end: str) -> str:
 
 
 class ScriptedTeacher:
-    """Callable responder(body) -> text for ``leanlm.core.fake_servers.FakeServer``.
+    """Callable responder(body) -> text for ``leanlm.core.testing.fake_servers.FakeServer``.
 
     ``unparsable_first``: instructions whose first review (seed 0) is garbage; a retry (new seed) parses.
     ``unparsable_always``: instructions whose reviews never parse (they must end up reported).
