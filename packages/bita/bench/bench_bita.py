@@ -98,7 +98,7 @@ def main() -> None:
     from leanlm.bita.model import BiTAConfig, BiTAModel, describe, load_bita
     from leanlm.bita.prompts import generate_outputs, make_prompts, training_records
     from leanlm.bita.train import train_adapter
-    from leanlm.core.cli import setup_logging
+    from leanlm.core.console import setup_logging
     from leanlm.core.datasets import load_records
     from leanlm.core.evaluation.speed import render_markdown
     from leanlm.core.generation import get_backend

@@ -488,7 +488,7 @@ def main() -> None:
         ap.error("speed needs --run")
     import torch
 
-    from leanlm.core.cli import setup_logging
+    from leanlm.core.console import setup_logging
 
     setup_logging()
     torch.set_num_threads(a.threads)

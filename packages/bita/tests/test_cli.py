@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from leanlm.bita import cli
-from leanlm.core.cli import run_cli
+from leanlm.core.console import run_cli
 
 
 def call(component, name, *argv):

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from leanlm.bita.cli import gen_outputs
-from leanlm.core.cli import EXIT_USER_ERROR, run_cli
+from leanlm.core.console import EXIT_USER_ERROR, run_cli
 from leanlm.core.records import write_jsonl
 from leanlm.core.testing.fake_servers import FakeServer
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from leanlm.bitdistiller import cli
-from leanlm.core.cli import run_cli
+from leanlm.core.console import run_cli
 
 
 def run(fn, name: str, *argv: str):

@@ -14,7 +14,7 @@ from leanlm.bitdistiller.checkpoint import attach_quantization_config
 from leanlm.bitdistiller.gguf_export import dequantize_gguf, export_gguf, q4_1_blocks, rope_row_order
 from leanlm.bitdistiller.modules import QuantLinear, quantize_model
 from leanlm.bitdistiller.quant import QuantSpec
-from leanlm.core.cli import run_cli
+from leanlm.core.console import run_cli
 from leanlm.core.kernels import lowbit
 
 gguf = pytest.importorskip("gguf")

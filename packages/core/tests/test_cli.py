@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from leanlm.core.cli import parse_bool, run_cli
+from leanlm.core.console import parse_bool, run_cli
 from leanlm.core.errors import UserError
 
 
@@ -33,7 +33,9 @@ def test_parse_bool():
 
 
 def _leanlm(*args):
-    return subprocess.run([sys.executable, "-m", "leanlm.core.main", *args], capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "leanlm.core.leanlm_command", *args], capture_output=True, text=True
+    )
 
 
 def test_leanlm_help_and_models():

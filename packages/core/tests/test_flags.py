@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from leanlm.core.cli import EXIT_USER_ERROR, check_flags, run_cli
+from leanlm.core.console import EXIT_USER_ERROR, check_flags, run_cli
 from leanlm.core.errors import UserError
 from leanlm.core.flags import check_flag_values, parse_flags
 from leanlm.core.testing.cli_checks import assert_scripts_reject_bogus_flag
@@ -126,7 +126,9 @@ def test_leanlm_command_rejects_bogus_flags(tmp_path, capsys) -> None:
 def test_leanlm_models_unknown_name_is_one_line(capsys) -> None:
     with pytest.raises(SystemExit) as e:
         run_cli(
-            __import__("leanlm.core.main", fromlist=["LeanLM"]).LeanLM(), "leanlm", ["models", "llama-99b"]
+            __import__("leanlm.core.leanlm_command", fromlist=["LeanLM"]).LeanLM(),
+            "leanlm",
+            ["models", "llama-99b"],
         )
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == EXIT_USER_ERROR and len(err) == 1 and "llama-99b" in err[0]
@@ -152,7 +154,7 @@ def test_empty_model_folder_is_one_line(tmp_path) -> None:
 def test_library_request_logs_are_quiet_by_default(monkeypatch) -> None:
     import logging
 
-    from leanlm.core.cli import setup_logging
+    from leanlm.core.console import setup_logging
 
     monkeypatch.delenv("LEANLM_LOG_LEVEL", raising=False)
     root = logging.getLogger()

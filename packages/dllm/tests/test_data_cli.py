@@ -80,7 +80,7 @@ class Result:
 
 def _run(script, *args):
     """Run a console script in-process (a subprocess would re-import transformers for every call)."""
-    from leanlm.core.cli import run_cli
+    from leanlm.core.console import run_cli
     from leanlm.dllm import cli
 
     component = {"dllm-finetune": cli.finetune, "dllm-chat": cli.chat, "dllm-eval": cli.evaluate}[script]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from leanlm.core.cli import run_cli
+from leanlm.core.console import run_cli
 from leanlm.core.records import read_jsonl
 from leanlm.core.testing.fake_servers import FakeServer
 from leanlm.core.testing.scripted_teacher import ScriptedTeacher, is_hard

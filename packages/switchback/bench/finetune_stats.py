@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from leanlm.core.cli import run_cli
+from leanlm.core.console import run_cli
 from leanlm.core.records import write_json, write_text
 from leanlm.switchback.stats import compare_logs
 from leanlm.switchback.train import SWITCHBACK_RECIPE, finetune

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from leanlm.core.cli import run_cli
+from leanlm.core.console import run_cli
 from leanlm.switchback.benchmark import LAYER_MODES, run_benchmark
 
 HERE = Path(__file__).parent

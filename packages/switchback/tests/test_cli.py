@@ -1,4 +1,4 @@
-"""Each console script end to end on tiny_llama (in process through leanlm.core.cli.run_cli), and bad input."""
+"""Each console script end to end on tiny_llama (in process through leanlm.core.console.run_cli), and bad input."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from leanlm.core.cli import run_cli
+from leanlm.core.console import run_cli
 from leanlm.core.records import read_jsonl
 from leanlm.switchback.benchmark import run_benchmark
 from leanlm.switchback.cli import evaluate_command, finetune_command

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from leanlm.bita.train import train
-from leanlm.core.cli import entry
+from leanlm.core.console import entry
 from leanlm.core.errors import UserError
 
 log = logging.getLogger("leanlm.bita")

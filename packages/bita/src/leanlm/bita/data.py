@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-IGNORE = -100
+from leanlm.core.sft import IGNORE_INDEX
 
 
 def build_example(
@@ -60,7 +60,7 @@ def build_example(
     s_last = s0 + G - 1
     mask_ids = [vocab_size + k for k in range(M)]
     input_ids = src + list(tgt[:s_last]) + mask_ids * G
-    labels = [IGNORE] * (len(src) + s_last)
+    labels = [IGNORE_INDEX] * (len(src) + s_last)
     for j in range(G):
         s = s0 + j
         labels += list(tgt[s + 1 : s + 1 + M])

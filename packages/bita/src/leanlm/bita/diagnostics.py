@@ -17,7 +17,7 @@ import torch
 
 from leanlm.bita.data import build_dataset, packed_masks
 from leanlm.bita.model import BiTAModel
-from leanlm.core.sft import PaddingCollator
+from leanlm.core.sft import IGNORE_INDEX, PaddingCollator
 
 
 @torch.no_grad()
@@ -64,7 +64,7 @@ def mask_accuracy(
                 ids, batch["labels"], masks, batch["freeze_len"], batch["seq_len"]
             )
             which = torch.arange(labels.shape[1], device=labels.device).remainder(M).expand_as(labels)
-            keep = labels != -100
+            keep = labels != IGNORE_INDEX
             top = model.logits(hidden[keep]).topk(top_k, dim=-1).indices.cpu()  # [n, top_k]
             target, k = labels[keep].cpu(), which[keep].cpu()
             hits1 += torch.bincount(k[top[:, 0] == target], minlength=M)

@@ -29,6 +29,7 @@ from torch import nn
 
 from leanlm.bita.data import PackedMasks, packed_masks
 from leanlm.core.errors import UserError
+from leanlm.core.sft import IGNORE_INDEX
 
 ADAPTER_FILE = "adapter.safetensors"
 CONFIG_FILE = "bita_config.json"
@@ -254,7 +255,7 @@ class BiTAModel(nn.Module):
         valid = packed_rows < seq_len.view(-1, 1)
         rows = packed_rows.clamp(max=T - 1)
         ids2 = input_ids.gather(1, rows)
-        labels2 = labels.gather(1, rows).masked_fill(~valid, -100)
+        labels2 = labels.gather(1, rows).masked_fill(~valid, IGNORE_INDEX)
         pos2 = masks.positions.gather(1, rows)
         vis_rows = masks.visible.gather(1, rows.unsqueeze(-1).expand(-1, -1, T))  # [b, N, T]
         vis_real = vis_rows[:, :, :F_max] & real.unsqueeze(1)
@@ -299,7 +300,7 @@ class BiTAModel(nn.Module):
         return additive_mask(torch.cat([prefix, visible], -1), self.dtype)
 
     def _mask_loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        selected = labels != -100
+        selected = labels != IGNORE_INDEX
         logits = self.logits(hidden[selected]).float()  # only at mask positions: saves the LM head elsewhere
         return nn.functional.cross_entropy(logits, labels[selected])
 

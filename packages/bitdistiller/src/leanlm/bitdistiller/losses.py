@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from leanlm.core.errors import UserError
+from leanlm.core.sft import IGNORE_INDEX
 
-IGNORE = -100
 LOSSES = ("cakld", "forward", "reverse", "jsd", "tlsd", "ce")
 
 
@@ -45,7 +45,7 @@ class KDLoss(nn.Module):
     def forward(
         self, student: torch.Tensor, teacher: torch.Tensor | None, labels: torch.Tensor
     ) -> torch.Tensor:
-        mask = (labels != IGNORE).to(student.dtype)
+        mask = (labels != IGNORE_INDEX).to(student.dtype)
         log_s = F.log_softmax(student.float(), -1)
         log_t = F.log_softmax(teacher.float(), -1)
         return _reduce(self.per_token(log_s, log_t), mask.float())
@@ -97,7 +97,7 @@ class TLSD(KDLoss):
         self, student: torch.Tensor, teacher: torch.Tensor | None, labels: torch.Tensor
     ) -> torch.Tensor:
         s, t, y = student[:, :-1].float(), teacher[:, :-1].float(), labels[:, 1:]
-        mask = y != IGNORE
+        mask = y != IGNORE_INDEX
         log_t = F.log_softmax(t, -1)
         ce_t = F.nll_loss(log_t.transpose(1, 2), y.clamp(min=0), reduction="none")  # [B, T-1]
         scale = torch.softmax((ce_t / 10).masked_fill(~mask, float("-inf")), dim=-1).detach()
@@ -112,7 +112,9 @@ class CE(KDLoss):
     def forward(
         self, student: torch.Tensor, teacher: torch.Tensor | None, labels: torch.Tensor
     ) -> torch.Tensor:  # noqa: ARG002
-        return F.cross_entropy(student[:, :-1].float().transpose(1, 2), labels[:, 1:], ignore_index=IGNORE)
+        return F.cross_entropy(
+            student[:, :-1].float().transpose(1, 2), labels[:, 1:], ignore_index=IGNORE_INDEX
+        )
 
 
 def build_loss(name: str, gamma: float | None = None) -> KDLoss:
@@ -146,7 +148,7 @@ def teacher_confidence(teacher: nn.Module, batches: Iterable[dict[str, Any]], ma
         top1 = torch.softmax(logits.float(), -1).amax(-1)
         mask = attn.bool()
         if "labels" in batch:
-            mask &= batch["labels"].to(device) != IGNORE
+            mask &= batch["labels"].to(device) != IGNORE_INDEX
         total += top1[mask].double().sum()
         count += mask.sum()
     if torch.distributed.is_available() and torch.distributed.is_initialized():

@@ -79,9 +79,13 @@ def _falcon(instruction: str, input: str, system: str | None, tokenizer: Any) ->
     return f"{system + chr(10) if system else ''}User: {body}\nAssistant:"
 
 
-def _apply_chat_template(messages: list[dict[str, str]], tokenizer: Any) -> str:
+def render_chat(messages: list[dict[str, str]], tokenizer: Any, missing: str | None = None) -> str:
+    """``messages`` rendered by the tokenizer's chat template, ending with the assistant's turn opened.
+
+    The text carries the template's special tokens (BOS included): encode it with
+    ``add_special_tokens=False``. ``missing`` is the error when the tokenizer has no template."""
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-        raise UserError("template 'chat' needs a tokenizer with a chat template; pass tokenizer=")
+        raise UserError(missing or "template 'chat' needs a tokenizer with a chat template; pass tokenizer=")
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
@@ -90,7 +94,7 @@ def _chat_template(instruction: str, input: str, system: str | None, tokenizer: 
     messages = ([{"role": "system", "content": system}] if system else []) + [
         {"role": "user", "content": body}
     ]
-    return _apply_chat_template(messages, tokenizer)
+    return render_chat(messages, tokenizer)
 
 
 _FORMATTERS = {
@@ -164,7 +168,7 @@ def format_conversation(
             messages.append({"role": "user", "content": user})
             if answer is not None:
                 messages.append({"role": "assistant", "content": answer.strip()})
-        return _apply_chat_template(messages, tokenizer)
+        return render_chat(messages, tokenizer)
     text = format_prompt(template, user_turns[0], system=system, tokenizer=tokenizer)
     for answer, user in zip(answers, user_turns[1:], strict=True):
         text += _NEXT_TURN[template](answer.strip(), user)

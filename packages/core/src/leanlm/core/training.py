@@ -248,7 +248,7 @@ class TrainFlags:
     resume: bool = True
 
     def __post_init__(self) -> None:
-        from leanlm.core.cli import parse_bool
+        from leanlm.core.console import parse_bool
 
         for name in ("bf16", "gradient_checkpointing", "fsdp", "resume"):
             value = getattr(self, name)

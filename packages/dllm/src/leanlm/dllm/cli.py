@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from leanlm.core.cli import entry, parse_bool
+from leanlm.core.console import entry, parse_bool
 from leanlm.core.errors import UserError
 
 log = logging.getLogger("leanlm.dllm")

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from leanlm.core.errors import UserError
-from leanlm.core.sft import PaddingCollator
+from leanlm.core.sft import IGNORE_INDEX, PaddingCollator
 from leanlm.dllm.data import Example, tokenize
 from leanlm.dllm.flops import CostModel, request_costs
 from leanlm.dllm.model import DLLM, position_ids_from_mask
@@ -125,7 +125,7 @@ def _loglik_accuracy(
         out = dllm(batch["input_ids"].to(dllm.device), batch["attention_mask"].to(dllm.device))
         logp = torch.log_softmax(out.logits[:, :-1].float(), -1)
         labels = batch["labels"][:, 1:].to(logp.device)
-        scored = labels != -100
+        scored = labels != IGNORE_INDEX
         token_logp = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1) * scored
         for row, (i, j) in enumerate(owner[s : s + batch_size]):
             scores[i][j] = float(token_logp[row].sum())
@@ -161,7 +161,7 @@ def response_perplexity(
         batch = collate(feats[s : s + batch_size])
         labels = batch["labels"].to(dllm.device)
         out = dllm(batch["input_ids"].to(dllm.device), batch["attention_mask"].to(dllm.device), labels)
-        n = int((labels[:, 1:] != -100).sum())
+        n = int((labels[:, 1:] != IGNORE_INDEX).sum())
         total_nll += float(out.ce_loss) * n
         total_tokens += n
         costs += _batch_costs(cost, out.execs.cpu(), batch["attention_mask"], _reserve(dllm))

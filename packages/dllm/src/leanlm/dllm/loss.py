@@ -15,7 +15,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100
+from leanlm.core.sft import IGNORE_INDEX
 
 
 def lambda_schedule(progress: float, lambda_max: float, ramp: float = 1.0) -> float:

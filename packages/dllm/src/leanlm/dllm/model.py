@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from leanlm.core.errors import UserError
+from leanlm.core.sft import IGNORE_INDEX
 from leanlm.dllm.config import DLLMConfig
 from leanlm.dllm.router import Router, decide
 
@@ -393,7 +394,7 @@ class DLLM(nn.Module):
             # the LM head only where a label is predicted: with a 49k vocabulary it is most of the cost
             from leanlm.dllm.loss import dllm_loss, exec_ratio
 
-            predict = labels[:, 1:] != -100
+            predict = labels[:, 1:] != IGNORE_INDEX
             logits = self.head(h[:, :-1][predict])  # [N, V]
             lam = self.config.lambda_max if lambda_now is None else lambda_now
             counted = real & ~reserved  # padding and the always-executed first tokens are not routed

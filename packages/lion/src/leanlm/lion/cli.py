@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from leanlm.core.cli import entry, parse_bool
+from leanlm.core.console import entry, parse_bool
 from leanlm.core.errors import UserError
 from leanlm.core.generation import SamplingParams
 from leanlm.core.records import read_records, write_jsonl

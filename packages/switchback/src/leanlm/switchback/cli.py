@@ -6,7 +6,7 @@ import functools
 import inspect
 from typing import Any
 
-from leanlm.core.cli import entry, parse_bool
+from leanlm.core.console import entry, parse_bool
 from leanlm.switchback.benchmark import run_benchmark
 from leanlm.switchback.evaluate import evaluate
 from leanlm.switchback.stats import compare_logs

@@ -21,6 +21,7 @@ from leanlm.core.errors import UserError
 from leanlm.core.generation.base import Backend, OnResult
 from leanlm.core.generation.types import GenerationRequest, GenerationResult, SamplingParams
 from leanlm.core.sft import encode_prompt
+from leanlm.core.templates import render_chat
 
 
 def end_token_ids(generation_config: Any, tokenizer: Any) -> set[int]:
@@ -63,12 +64,11 @@ def prompt_ids(tok: Any, request: GenerationRequest) -> list[int]:
     """Token ids a local model sees for ``request``: a chat through the tokenizer's chat template
     (which writes its own special tokens), a plain prompt as the tokenizer encodes it."""
     if request.messages is not None:
-        if not getattr(tok, "chat_template", None):
-            raise UserError(
-                f"request {request.id!r} has chat messages but the tokenizer has no chat template; "
-                "send a formatted 'prompt' instead (leanlm.core.templates.format_prompt)"
-            )
-        text = tok.apply_chat_template(request.messages, tokenize=False, add_generation_prompt=True)
+        missing = (
+            f"request {request.id!r} has chat messages but the tokenizer has no chat template; "
+            "send a formatted 'prompt' instead (leanlm.core.templates.format_prompt)"
+        )
+        text = render_chat(request.messages, tok, missing)
         return tok(text, add_special_tokens=False)["input_ids"]
     return encode_prompt(tok, request.prompt)  # a prompt rendered by a chat template keeps one BOS
 

@@ -32,7 +32,7 @@ def assert_scripts_reject_bogus_flag(distribution: str, workdir: Any, capsys: An
 
     import pytest
 
-    from leanlm.core.cli import EXIT_USER_ERROR, run_cli
+    from leanlm.core.console import EXIT_USER_ERROR, run_cli
 
     tried = 0
     for name, main in console_scripts(distribution).items():

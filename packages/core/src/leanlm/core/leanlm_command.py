@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from leanlm.core.cli import entry
+from leanlm.core.console import entry
 from leanlm.core.errors import UserError
 
 

@@ -1,4 +1,4 @@
-"""The one wrapper every leanlm console script goes through.
+"""The one fire wrapper every leanlm console script goes through (the `leanlm` command itself is `leanlm_command`).
 
 ``run_cli(component, name)``: fire builds the command line (``--help`` works on every command and
 subcommand), logging goes to stderr, and a ``UserError`` (or a missing file) prints one line
