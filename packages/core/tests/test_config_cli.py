@@ -74,3 +74,9 @@ def test_coerce_tuple_to_comma_string_and_none_only_when_allowed():
     assert coerce(7, str, "model") == "7"
     with pytest.raises(UserError, match="--steps needs a value"):
         coerce(None, int, "steps")
+
+
+def test_none_text_is_a_value_for_text_fields_and_none_for_numbers():
+    assert coerce("none", str | None, "exclude") == "none"
+    assert coerce("none", int | None, "limit") is None
+    assert coerce(None, str | None, "exclude") is None

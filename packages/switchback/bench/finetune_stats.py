@@ -10,23 +10,24 @@ Writes bench/results/finetune/{linear,switchback}/finetune_log.jsonl, bench/resu
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from leanlm.core.console import run_cli
 from leanlm.core.records import write_json, write_text
+from leanlm.switchback.finetune_config import FinetuneConfig
 from leanlm.switchback.stats import compare_logs
-from leanlm.switchback.train import SWITCHBACK_RECIPE, finetune
+from leanlm.switchback.train import finetune
 
 HERE = Path(__file__).parent
 
 
-def loss_comparison(out: Path, common: dict, steps: int) -> str:
+def loss_comparison(out: Path, common: FinetuneConfig, steps: int) -> str:
     """One run of ``steps`` steps each way (same seed and data); the loss curves side by side."""
     runs = {}
     for name, sb in (("linear", False), ("switchback", True)):
-        flags = common["flags"].override(max_steps=steps)
-        log = finetune(switchback=sb, output_dir=str(out / name), **{**common, "num_runs": 1, "flags": flags})
-        runs[name] = log[-1]
+        config = replace(common, switchback=sb, output_dir=str(out / name), num_runs=1, max_steps=steps)
+        runs[name] = finetune(config)[-1]
     lin, sb = runs["linear"]["losses"], runs["switchback"]["losses"]
     gaps = [s - ln for (_, ln), (_, s) in zip(lin, sb)]
     tail = gaps[-10:]  # one batch's loss is noisy: also the mean gap over the last 10 logged steps
@@ -62,14 +63,23 @@ def main(
     Default precision: fp32 master weights with bf16 autocast (HF Trainer's --bf16), as the seed trained.
     """
     out = Path(output_dir)
-    flags = SWITCHBACK_RECIPE.override(max_steps=max_steps, batch_size=batch_size, learning_rate=learning_rate,
-                                       bf16=bf16)  # fmt: skip
-    common = dict(model=model, dataset="instructions", limit=limit, target_max_len=target_max_len, dtype=dtype,
-                  save_model=False, threads=threads, flags=flags)  # fmt: skip
+    common = FinetuneConfig(
+        model=model,
+        dataset="instructions",
+        limit=limit,
+        target_max_len=target_max_len,
+        dtype=dtype,
+        save_model=False,
+        threads=threads,
+        max_steps=max_steps,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        bf16=bf16,
+    )
     # interleave the two conditions run by run so slow phases of the shared machine hit both alike
     for n in range(1, num_runs + 1):
-        finetune(switchback=False, output_dir=str(out / "linear"), **{**common, "num_runs": n})
-        finetune(switchback=True, output_dir=str(out / "switchback"), **{**common, "num_runs": n})
+        finetune(replace(common, switchback=False, output_dir=str(out / "linear"), num_runs=n))
+        finetune(replace(common, switchback=True, output_dir=str(out / "switchback"), num_runs=n))
     report = compare_logs(str(out / "linear" / "finetune_log.jsonl"), str(out / "switchback" / "finetune_log.jsonl"),
                           alpha=0.05, output_dir=str(out / "stats"))  # fmt: skip
     if loss_steps:

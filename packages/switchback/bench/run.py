@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from leanlm.core.console import run_cli
-from leanlm.switchback.benchmark import LAYER_MODES, run_benchmark
+from leanlm.switchback.benchmark import LAYER_MODES, BenchConfig, run_benchmark
 
 HERE = Path(__file__).parent
 
@@ -39,9 +39,22 @@ def main(
     ``--layers 0`` keeps every decoder layer; ``--device cuda`` runs on the GPU (Triton int8 kernels).
     """
     output_dir = output_dir or str(HERE / "results" / label)
-    return run_benchmark(output_dir=output_dir, widths=widths, tokens=tokens, step_models=step_models,
-                         batch=batch, seq=seq, layers=layers or None, repeats=repeats, warmup=warmup, threads=threads or None,
-                         device=device, modes=modes, loss_steps=loss_steps)  # fmt: skip
+    config = BenchConfig(
+        output_dir=output_dir,
+        widths=widths,
+        tokens=tokens,
+        step_models=step_models,
+        batch=batch,
+        seq=seq,
+        layers=layers or None,
+        repeats=repeats,
+        warmup=warmup,
+        threads=threads or None,
+        device=device,
+        modes=modes,
+        loss_steps=loss_steps,
+    )
+    return run_benchmark(config)
 
 
 if __name__ == "__main__":

@@ -11,8 +11,7 @@ import pytest
 
 from leanlm.core.console import run_cli
 from leanlm.core.records import read_jsonl
-from leanlm.switchback.benchmark import run_benchmark
-from leanlm.switchback.cli import evaluate_command, finetune_command
+from leanlm.switchback.cli import bench_command, evaluate_command, finetune_command
 from leanlm.switchback.stats import compare_logs
 
 
@@ -78,7 +77,7 @@ def test_bench_cli_tiny(tiny_dir, tmp_path):
             "linear-fp32,linear-bf16,switchback-bf16,memeff-bf16", "--step-models", str(tiny_dir),
             "--step-modes", "fp32,bf16,switchback-bf16", "--batch", "2", "--seq", "16", "--warmup", "0",
             "--repeats", "1", "--loss-steps", "1"]  # fmt: skip
-    run_cli(run_benchmark, "switchback-bench", args)
+    run_cli(bench_command, "switchback-bench", args)
     results = json.loads((tmp_path / "results.json").read_text())
     assert len(results["layers"]) == 2 * 4 and all(r["ms"] > 0 for r in results["layers"])
     assert [r["mode"] for r in results["train_step"]] == ["fp32", "bf16", "switchback-bf16"]

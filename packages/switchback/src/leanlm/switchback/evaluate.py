@@ -3,79 +3,102 @@
 The seed evaluated the saved weights through plain ``nn.Linear`` (hellaswag, boolq, swag,
 winogrande, xwinograd_en); ``--switchback true`` instead runs inference through int8 SwitchBack
 layers (weights pre-quantized with ``prepare_for_eval``), to see what int8 inference costs.
+``EvalConfig`` holds switchback-eval's flags; ``evaluate`` takes it.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from leanlm.core.config_cli import flag
 from leanlm.core.errors import UserError
 from leanlm.core.records import write_json, write_text
+from leanlm.switchback.surgery import DEFAULT_EXCLUDE
 
 DEFAULT_TASKS = "hellaswag,boolq,winogrande"
+REPORTED = ("acc", "acc_norm", "exact_match")  # the metrics results.md and the summary show
 
 
-def _task_list(tasks: str | list[str] | tuple[str, ...]) -> list[str]:
-    names = (
-        [t.strip() for t in tasks.split(",")] if isinstance(tasks, str) else [str(t).strip() for t in tasks]
+@dataclass(frozen=True)
+class EvalConfig:
+    """One evaluation: MODEL on TASKS, through plain or int8 SwitchBack layers."""
+
+    model: str = flag("default", "alias, local path (e.g. switchback-finetune's OUTPUT_DIR/model) or hub id.")
+    tasks: str = flag(
+        DEFAULT_TASKS,
+        "comma-separated: hellaswag, boolq, winogrande, piqa, arc_challenge, openbookqa, social_i_qa, mmlu, gsm8k.",
     )
-    names = [t for t in names if t]
+    num_fewshot: int | None = flag(None, "few-shot examples (default: each task's own).")
+    limit: int | None = flag(None, "documents per task (default: all).")
+    batch_size: int = flag(8, "lm-eval batch size.")
+    switchback: bool = flag(False, "run inference through int8 SwitchBack layers (pre-quantized weights).")
+    variant: str = flag("global", "SwitchBack variant for --switchback true.")
+    # a string default, not None: "none" must reach parse_exclude as "no exclusions", not "the defaults"
+    exclude: str = flag(",".join(DEFAULT_EXCLUDE), 'layers kept in float ("none" for none).')
+    dtype: str | None = flag(None, "bf16 or fp32 (default: fp32 on CPU).")
+    output_dir: str = flag("switchback-eval", "where results.json and results.md go.")
+
+
+def _task_list(tasks: str) -> list[str]:
+    """``"boolq, piqa"`` -> ``["boolq", "piqa"]``; an empty list is a UserError."""
+    names = [t.strip() for t in tasks.split(",") if t.strip()]
     if not names:
         raise UserError("--tasks is empty")
     return names
 
 
-def evaluate(
-    model: str = "default",
-    tasks: str = DEFAULT_TASKS,
-    num_fewshot: int | None = None,
-    limit: int | None = None,
-    batch_size: int = 8,
-    switchback: bool = False,
-    variant: str = "global",
-    exclude: str | None = None,
-    dtype: str | None = None,
-    output_dir: str = "switchback-eval",
-) -> dict[str, dict[str, Any]]:
-    """Evaluate a model on offline lm-eval tasks; writes results.json and results.md in OUTPUT_DIR.
+def _int8_inference(net: Any, variant: str, exclude: str) -> None:
+    """Swap ``net``'s linears for SwitchBack layers whose int8 weights are quantized once, up front."""
+    from leanlm.switchback.layers import SwitchBackLinear
+    from leanlm.switchback.surgery import swap_linear_layers
 
-    Args:
-        model: alias, local path (e.g. switchback-finetune's OUTPUT_DIR/model) or hub id.
-        tasks: comma-separated: hellaswag, boolq, winogrande, piqa, arc_challenge, openbookqa, social_i_qa, mmlu, gsm8k.
-        num_fewshot: few-shot examples (default: each task's own).
-        limit: documents per task (default: all).
-        batch_size: lm-eval batch size.
-        switchback: run inference through int8 SwitchBack layers (pre-quantized weights).
-        variant: SwitchBack variant for --switchback true.
-        exclude: layers kept in float (default lm_head,k_proj,v_proj).
-        dtype: bf16 or fp32 (default: fp32 on CPU).
-        output_dir: where results.json and results.md go.
-    """
-    from leanlm.core.evaluation import run_lm_eval
-    from leanlm.core.models import load_model, load_tokenizer
+    swap_linear_layers(net, variant, exclude)
+    net.eval()
+    for module in net.modules():
+        if isinstance(module, SwitchBackLinear):
+            module.prepare_for_eval()
 
-    names = _task_list(tasks)
-    net = load_model(model, dtype=dtype)
-    tokenizer = load_tokenizer(model)
-    int8 = switchback
-    if int8:
-        from leanlm.switchback.layers import SwitchBackLinear
-        from leanlm.switchback.surgery import swap_linear_layers
 
-        swap_linear_layers(net, variant, exclude)
-        net.eval()
-        for module in net.modules():
-            if isinstance(module, SwitchBackLinear):
-                module.prepare_for_eval()
-    results = run_lm_eval(net, tokenizer, names, num_fewshot=num_fewshot, limit=limit, batch_size=batch_size)
-    out = Path(output_dir)
-    write_json(out / "results.json", {"model": model, "switchback": int8, "variant": variant if int8 else None,
-                                      "limit": limit, "num_fewshot": num_fewshot, "results": results})  # fmt: skip
+def results_table(results: dict[str, dict[str, Any]]) -> str:
+    """results.md: one row per (task, reported metric) with the task's document count."""
     lines = ["| task | metric | value | n |", "|---|---|---|---|"]
     for task, metrics in results.items():
         for key, value in metrics.items():
-            if key in {"acc", "acc_norm", "exact_match"} and isinstance(value, float):
+            if key in REPORTED and isinstance(value, float):
                 lines.append(f"| {task} | {key} | {value:.4f} | {metrics.get('n', '')} |")
-    write_text(out / "results.md", "\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
+
+
+def evaluate(config: EvalConfig) -> dict[str, dict[str, Any]]:
+    """Evaluate a model on offline lm-eval tasks; writes results.json and results.md in OUTPUT_DIR."""
+    from leanlm.core.evaluation import run_lm_eval
+    from leanlm.core.models import load_model, load_tokenizer
+
+    names = _task_list(config.tasks)
+    net = load_model(config.model, dtype=config.dtype)
+    tokenizer = load_tokenizer(config.model)
+    int8 = config.switchback
+    if int8:
+        _int8_inference(net, config.variant, config.exclude)
+    results = run_lm_eval(
+        net,
+        tokenizer,
+        names,
+        num_fewshot=config.num_fewshot,
+        limit=config.limit,
+        batch_size=config.batch_size,
+    )
+    out = Path(config.output_dir)
+    record = {
+        "model": config.model,
+        "switchback": int8,
+        "variant": config.variant if int8 else None,
+        "limit": config.limit,
+        "num_fewshot": config.num_fewshot,
+        "results": results,
+    }
+    write_json(out / "results.json", record)
+    write_text(out / "results.md", results_table(results))
     return results

@@ -146,8 +146,13 @@ VARIANTS: dict[str, type[nn.Linear]] = {
     "mem_efficient": SwitchBackLinearMemEfficient,
     "standard": StandardLinear,
 }
-VARIANT_SYNONYMS = {"switchback": "global", "default": "global", "memefficient": "mem_efficient",
-                    "mem-efficient": "mem_efficient", "vector": "vectorwise"}  # fmt: skip
+VARIANT_SYNONYMS = {
+    "switchback": "global",
+    "default": "global",
+    "memefficient": "mem_efficient",
+    "mem-efficient": "mem_efficient",
+    "vector": "vectorwise",
+}
 
 
 def variant_class(variant: str) -> type[nn.Linear]:

@@ -98,10 +98,21 @@ def welch_test(a: list[float], b: list[float], alpha: float = 0.05, unit: str = 
         p = float(2 * stats.t.sf(abs(t), df))
     t_crit = float(stats.t.ppf(1 - alpha / 2, df))
     return WelchResult(
-        n1=len(a), n2=len(b), mean1=m1, mean2=m2, sd1=math.sqrt(v1), sd2=math.sqrt(v2),
+        n1=len(a),
+        n2=len(b),
+        mean1=m1,
+        mean2=m2,
+        sd1=math.sqrt(v1),
+        sd2=math.sqrt(v2),
         percent_change=(m1 - m2) / m1 * 100 if m1 else float("nan"),
-        t=t, df=df, p=p, alpha=alpha, t_critical=t_crit, significant=p < alpha, unit=unit,
-    )  # fmt: skip
+        t=t,
+        df=df,
+        p=p,
+        alpha=alpha,
+        t_critical=t_crit,
+        significant=p < alpha,
+        unit=unit,
+    )
 
 
 def plot_t_distribution(
@@ -183,8 +194,8 @@ def compare_logs(file1: str, file2: str, alpha: float = 0.05, output_dir: str = 
     )
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "statistical_results.json", {**asdict(result), "file1": str(file1), "file2": str(file2),
-                                                 "durations1": a, "durations2": b})  # fmt: skip
+    record = {**asdict(result), "file1": str(file1), "file2": str(file2), "durations1": a, "durations2": b}
+    write_json(out / "statistical_results.json", record)
     md = report_markdown(result, labels)
     write_text(out / "statistical_results.md", md + "\n")
     plot_t_distribution(result, out / "t_distribution.png", labels)

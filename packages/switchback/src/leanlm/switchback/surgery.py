@@ -84,8 +84,14 @@ def swap_linear_layers(
 
     swapped = swap_linears(model, lambda m: _rebuild(m, cls), plain_and_not_fused_away, exclude=patterns)
     for fused, (count, parts) in kept_fused.items():
-        log.warning("%s fuses %s: %d such layers kept in float because %s excluded",
-                    fused, "/".join(FUSED[fused]), count, "/".join(parts) + (" is" if len(parts) == 1 else " are"))  # fmt: skip
+        which = "/".join(parts) + (" is" if len(parts) == 1 else " are")
+        log.warning(
+            "%s fuses %s: %d such layers kept in float because %s excluded",
+            fused,
+            "/".join(FUSED[fused]),
+            count,
+            which,
+        )
     if not swapped:  # nothing was changed
         raise UserError(
             f"no nn.Linear layer left to swap in {type(model).__name__} (exclude={list(patterns)})"

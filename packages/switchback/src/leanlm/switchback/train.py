@@ -5,6 +5,7 @@ seed's defaults: batch 64, lr 1e-5, constant schedule with a 5% warmup that real
 target max lengths 16/512, target-only loss) and appends one JSON line to the run log:
 ``{"id", "switchback", "variant", "seconds", "train_loss", "losses": [[step, loss], ...], ...}``.
 The log is resumable: runs already in it are skipped, so an interrupted ``--num-runs 10`` continues.
+``finetune`` takes one ``FinetuneConfig`` (finetune_config.py), the same one switchback-finetune fills.
 """
 
 from __future__ import annotations
@@ -18,35 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from leanlm.core.distributed import is_main_process
-from leanlm.core.errors import UserError
 from leanlm.core.records import ResumableJsonlWriter
 from leanlm.core.sft import PaddingCollator
 from leanlm.core.training import TrainFlags, save_run_config
 from leanlm.switchback.data import build_examples, load_pairs
+from leanlm.switchback.finetune_config import SWITCHBACK_ARGUMENTS, FinetuneConfig
 from leanlm.switchback.surgery import count_swapped, parse_exclude, swap_linear_layers, unswap_linear_layers
 
 log = logging.getLogger(__name__)
-
-# the seed's sft/script.sh, with the warmup made effective (constant_with_warmup, not constant)
-SWITCHBACK_RECIPE = TrainFlags(
-    batch_size=64,
-    learning_rate=1e-5,
-    lr_scheduler_type="constant_with_warmup",
-    warmup_ratio=0.05,
-    epochs=5,
-    max_grad_norm=1.0,
-    weight_decay=0.0,
-    logging_steps=1,
-    seed=0,
-    gradient_checkpointing=False,
-)
-SWITCHBACK_ARGUMENTS: dict[str, Any] = {  # TrainingArguments fields that are not flags
-    "adam_beta2": 0.999,
-    "optim": "adamw_torch",
-    "save_strategy": "no",
-    "data_seed": 42,
-    "dataloader_drop_last": False,
-}
 
 
 def run_id(switchback: bool, variant: str, index: int) -> str:
@@ -113,110 +93,126 @@ class _LogReader:
         pass
 
 
-def finetune(
-    model: str = "default",
-    dataset: str = "instructions",
-    switchback: bool = True,
-    variant: str = "global",
-    exclude: str | None = None,
-    num_runs: int = 1,
-    output_dir: str = "runs/switchback-finetune",
-    log_file: str | None = None,
-    source_max_len: int = 16,
-    target_max_len: int = 512,
-    template: str | None = None,
-    limit: int | None = None,
-    dtype: str | None = None,
-    save_model: bool = True,
-    threads: int | None = None,
-    flags: TrainFlags = SWITCHBACK_RECIPE,
-) -> list[dict[str, Any]]:
-    """Fine-tune ``model`` on ``dataset`` ``num_runs`` times, with SwitchBack layers or plain nn.Linear.
-
-    Args:
-        model: alias, local path or hub id (default: the embedded SmolLM2-135M-Instruct).
-        dataset: ``instructions`` (offline), ``oasst1``/``longform`` (hub), or a local JSON/JSONL file.
-        switchback: swap linear layers for SwitchBack (true) or train the plain model (false).
-        variant: global (default), vectorwise, mem_efficient, or standard (16-bit reference layers).
-        exclude: comma-separated layer names kept in float (default: lm_head,k_proj,v_proj; "none" for none).
-        num_runs: repeated runs (fresh model each time) for the timing statistics.
-        output_dir: where the run log and the last run's model go.
-        log_file: the JSONL run log (default: OUTPUT_DIR/finetune_log.jsonl); existing run ids are skipped.
-        source_max_len, target_max_len: token budgets for prompt and target (seed: 16 and 512).
-        template: prompt template (default: the tokenizer's chat template, else instruction_response).
-        limit: use only the first LIMIT records (after a seeded shuffle).
-        dtype: model weights dtype (bf16, fp32; default fp32 on CPU, bf16 on CUDA).
-        save_model: save the last run's model (plain nn.Linear layers) to OUTPUT_DIR/model.
-        threads: torch CPU threads (default: torch's choice; 1 gives steadier timings on a busy machine).
-        flags: the training flags (default the seed's recipe: batch 64, lr 1e-5, 5 epochs); the same
-            seed for every run, so runs differ only in timing noise. Under torchrun (several
-            processes) every rank trains each run data-parallel and rank 0 writes the log and model.
-    """
+def _prepare_process(threads: int | None) -> None:
     import torch
 
     from leanlm.core.cpu_memory import keep_freed_memory
-    from leanlm.core.models import load_model, load_tokenizer
 
     if threads:
         torch.set_num_threads(threads)
     if not torch.cuda.is_available():
         keep_freed_memory()  # CPU training: reuse large activation buffers instead of page-faulting them in
-    if num_runs < 1:
-        raise UserError(f"--num-runs must be at least 1, got {num_runs}")
-    if switchback:
-        from leanlm.switchback.layers import variant_class
 
-        variant_class(variant)  # unknown variant: fail before loading anything
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    log_path = Path(log_file) if log_file else out / "finetune_log.jsonl"
+
+def _examples(config: FinetuneConfig, tokenizer: Any, flags: TrainFlags) -> list[dict[str, list[int]]]:
+    """The tokenized training set, cut to a multiple of the batch size as the seed did."""
     seed = flags.seed if flags.seed is not None else 0
-
-    tokenizer = load_tokenizer(model)
-    records = load_pairs(dataset, limit=limit, seed=seed if limit else None)
+    records = load_pairs(config.dataset, limit=config.limit, seed=seed if config.limit else None)
     examples = build_examples(
-        records, tokenizer, template=template, source_max_len=source_max_len, target_max_len=target_max_len
+        records,
+        tokenizer,
+        template=config.template,
+        source_max_len=config.source_max_len,
+        target_max_len=config.target_max_len,
     )
     bs = flags.batch_size or 64
-    if len(examples) >= bs:  # the seed truncates the train set to a multiple of the batch size
+    if len(examples) >= bs:
         examples = examples[: len(examples) // bs * bs]
+    return examples
+
+
+def _run_config(config: FinetuneConfig, flags: TrainFlags, examples: int) -> dict[str, Any]:
+    """What leanlm_run.json records of the experiment."""
+    return {
+        "model": config.model,
+        "dataset": config.dataset,
+        "switchback": config.switchback,
+        "variant": config.variant,
+        "exclude": list(parse_exclude(config.exclude)),
+        "examples": examples,
+        "flags": flags.record(),
+        "source_max_len": config.source_max_len,
+        "target_max_len": config.target_max_len,
+        "dtype": config.dtype,
+    }
+
+
+def _one_run(
+    config: FinetuneConfig,
+    flags: TrainFlags,
+    index: int,
+    examples: list[dict[str, list[int]]],
+    tokenizer: Any,
+) -> tuple[dict[str, Any], Any]:
+    """Run ``index`` from a freshly loaded (and, with SwitchBack, swapped) model: (its log record, the model)."""
+    from leanlm.core.models import load_model
+
+    rid = run_id(config.switchback, config.variant, index)
+    net = load_model(config.model, dtype=config.dtype)
+    swapped = swap_linear_layers(net, config.variant, config.exclude) if config.switchback else []
+    log.info("run %s: %s", rid, count_swapped(net))
+    out = Path(config.output_dir)
+    stats = train_once(net, copy.copy(examples), tokenizer.pad_token_id, out / "trainer", flags)
+    record = {
+        "id": rid,
+        "run": index,
+        "switchback": config.switchback,
+        "variant": config.variant if config.switchback else "linear",
+        "swapped_layers": len(swapped),
+        "model": config.model,
+        "dataset": config.dataset,
+        "examples": len(examples),
+        "tokens_per_epoch": sum(len(e["input_ids"]) for e in examples),
+        **stats,
+    }
+    if not math.isfinite(record["train_loss"]):
+        log.warning("%s: the training loss is not finite", rid)
+    log.info("%s: %.1f s, train loss %.4f", rid, stats["seconds"], stats["train_loss"])
+    return record, net
+
+
+def _save_plain(net: Any, tokenizer: Any, folder: Path) -> None:
+    """Save ``net`` with plain nn.Linear layers again, so any HF loader opens it."""
+    unswap_linear_layers(net)
+    net.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+def finetune(config: FinetuneConfig) -> list[dict[str, Any]]:
+    """Fine-tune ``config.model`` ``config.num_runs`` times, with SwitchBack layers or plain nn.Linear.
+
+    Every run starts from a fresh model with the same seed and data, so runs differ only in timing
+    noise; each appends one record to the run log (runs already logged are skipped and returned
+    as logged). Under torchrun every rank trains each run data-parallel and rank 0 alone writes
+    the log, leanlm_run.json and the last run's model (OUTPUT_DIR/model, when ``save_model``).
+    """
+    from leanlm.core.models import load_tokenizer
+
+    _prepare_process(config.threads)
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    log_path = config.log_path()
+    flags = config.train_flags()
+    tokenizer = load_tokenizer(config.model)
+    examples = _examples(config, tokenizer, flags)
     main = is_main_process()
-    config = {
-        "model": model, "dataset": dataset, "switchback": switchback, "variant": variant,
-        "exclude": list(parse_exclude(exclude)), "examples": len(examples), "flags": flags.record(),
-        "source_max_len": source_max_len, "target_max_len": target_max_len, "dtype": dtype,
-    }  # fmt: skip
     if main:
-        save_run_config(out, config)
+        save_run_config(out, _run_config(config, flags, len(examples)))
     tokens = sum(len(e["input_ids"]) for e in examples)
     log.info("%d examples, %d tokens per epoch; log: %s", len(examples), tokens, log_path)
 
     results = []
     with ResumableJsonlWriter(log_path) if main else _LogReader(log_path) as writer:
-        for index in range(num_runs):
-            rid = run_id(switchback, variant, index)
+        for index in range(config.num_runs):
+            rid = run_id(config.switchback, config.variant, index)
             if rid in writer:
                 log.info("%s already in %s: skipped", rid, log_path)
                 results.append(writer.done[rid])
                 continue
-            net = load_model(model, dtype=dtype)
-            swapped: list[str] = []
-            if switchback:
-                swapped = swap_linear_layers(net, variant, exclude)
-            log.info("run %s: %s", rid, count_swapped(net))
-            stats = train_once(net, copy.copy(examples), tokenizer.pad_token_id, out / "trainer", flags)
-            record = {"id": rid, "run": index, "switchback": switchback,
-                      "variant": variant if switchback else "linear", "swapped_layers": len(swapped),
-                      "model": model, "dataset": dataset, "examples": len(examples), "tokens_per_epoch": tokens,
-                      **stats}  # fmt: skip
-            if not math.isfinite(record["train_loss"]):
-                log.warning("%s: the training loss is not finite", rid)
+            record, net = _one_run(config, flags, index, examples, tokenizer)
             writer.write(record)
             results.append(record)
-            log.info("%s: %.1f s, train loss %.4f", rid, stats["seconds"], stats["train_loss"])
-            if save_model and index == num_runs - 1 and main:
-                unswap_linear_layers(net)
-                net.save_pretrained(out / "model")
-                tokenizer.save_pretrained(out / "model")
+            if config.save_model and index == config.num_runs - 1 and main:
+                _save_plain(net, tokenizer, out / "model")
             del net
     return results
