@@ -92,7 +92,7 @@ def main() -> None:
                     help="default: every router biased to execute (the original); importance: biases start at "
                          "the static allocation for the target (same ranking as the static baseline)")  # fmt: skip
     ap.add_argument("--router_margin", type=float, default=2.0, help="logit gap of --router_init importance")
-    ap.add_argument("--max_seq_len", type=int, default=192)
+    ap.add_argument("--max_length", type=int, default=192, help="tokens per training example")
     ap.add_argument("--calib_batches", type=int, default=2)
     ap.add_argument("--decode_prompts", type=int, default=3)
     ap.add_argument("--decode_tokens", type=int, default=48)
@@ -116,7 +116,7 @@ def main() -> None:
     fmt = {"choice_format": args.choice_format}
     train_ex = load_examples(args.task, "train", limit=args.train, test_size=args.test, **fmt)
     test_ex = load_examples(args.task, "test", test_size=args.test, **fmt)
-    feats = tokenize(tok, train_ex, args.max_seq_len)
+    feats = tokenize(tok, train_ex, args.max_length)
     results: dict = {"args": vars(args), "layers": n_layers, "torch_threads": torch.get_num_threads()}
 
     def save() -> None:  # after every phase: a run cut short still reports what it measured

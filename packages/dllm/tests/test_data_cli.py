@@ -149,3 +149,5 @@ def test_console_scripts_bad_input(tiny_dir, tmp_path):
     assert r.returncode == 2 and "beyond the model's depth" in r.stderr
     r = _run("dllm-chat", "--dllm", tmp_path, "--model", tiny_dir)
     assert r.returncode == 2 and "not a D-LLM folder" in r.stderr
+    r = _run("dllm-eval", "--dllm", tmp_path, "--model", tiny_dir, "--metric", "bleu")  # before any loading
+    assert r.returncode == 2 and "--metric must be auto, accuracy or perplexity, got 'bleu'" in r.stderr

@@ -58,9 +58,16 @@ class DLLMBackend(Backend):
             # left padding: every row's last prompt token in the same column (positions from the mask)
             input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for _, ids in batch])
             mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for _, ids in batch])
-            out = generate(self.dllm, input_ids, mask, max_new_tokens=params.max_new_tokens,
-                           eos_token_id=sorted(end_ids), temperature=params.temperature, top_p=params.top_p,
-                           seed=int(params.seed or 0))  # fmt: skip
+            out = generate(
+                self.dllm,
+                input_ids,
+                mask,
+                max_new_tokens=params.max_new_tokens,
+                eos_token_id=sorted(end_ids),
+                temperature=params.temperature,
+                top_p=params.top_p,
+                seed=int(params.seed or 0),
+            )
             self.stats.add(requests=len(batch))
             for (request, ids), generated, stats in zip(batch, out.tokens, out.stats):
                 self.stats.add(prompt_tokens=len(ids), completion_tokens=len(generated))

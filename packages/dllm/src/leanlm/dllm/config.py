@@ -38,7 +38,7 @@ class DLLMConfig:
     base_model: str = "default"
 
     def validate(self, num_layers: int | None = None) -> DLLMConfig:
-        if not 0.0 < float(self.target) <= 1.0:
+        if not 0.0 < self.target <= 1.0:
             raise UserError(f"target execution ratio must be in (0, 1], got {self.target}")
         if self.reserve_initials < 0:
             raise UserError(f"reserve_initials must be >= 0, got {self.reserve_initials}")
@@ -51,7 +51,7 @@ class DLLMConfig:
             )
         if self.lambda_max < 0:
             raise UserError(f"lambda_max must be >= 0, got {self.lambda_max}")
-        if not 0.0 < float(self.lambda_ramp) <= 1.0:
+        if not 0.0 < self.lambda_ramp <= 1.0:
             raise UserError(f"lambda_ramp (fraction of training) must be in (0, 1], got {self.lambda_ramp}")
         if self.ratio_scope not in ("token", "batch"):
             raise UserError(f"ratio_scope must be 'token' or 'batch', got {self.ratio_scope!r}")
@@ -60,7 +60,7 @@ class DLLMConfig:
         return self
 
     def router_width(self, hidden_size: int) -> int:
-        return int(self.router_hidden or max(8, min(512, hidden_size // 8)))
+        return self.router_hidden or max(8, min(512, hidden_size // 8))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -83,8 +83,9 @@ def _sample(
 
 
 @torch.no_grad()
-def _decode_step(dllm: DLLM, cache: KVCache, tok: torch.Tensor, pos: torch.Tensor, slot: int,
-                 active: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def _decode_step(
+    dllm: DLLM, cache: KVCache, tok: torch.Tensor, pos: torch.Tensor, slot: int, active: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One token per row. tok, pos [B]; active [B] bool. Returns logits [B, V] and executed [B, L]."""
     lm = dllm.lm
     h = lm.model.embed_tokens(tok)[:, None, :]  # [B, 1, H]
@@ -104,6 +105,51 @@ def _decode_step(dllm: DLLM, cache: KVCache, tok: torch.Tensor, pos: torch.Tenso
         plan = AttentionPlan("decode", cache=cache, layer=i, slot=slot, rows=rows)
         h = h.index_copy(0, rows, run_layer(layer, h[rows], (cos[rows], sin[rows]), plan))
     return dllm.head(lm.model.norm(h))[:, 0], executed
+
+
+@torch.no_grad()
+def _prefill(
+    dllm: DLLM, cache: KVCache, input_ids: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The masked full forward over the prompt [B, T]: every token is computed, and its K/V kept
+    (valid) only at the layers where it executed. Returns last-position logits [B, V] and the
+    prompt's decisions [B, T, L] (bool)."""
+    t = input_ids.shape[1]
+    out = dllm(input_ids, mask.long(), return_kv=True, last_only=True)
+    for i, (k, v) in enumerate(out.kv):
+        cache.k[i][:, :, :t], cache.v[i][:, :, :t] = k, v
+        cache.valid[i, :, :t] = (out.execs[..., i] > 0.5) & mask
+    return out.logits[:, -1], out.execs > 0.5
+
+
+def _row_stats(
+    cost: CostModel,
+    cache: KVCache,
+    r: int,
+    new_tokens: int,
+    mask: torch.Tensor,
+    positions: torch.Tensor,
+    prompt_execs: torch.Tensor,
+    step_execs: list[torch.Tensor],
+    step_active: list[torch.Tensor],
+) -> dict[str, float]:
+    """Row ``r``'s compute (``request_costs``) over its real prompt tokens' decisions [T, L] and those
+    of the tokens it was fed while active (``step_execs[s][r]`` [L]); ``kv_ratio`` = valid cache
+    slots / (tokens * L); ``decode_exec_ratio``: the executed fraction over the fed tokens only."""
+    real = mask[r].cpu()
+    ex = [prompt_execs[r].cpu()[real]]
+    ps = [positions[r].cpu()[real]]
+    fed = [s for s, a in enumerate(step_active) if a[r]]
+    if fed:
+        ex.append(torch.stack([step_execs[s][r] for s in fed]))
+        ps.append(positions[r, -1].cpu() + 1 + torch.tensor(fed))
+    row = request_costs(cost, torch.cat(ex), torch.cat(ps))
+    kv_slots = row["tokens"] * cache.valid.shape[0]
+    row["kv_ratio"] = float(cache.valid[:, r].sum()) / kv_slots
+    row["new_tokens"] = new_tokens
+    decode_rows = [step_execs[s][r] for s in fed]
+    row["decode_exec_ratio"] = float(torch.stack(decode_rows).float().mean()) if decode_rows else float("nan")
+    return row
 
 
 @torch.no_grad()
@@ -133,14 +179,9 @@ def generate(
     cache.setup(dllm, b, t + max_new_tokens)
     gen = torch.Generator(device="cpu").manual_seed(seed) if temperature > 0 else None
 
-    # prefill: all prompt tokens computed, K/V kept only where the token executed
-    out = dllm(input_ids, mask.long(), return_kv=True, last_only=True)
-    for i, (k, v) in enumerate(out.kv):
-        cache.k[i][:, :, :t], cache.v[i][:, :, :t] = k, v
-        cache.valid[i, :, :t] = (out.execs[..., i] > 0.5) & mask
-    prompt_execs = out.execs > 0.5  # [B, T, L]
+    logits, prompt_execs = _prefill(dllm, cache, input_ids, mask)
     positions = position_ids_from_mask(mask)
-    tok = _sample(out.logits[:, -1], temperature, top_p, gen).cpu()
+    tok = _sample(logits, temperature, top_p, gen).cpu()
     t_decode = time.perf_counter()
 
     tokens: list[list[int]] = [[] for _ in range(b)]
@@ -167,28 +208,14 @@ def generate(
     t_end = time.perf_counter()
 
     cost = CostModel.of(dllm)
-    stats = []
-    for r in range(b):
-        real = mask[r].cpu()
-        ex = [prompt_execs[r].cpu()[real]]
-        ps = [positions[r].cpu()[real]]
-        fed = [s for s, a in enumerate(step_active) if a[r]]
-        if fed:
-            ex.append(torch.stack([step_execs[s][r] for s in fed]))
-            ps.append(positions[r, -1].cpu() + 1 + torch.tensor(fed))
-        row = request_costs(cost, torch.cat(ex), torch.cat(ps))
-        kv_slots = row["tokens"] * dllm.num_layers
-        row["kv_ratio"] = float(cache.valid[:, r].sum()) / kv_slots
-        row["new_tokens"] = len(tokens[r])
-        decode_rows = [step_execs[s][r] for s in fed]
-        row["decode_exec_ratio"] = (
-            float(torch.stack(decode_rows).float().mean()) if decode_rows else float("nan")
-        )
-        stats.append(row)
+    trace = (mask, positions, prompt_execs, step_execs, step_active)
+    stats = [_row_stats(cost, cache, r, len(new), *trace) for r, new in enumerate(tokens)]
     if was_training:
         dllm.train()
-    return GenerationOutput(tokens=tokens, stats=stats, seconds=t_end - t0, decode_seconds=t_end - t_decode,
-                            new_tokens=sum(len(x) for x in tokens))  # fmt: skip
+    total = sum(len(x) for x in tokens)
+    return GenerationOutput(
+        tokens, stats, seconds=t_end - t0, decode_seconds=t_end - t_decode, new_tokens=total
+    )
 
 
 @torch.no_grad()

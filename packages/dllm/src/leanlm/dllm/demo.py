@@ -29,8 +29,16 @@ def run_demo(out_dir: Path, model: str = "default") -> DemoResult:
     train = load_examples("piqa", "train", limit=16, test_size=40)
     test = load_examples("piqa", "test", test_size=40)[:16]
     dllm = DLLM(copy.deepcopy(base), DLLMConfig(target=0.5))
-    flags = DLLM_RECIPE.override(epochs=1, batch_size=4, max_steps=4, learning_rate=1e-3, warmup_ratio=0.0,
-                                 logging_steps=1, save_steps=10**6, resume=False)  # fmt: skip
+    flags = DLLM_RECIPE.override(
+        epochs=1,
+        batch_size=4,
+        max_steps=4,
+        learning_rate=1e-3,
+        warmup_ratio=0.0,
+        logging_steps=1,
+        save_steps=10**6,
+        resume=False,
+    )
     summary = finetune(dllm, tok, tokenize(tok, train, 160), out_dir / "run", flags, router_lr=5e-2)
     folder = dllm.save(out_dir / "dllm")
     dllm = DLLM.load(folder, base)  # reload from the small folder, LoRA merged
@@ -42,9 +50,14 @@ def run_demo(out_dir: Path, model: str = "default") -> DemoResult:
         dllm, batch["input_ids"], batch["attention_mask"], max_new_tokens=24, eos_token_id=tok.eos_token_id
     )
     answers = [tok.decode(t, skip_special_tokens=True).strip() for t in gen.tokens]
-    metrics = {"train_steps": summary["steps"], "accuracy": acc["accuracy"], "eval_exec_ratio": acc["exec_ratio"],
-               "eval_flops_ratio": acc["flops_ratio"], "chat_stats": gen.stats,
-               "decode_tokens_per_s": gen.decode_tokens_per_s}  # fmt: skip
+    metrics = {
+        "train_steps": summary["steps"],
+        "accuracy": acc["accuracy"],
+        "eval_exec_ratio": acc["exec_ratio"],
+        "eval_flops_ratio": acc["flops_ratio"],
+        "chat_stats": gen.stats,
+        "decode_tokens_per_s": gen.decode_tokens_per_s,
+    }
     write_json(out_dir / "metrics.json", metrics | {"answers": answers})
     st = gen.stats[0]
     lines = [

@@ -23,6 +23,7 @@ from leanlm.core.sft import IGNORE_INDEX, PaddingCollator
 from leanlm.dllm.data import Example, tokenize
 from leanlm.dllm.flops import CostModel, request_costs
 from leanlm.dllm.model import DLLM, position_ids_from_mask
+from leanlm.dllm.recording import record_decisions
 
 
 def _mean_costs(rows: list[dict[str, float]]) -> dict[str, float]:
@@ -170,16 +171,14 @@ def response_perplexity(
     )
 
 
-def text_perplexity(dllm: DLLM, tokenizer: Any, texts: str | list[str] = "text", seqlen: int = 256,
-                    max_chunks: int = 16) -> dict[str, float]:  # fmt: skip
+def text_perplexity(
+    dllm: DLLM, tokenizer: Any, texts: str | list[str] = "text", seqlen: int = 256, max_chunks: int = 16
+) -> dict[str, float]:
     """``leanlm.core.evaluation.perplexity`` on the D-LLM, recording the routing decisions it takes."""
     from leanlm.core.evaluation.perplexity import perplexity
 
-    cost, seen = CostModel.of(dllm), []
-    dllm.recorder = seen
-    try:
+    cost = CostModel.of(dllm)
+    with record_decisions(dllm) as seen:
         result = perplexity(dllm, tokenizer, texts, seqlen=seqlen, max_chunks=max_chunks)
-    finally:
-        dllm.recorder = None
     costs = [c for execs, mask in seen for c in _batch_costs(cost, execs, mask, _reserve(dllm))]
     return {"perplexity": result["ppl"], "tokens": result["n_tokens"]} | _mean_costs(costs)

@@ -104,8 +104,15 @@ def check_supported_name(name: str) -> None:
             raise UserError(PACKED_REFUSAL.format(what=name))
 
 
-def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor, scale: float,
-            softcap: float | None, keep: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+def _attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    allowed: torch.Tensor,
+    scale: float,
+    softcap: float | None,
+    keep: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Attention of q [B, nh, Tq, d] over k, v [B, nkv, Tk, d] (GQA) -> [B, nh, Tq, d].
 
     ``allowed`` [B, 1, Tq, Tk] (True = may attend); ``softcap``: scores -> c * tanh(scores / c)
@@ -153,8 +160,15 @@ class AttentionPlan:
     slot: int = 0
     rows: torch.Tensor | None = None
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
-               window: int | None, softcap: float | None) -> torch.Tensor:  # fmt: skip
+    def attend(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        scale: float,
+        window: int | None,
+        softcap: float | None,
+    ) -> torch.Tensor:
         """q [B, nh, T, d], k/v [B, nkv, T, d] (after the layer's norms and RoPE) -> [B, nh, T, d]."""
         if self.mode == "decode":
             return self._decode(q, k, v, scale, window, softcap)
@@ -172,8 +186,15 @@ class AttentionPlan:
         allowed = base & ((self.w > 0.5)[:, None, None, :] | eye)
         return _attend(q, k, v, allowed, scale, softcap)
 
-    def _decode(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
-                window: int | None, softcap: float | None) -> torch.Tensor:  # fmt: skip
+    def _decode(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        scale: float,
+        window: int | None,
+        softcap: float | None,
+    ) -> torch.Tensor:
         c, i, s, rows = self.cache, self.layer, self.slot, self.rows
         if rows is None:  # common batch-1 case: plain slices, no gather/scatter
             c.k[i][:, :, s], c.v[i][:, :, s] = k[:, :, 0], v[:, :, 0]
@@ -193,10 +214,19 @@ class AttentionPlan:
         return _attend(q, keys, values, allowed, scale, softcap)
 
 
-def _dllm_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                    attention_mask: Any, scaling: float | None = None, dropout: float = 0.0,
-                    sliding_window: int | None = None, softcap: float | None = None,
-                    dllm_plan: AttentionPlan | None = None, **_: Any) -> tuple[torch.Tensor, None]:  # fmt: skip
+def _dllm_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: Any,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    sliding_window: int | None = None,
+    softcap: float | None = None,
+    dllm_plan: AttentionPlan | None = None,
+    **_: Any,
+) -> tuple[torch.Tensor, None]:
     """An HF attention interface: the layer's own projections, norms and RoPE ran before this call.
 
     HF's ``attention_mask`` is ignored (D-LLM builds its own from the routers); attention dropout is
@@ -285,7 +315,6 @@ class DLLM(nn.Module):
             )
             model = get_peft_model(model, peft_config)
         self.model = model
-        self.recorder: list | None = None
 
     # ------------------------------------------------------------------ structure
 
@@ -388,23 +417,41 @@ class DLLM(nn.Module):
                 execs.append(w)
         h = lm.model.norm(h)
         execs_t = torch.stack(execs, dim=-1)
-        if self.recorder is not None:  # evaluation helpers collect decisions from forwards they do not own
-            self.recorder.append((execs_t.detach().cpu(), attention_mask.detach().cpu()))
         if labels is not None:
-            # the LM head only where a label is predicted: with a 49k vocabulary it is most of the cost
-            from leanlm.dllm.loss import dllm_loss, exec_ratio
-
-            predict = labels[:, 1:] != IGNORE_INDEX
-            logits = self.head(h[:, :-1][predict])  # [N, V]
-            lam = self.config.lambda_max if lambda_now is None else lambda_now
             counted = real & ~reserved  # padding and the always-executed first tokens are not routed
-            loss, ce, ratio = dllm_loss(logits, labels[:, 1:][predict], execs_t, counted,
-                                        self.config.target, lam, dynamic=bool(self.routers),
-                                        scope=self.config.ratio_scope)  # fmt: skip
-            return DLLMOutput(logits=logits, execs=execs_t, loss=loss, ce_loss=ce, ratio_loss=ratio,
-                              exec_ratio=float(exec_ratio(execs_t.detach(), counted)))  # fmt: skip
+            return self._with_loss(h, labels, execs_t, counted, lambda_now)
         logits = self.head(h[:, -1:] if last_only else h)
         return DLLMOutput(logits=logits, execs=execs_t, kv=kv if return_kv else None)
+
+    def _with_loss(
+        self,
+        h: torch.Tensor,
+        labels: torch.Tensor,
+        execs: torch.Tensor,
+        counted: torch.Tensor,
+        lambda_now: float | None,
+    ) -> DLLMOutput:
+        """loss = CE(response) + lambda * ratio_loss, from the final hidden states h [B, T, H], labels
+        [B, T], decisions execs [B, T, L] and the routed tokens ``counted`` [B, T] (bool); the output's
+        logits are [N, V], at the N positions whose next token is labelled."""
+        from leanlm.dllm.loss import dllm_loss, exec_ratio
+
+        # the LM head only where a label is predicted: with a 49k vocabulary it is most of the cost
+        predict = labels[:, 1:] != IGNORE_INDEX
+        logits = self.head(h[:, :-1][predict])  # [N, V]
+        lam = self.config.lambda_max if lambda_now is None else lambda_now
+        loss, ce, ratio = dllm_loss(
+            logits,
+            labels[:, 1:][predict],
+            execs,
+            counted,
+            self.config.target,
+            lam,
+            dynamic=bool(self.routers),
+            scope=self.config.ratio_scope,
+        )
+        ratio_now = float(exec_ratio(execs.detach(), counted))
+        return DLLMOutput(logits, execs, loss=loss, ce_loss=ce, ratio_loss=ratio, exec_ratio=ratio_now)
 
     # ------------------------------------------------------------------ save / load
 
@@ -449,8 +496,8 @@ class DLLM(nn.Module):
             f.write(save(weights, metadata={"format": "pt"}))
         config = self.model.peft_config["default"].to_dict()
         config = {k: sorted(v) if isinstance(v, set) else v for k, v in config.items()}
-        config |= {"base_model_name_or_path": _base_location(self.config.base_model, self.lm),
-                   "task_type": "CAUSAL_LM", "inference_mode": True}  # fmt: skip
+        base = _base_location(self.config.base_model, self.lm)
+        config |= {"base_model_name_or_path": base, "task_type": "CAUSAL_LM", "inference_mode": True}
         write_json(folder / PEFT_CONFIG_FILE, config)
 
     @classmethod

@@ -1,10 +1,10 @@
 """Fine-tuning with the HF Trainer: only routers and LoRA train; loss = CE + lambda(t) * ratio loss.
 
-Defaults follow the original script: lr = blr * effective_batch / 256 with blr 9e-3, AdamW(0.9, 0.95),
-weight decay 0.02 (none on biases and norms), warm-up then cosine decay, lambda ramped by a sine
-over training. ``router_lr`` sets the routers' own learning rate, and ``router_schedule="constant"``
-keeps it constant after the warm-up (LoRA still decays on the cosine) so that the routers can
-still follow lambda, which peaks at the end of training.
+Defaults follow the original script (``leanlm.dllm.recipe``): lr = blr * effective_batch / 256 with
+blr 9e-3, AdamW(0.9, 0.95), weight decay 0.02 (none on biases and norms), warm-up then cosine decay,
+lambda ramped by a sine over training. ``router_lr`` sets the routers' own learning rate, and
+``router_schedule="constant"`` keeps it constant after the warm-up (LoRA still decays on the cosine)
+so that the routers can still follow lambda, which peaks at the end of training.
 """
 
 from __future__ import annotations
@@ -22,30 +22,11 @@ from leanlm.core.errors import UserError
 from leanlm.core.training import TrainFlags, save_run_config, train_with_resume
 from leanlm.dllm.loss import lambda_schedule
 from leanlm.dllm.model import DLLM
+from leanlm.dllm.recipe import DLLM_ARGUMENTS, DLLM_RECIPE, ROUTER_SCHEDULES
 
 log = logging.getLogger(__name__)
 
 TRAINABLE_FILE = "dllm_trainable.pt"
-# the original script's recipe; the learning rate comes from blr (lr = blr * effective batch / 256)
-DLLM_RECIPE = TrainFlags(
-    epochs=10.0,
-    batch_size=8,
-    grad_accum=1,
-    weight_decay=0.02,
-    warmup_ratio=0.2,
-    lr_scheduler_type="cosine",
-    max_steps=-1,
-    save_steps=200,
-    logging_steps=10,
-    seed=0,
-)
-DLLM_ARGUMENTS: dict[str, Any] = {  # TrainingArguments fields that are not flags
-    "adam_beta1": 0.9,
-    "adam_beta2": 0.95,
-    "save_only_model": False,
-    "dataloader_num_workers": 0,
-}
-ROUTER_SCHEDULES = ("cosine", "constant")
 
 
 def check_router_schedule(router_schedule: str) -> str:
@@ -82,10 +63,14 @@ def param_groups(dllm: DLLM, lr: float, router_lr: float, weight_decay: float) -
         key = (name.startswith("routers."), p.dim() >= 2)
         groups.setdefault(key, []).append(p)
     return [
-        {"params": ps, "lr": router_lr if is_router else lr, "weight_decay": weight_decay if decay else 0.0,
-         "router": is_router}
+        {
+            "params": ps,
+            "lr": router_lr if is_router else lr,
+            "weight_decay": weight_decay if decay else 0.0,
+            "router": is_router,
+        }
         for (is_router, decay), ps in groups.items()
-    ]  # fmt: skip
+    ]
 
 
 class DLLMTrainer(Trainer):
@@ -109,8 +94,12 @@ class DLLMTrainer(Trainer):
         progress = self.state.global_step / max(self.state.max_steps, 1)
         lam = lambda_schedule(progress, dllm.config.lambda_max, dllm.config.lambda_ramp)
         out = model(**inputs, lambda_now=lam)
-        self._parts = {"ce": float(out.ce_loss.detach()), "ratio_loss": float(out.ratio_loss.detach()), "lambda": lam,
-                       "exec_ratio": out.exec_ratio}  # fmt: skip
+        self._parts = {
+            "ce": float(out.ce_loss.detach()),
+            "ratio_loss": float(out.ratio_loss.detach()),
+            "lambda": lam,
+            "exec_ratio": out.exec_ratio,
+        }
         if dllm.routers:
             self._parts["router_lr"] = max(g["lr"] for g in self.optimizer.param_groups if g.get("router"))
         return (out.loss, out) if return_outputs else out.loss
@@ -170,12 +159,26 @@ def finetune(
         optimizers=(optimizer, None),
     )
     trainer.router_schedule = router_schedule
-    save_run_config(output_dir, {"dllm": dllm.config.to_dict(), "lr": lr, "router_lr": router_lr,
-                                 "router_schedule": router_schedule, "epochs": flags.epochs, "batch_size": batch_size,
-                                 "grad_accum": grad_accum, "flags": flags.record()})  # fmt: skip
+    rates = {"lr": lr, "router_lr": router_lr, "router_schedule": router_schedule}
+    save_run_config(
+        output_dir,
+        {
+            "dllm": dllm.config.to_dict(),
+            **rates,
+            "epochs": flags.epochs,
+            "batch_size": batch_size,
+            "grad_accum": grad_accum,
+            "flags": flags.record(),
+        },
+    )
     t0 = time.time()
     result = train_with_resume(trainer, flags.resume)
     dllm.eval()
     history = [h for h in trainer.state.log_history if "loss" in h]
-    return {"train_loss": result.training_loss, "steps": trainer.state.global_step, "seconds": time.time() - t0,
-            "lr": lr, "router_lr": router_lr, "router_schedule": router_schedule, "history": history}  # fmt: skip
+    return {
+        "train_loss": result.training_loss,
+        "steps": trainer.state.global_step,
+        "seconds": time.time() - t0,
+        **rates,
+        "history": history,
+    }
