@@ -91,23 +91,19 @@ def training_pairs(work: Path, limit: int | None = None) -> list[dict[str, Any]]
 def stage_evalset(a: argparse.Namespace) -> None:
     from leanlm.bita.decoding import greedy_reference
     from leanlm.bita.evaluate import load_eval_prompts
+    from leanlm.core.generation.hf import end_token_ids, until_end
     from leanlm.core.records import ResumableJsonlWriter
     from leanlm.core.sft import encode_prompt
 
     tok, base = _model(a.model)
     questions = load_eval_prompts(a.questions, tok, "chat", per_category=a.per_category)
-    eos = base.generation_config.eos_token_id
+    end = end_token_ids(base.generation_config, tok)  # the end ids bita-eval stops and cuts at
     with ResumableJsonlWriter(Path(a.work) / "eval" / "answers.jsonl") as w:
         for q in questions:
             if q["id"] in w:
                 continue
             ids = encode_prompt(tok, q["prompt"])
-            out = greedy_reference(base, ids, a.eval_tokens, eos)
-            eos_set = {eos} if isinstance(eos, int) else set(eos or [])
-            for i, t in enumerate(out):  # cut after the first EOS, as bita-eval compares
-                if t in eos_set:
-                    out = out[: i + 1]
-                    break
+            out = until_end(greedy_reference(base, ids, a.eval_tokens, sorted(end) or None), end)
             w.write(q | {"prompt_ids": ids, "answer_ids": out})
             log.info("eval answer %s (%s): %d tokens", q["id"], q["category"], len(out))
 

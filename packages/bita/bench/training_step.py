@@ -56,7 +56,7 @@ def main() -> None:
         losses = {}
         for _ in range(args.reps):
             for mode in times:
-                model.training_forward = mode
+                model.config.training_forward = mode
                 model.zero_grad()
                 t0 = time.perf_counter()
                 loss = model(**batch)["loss"]

@@ -6,8 +6,8 @@ import random
 import pytest
 import torch
 
-from leanlm.bita.data import IGNORE, build_dataset, build_example, packed_masks
-from leanlm.core.sft import PaddingCollator
+from leanlm.bita.data import build_dataset, build_example, packed_masks
+from leanlm.core.sft import IGNORE_INDEX, PaddingCollator
 
 V = 1000  # vocab size: mask ids are 1000, 1001
 SRC = [10, 11]
@@ -34,7 +34,7 @@ EXPECTED_VISIBLE = """
 def test_example_layout_and_labels():
     ex = build_example(SRC, TGT, num_masks=2, vocab_size=V, max_groups=4, cutoff=64)
     assert ex["input_ids"] == [10, 11, 20, 21, 22] + [1000, 1001] * 4
-    assert ex["labels"] == [IGNORE] * 5 + [21, 22, 22, 23, 23, 24, 24, 25]
+    assert ex["labels"] == [IGNORE_INDEX] * 5 + [21, 22, 22, 23, 23, 24, 24, 25]
     assert (ex["freeze_len"], ex["num_groups"], ex["seq_len"]) == (5, 4, 13)
 
 
@@ -51,7 +51,7 @@ def test_padding_rows_and_columns():
     b = build_example(SRC, TGT[:4], num_masks=2, vocab_size=V, max_groups=4, cutoff=64)
     batch = PaddingCollator(pad_token_id=0, pad_to_multiple_of=4)([a, b])
     assert batch["input_ids"].shape == (2, 16)  # 13 padded to a multiple of 4
-    assert batch["labels"][1, b["seq_len"] :].eq(IGNORE).all()
+    assert batch["labels"][1, b["seq_len"] :].eq(IGNORE_INDEX).all()
     vis, prefix, _ = packed_masks(batch["freeze_len"], batch["num_groups"], batch["seq_len"], 2, T=16)
     n = b["seq_len"]
     assert not vis[1, :n, n:].any()  # nobody sees padding
@@ -68,7 +68,7 @@ def test_random_windows_and_resampling():
     assert G == 64
     s_last = F - 3
     s0 = s_last - G + 1
-    labels = [t for t in ex["labels"] if t != IGNORE]
+    labels = [t for t in ex["labels"] if t != IGNORE_INDEX]
     assert labels == [t for j in range(G) for t in tgt[s0 + j + 1 : s0 + j + 4]]
     data = build_dataset([([1, 2, 3], tgt)], num_masks=3, vocab_size=V, resample=4, seed=0)
     assert len(data) == 4 and len({d["freeze_len"] for d in data}) > 1  # fresh windows per copy
@@ -80,7 +80,7 @@ def test_truncation_leaves_room_for_targets():
     ex = build_example(src, tgt, num_masks=3, vocab_size=V, max_groups=64, cutoff=64)
     assert ex is not None and ex["seq_len"] <= 64
     assert ex["input_ids"][:32] == src[-32:]  # cut from the left to half the cutoff
-    assert ex["num_groups"] >= 1 and sum(t != IGNORE for t in ex["labels"]) == 3 * ex["num_groups"]
+    assert ex["num_groups"] >= 1 and sum(t != IGNORE_INDEX for t in ex["labels"]) == 3 * ex["num_groups"]
     assert build_example([1, 2], [5, 6, 7], num_masks=3, vocab_size=V) is None  # no full window
     with pytest.raises(ValueError):
         build_example(src, tgt, num_masks=3, vocab_size=V, cutoff=6)
@@ -102,7 +102,7 @@ def test_packed_loss_equals_groups_run_separately(tiny_bita, training_forward, m
     from leanlm.bita.decoding import BiTADecoder
 
     m = tiny_bita
-    monkeypatch.setattr(m, "training_forward", training_forward)
+    monkeypatch.setattr(m.config, "training_forward", training_forward)
     Vm = m.vocab_size
     src, tgt = [5, 17, 99, 4], [301, 302, 303, 304, 305, 306, 307, 308]
     ex = build_example(src, tgt, num_masks=3, vocab_size=Vm, max_groups=64, cutoff=128)
@@ -144,7 +144,7 @@ def test_two_pass_loss_and_gradients_equal_joint(tiny_bita):
     results = {}
     for mode in ("joint", "two_pass"):
         m.zero_grad()
-        m.training_forward = mode
+        m.config.training_forward = mode
         loss = m(**batch)["loss"]
         loss.backward()
         results[mode] = (loss.detach(), m.prefix.grad.clone(), m.mask_embeddings.grad.clone())

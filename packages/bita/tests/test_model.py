@@ -65,6 +65,38 @@ def test_save_load_round_trip(tiny_bita, tiny_model, tokenizer, tmp_path):
         load_bita(tmp_path / "missing", base=tiny_model)
 
 
+def test_adapter_config_written_before_training_forward_loads(tiny_model, tmp_path):
+    """bita_config.json from before ``training_forward`` existed loads with the default; a saved
+    choice round-trips, and a re-save replaces the files without leaving temporaries behind."""
+    import json
+
+    from leanlm.bita.model import CONFIG_FILE
+
+    m = BiTAModel(copy.deepcopy(tiny_model), BiTAConfig(num_masks=2, num_prefix=3, training_forward="joint"))
+    m.save_adapter(tmp_path)
+    m.save_adapter(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [ADAPTER_FILE, CONFIG_FILE]
+    assert load_bita(tmp_path, base=copy.deepcopy(tiny_model)).config.training_forward == "joint"
+    old = json.loads((tmp_path / CONFIG_FILE).read_text())
+    del old["training_forward"]
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(old))
+    loaded = load_bita(tmp_path, base=copy.deepcopy(tiny_model))
+    assert loaded.config.training_forward == "two_pass" and torch.equal(loaded.prefix, m.prefix)
+
+
+def test_training_forward_is_checked(tiny_bita):
+    with pytest.raises(UserError, match="training_forward must be two_pass or joint, got 'both'"):
+        BiTAConfig(training_forward="both").validate()
+    from leanlm.bita.data import build_example
+    from leanlm.core.sft import PaddingCollator
+
+    m = copy.deepcopy(tiny_bita)
+    ex = build_example([5, 17, 99, 4], [301, 302, 303, 304, 305], num_masks=3, vocab_size=m.vocab_size)
+    m.config.training_forward = "Joint"  # set after construction: checked when the forward runs
+    with pytest.raises(UserError, match="training_forward"):
+        m(**PaddingCollator(0, pad_to_multiple_of=4)([ex]))
+
+
 def test_config_and_tree_errors(tiny_model):
     with pytest.raises(UserError, match="num_masks"):
         BiTAModel(tiny_model, BiTAConfig(num_masks=0))

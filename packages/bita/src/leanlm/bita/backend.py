@@ -71,11 +71,18 @@ class BiTABackend(Backend):
         """One decoder per sampling setting (it owns its preallocated cache; reused across requests)."""
         from leanlm.bita.decoding import BiTADecoder
 
-        key = (params.temperature, params.top_p, int(params.seed or 0))
+        seed = int(params.seed or 0)
+        key = (params.temperature, params.top_p, seed)
         if key not in self._decoders:
-            self._decoders[key] = BiTADecoder(self.model, self.tree, calibration=self.calibration,
-                                              lookup_tokens=self.lookup, temperature=params.temperature,
-                                              top_p=params.top_p, seed=int(params.seed or 0))  # fmt: skip
+            self._decoders[key] = BiTADecoder(
+                self.model,
+                self.tree,
+                calibration=self.calibration,
+                lookup_tokens=self.lookup,
+                temperature=params.temperature,
+                top_p=params.top_p,
+                seed=seed,
+            )
         return self._decoders[key]
 
     def run(self, requests: Sequence[GenerationRequest], params: SamplingParams, on_result: OnResult) -> None:
@@ -86,5 +93,5 @@ class BiTABackend(Backend):
             out = decoder.generate(ids, params.max_new_tokens, sorted(end_ids))
             generated = list(out.tokens)
             self.stats.add(requests=1, prompt_tokens=len(ids), completion_tokens=len(generated))
-            on_result(answer(self.tokenizer, request, len(ids), generated, end_ids, params, forwards=out.forwards,
-                             mean_accepted=round(out.mean_accepted, 4)))  # fmt: skip
+            meta = {"forwards": out.forwards, "mean_accepted": round(out.mean_accepted, 4)}
+            on_result(answer(self.tokenizer, request, len(ids), generated, end_ids, params, **meta))

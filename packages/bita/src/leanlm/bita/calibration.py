@@ -191,11 +191,11 @@ def collect_calibration(
     from leanlm.bita.decoding import BiTADecoder
 
     M = model.num_masks
-    if not 1 <= int(max_rank) <= 64:
+    if not 1 <= max_rank <= 64:
         raise UserError(f"calibration ranks must be between 1 and 64, got {max_rank}")
-    cal = Calibration(num_masks=M, max_rank=int(max_rank), smoothing=float(smoothing))
+    cal = Calibration(num_masks=M, max_rank=max_rank, smoothing=smoothing)
     dec = BiTADecoder(model, "-".join(["1"] * M))
-    dec.record_ranks = int(max_rank)
+    dec.record_ranks = max_rank
     prompts_seen = tokens = 0
     for ids in prompts:
         dec.record = []
@@ -205,7 +205,7 @@ def collect_calibration(
         prompts_seen += 1
         tokens += len(out.tokens)
     dec.record = None
-    cal.meta = {"prompts": prompts_seen, "new_tokens": tokens, "max_new_tokens": int(max_new_tokens)}
+    cal.meta = {"prompts": prompts_seen, "new_tokens": tokens, "max_new_tokens": max_new_tokens}
     return cal
 
 

@@ -138,7 +138,7 @@ def build_dataset(
     rng = random.Random(seed)
     pairs = list(pairs)
     out = []
-    for _ in range(max(1, int(resample))):
+    for _ in range(max(1, resample)):
         for src, tgt in pairs:
             ex = build_example(
                 src,

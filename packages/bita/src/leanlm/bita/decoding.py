@@ -26,8 +26,9 @@ the last accepted node.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -36,6 +37,7 @@ from leanlm.bita.engine import FastEngine, HFEngine, fast_supported
 from leanlm.bita.model import BiTAModel
 from leanlm.bita.trees import StepTree, TreeSpec, verify_greedy, verify_sample
 from leanlm.core.errors import UserError
+from leanlm.core.generation.hf import end_token_ids, until_end
 
 __all__ = [
     "BiTADecoder",
@@ -62,12 +64,14 @@ class DecodeOutput:
         return sum(self.accepted) / max(1, len(self.accepted))
 
 
-def _eos_set(eos_token_id: int | Sequence[int] | None) -> set[int]:
-    if eos_token_id is None:
-        return set()
-    if isinstance(eos_token_id, int):
-        return {eos_token_id}
-    return {int(e) for e in eos_token_id}
+_NO_TOKENIZER = SimpleNamespace(eos_token_id=None)  # the decoder knows only the ids it is given
+
+
+def _end_ids(eos_token_id: int | Iterable[int] | None) -> set[int]:
+    """``eos_token_id`` as HF's generate takes it (one id, several, or None) -> the set of end ids,
+    read the way core reads a generation config's."""
+    ids = list(eos_token_id) if isinstance(eos_token_id, Iterable) else eos_token_id
+    return end_token_ids(SimpleNamespace(eos_token_id=ids), _NO_TOKENIZER)
 
 
 def lookup_draft(history: torch.Tensor, num_tokens: int, max_ngram: int = 3) -> list[int]:
@@ -258,7 +262,7 @@ class BiTADecoder:
             history=prompt.tolist(),
             history_t=hist,
             max_new_tokens=max_new,
-            eos=_eos_set(eos_token_id),
+            eos=_end_ids(eos_token_id),
             out=DecodeOutput(tokens=[]),
             t0=time.perf_counter(),
         )
@@ -315,11 +319,8 @@ class BiTADecoder:
         """Stop exactly where plain decoding would (first EOS, or the token budget); the last
         step's count keeps only the tokens that remain."""
         out = st.out
-        for i, tok in enumerate(out.tokens):
-            if tok in st.eos:
-                del out.tokens[i + 1 :]
-                break
-        del out.tokens[st.max_new_tokens :]
+        kept = until_end(out.tokens, st.eos)[: st.max_new_tokens]
+        out.tokens[:] = kept  # in place: a caller may hold the list
         excess = sum(out.accepted) - len(out.tokens)
         if excess:
             out.accepted[-1] -= excess

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from leanlm.bita.decoding import BiTADecoder, TreeSpec, split_method
 from leanlm.bita.model import BiTAModel
 from leanlm.bita.prompts import instruction_of
 from leanlm.core.errors import UserError
+from leanlm.core.generation.hf import end_token_ids, until_end
 from leanlm.core.sft import encode_prompt  # a rendered chat prompt keeps exactly one BOS
 from leanlm.core.templates import format_conversation
 
@@ -56,7 +58,7 @@ def load_eval_prompts(
     from leanlm.core.datasets import load_records
     from leanlm.core.templates import format_prompt
 
-    if int(turns) < 1:
+    if turns < 1:
         raise UserError(f"turns must be at least 1, got {turns}")
     records = load_records(data)
     if not records:
@@ -73,7 +75,7 @@ def load_eval_prompts(
             instruction, extra = instruction_of(r)
             text = format_prompt(template, instruction, extra or None, tokenizer=tokenizer)
         item = {"id": rid, "category": category, "prompt": text}
-        later = r.get("turns", [])[1 : max(1, int(turns))] if isinstance(r.get("turns"), list) else []
+        later = r.get("turns", [])[1 : max(1, turns)] if isinstance(r.get("turns"), list) else []
         if later:
             item |= {
                 "followups": [str(t) for t in later],
@@ -85,12 +87,12 @@ def load_eval_prompts(
         seen: dict[str, int] = {}
         kept = []
         for p in out:
-            if seen.get(p["category"], 0) < int(per_category):
+            if seen.get(p["category"], 0) < per_category:
                 kept.append(p)
                 seen[p["category"]] = seen.get(p["category"], 0) + 1
         out = kept
     if limit:
-        out = out[: int(limit)]
+        out = out[:limit]
     return out
 
 
@@ -129,14 +131,6 @@ def _hf_generate(
     finally:
         counter.close()
     return out[0, len(ids) :].tolist(), seconds, counter.count
-
-
-def _strip_pad(tokens: list[int], eos: set[int]) -> list[int]:
-    """HF pads nothing at batch size 1, but cut after the first EOS to compare like with like."""
-    for i, t in enumerate(tokens):
-        if t in eos:
-            return tokens[: i + 1]
-    return tokens
 
 
 def rounding_step(value: float, dtype: torch.dtype) -> float:
@@ -247,6 +241,91 @@ def render_divergence(div: dict[str, Any], dtype: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _decoders(model: BiTAModel, trees: list[str], calibration: Any) -> dict[str, BiTADecoder]:
+    """One decoder per tree spec (``<tree>`` or ``<tree>+pld:L``), keyed by its method name."""
+    decoders = {}
+    for spec in trees:
+        tree_text, lookup = split_method(spec)
+        tree = TreeSpec.parse(tree_text, model.num_masks, calibration)
+        dec = BiTADecoder(model, tree, lookup_tokens=lookup)
+        decoders[f"bita[{dec.label()}]"] = dec
+    return decoders
+
+
+@dataclass
+class _Methods:
+    """The methods ``speed_runs`` times, and their per-question records so far.
+
+    ``end``: the ids that end an answer (core's ``end_token_ids``); every method stops at them and
+    outputs are cut after the first one, so like is compared with like.
+    """
+
+    base: Any
+    decoders: dict[str, BiTADecoder]
+    max_new_tokens: int
+    pld_tokens: int | None
+    end: set[int]
+    pad: int
+    runs: dict[str, list[dict[str, Any]]] = field(init=False)  # method -> one record per prompt
+
+    def __post_init__(self) -> None:
+        self.runs = {"greedy": []} | ({"pld": []} if self.pld_tokens else {})
+        self.runs |= {name: [] for name in self.decoders}
+
+    @property
+    def eos(self) -> list[int] | None:
+        """The end ids as ``generate`` takes them (None: the generation config's own)."""
+        return sorted(self.end) or None
+
+    def warm_up(self, prompts: list[list[int]]) -> None:
+        """Untimed short runs: first calls pay one-off costs (allocations, kernels)."""
+        for ids in prompts:
+            _hf_generate(self.base, ids, 8, self.eos, self.pad)
+            for dec in self.decoders.values():
+                dec.generate(ids, 8, self.eos)
+
+    def _hf(self, row: dict[str, Any], ids: list[int], **extra: Any) -> dict[str, Any]:
+        out, sec, fwd = _hf_generate(self.base, ids, self.max_new_tokens, self.eos, self.pad, **extra)
+        out = until_end(out, self.end)  # HF pads nothing at batch size 1; cut as BiTA stops
+        return row | {"new_tokens": len(out), "seconds": sec, "forwards": fwd, "output_ids": out}
+
+    def run_all(self, row: dict[str, Any], ids: list[int]) -> None:
+        """Every method on one prompt (interleaved, so machine load hits all alike)."""
+        runs = self.runs
+        runs["greedy"].append(self._hf(row, ids))
+        if self.pld_tokens:
+            runs["pld"].append(self._hf(row, ids, prompt_lookup_num_tokens=self.pld_tokens))
+        for name, dec in self.decoders.items():
+            res = dec.generate(ids, self.max_new_tokens, self.eos)
+            counts = {"new_tokens": len(res.tokens), "seconds": res.seconds, "forwards": res.forwards}
+            runs[name].append(row | counts | {"accept_lengths": res.accepted, "output_ids": res.tokens})
+        others = ", ".join(f"{k} {v[-1]['seconds']:.2f}s" for k, v in runs.items() if k != "greedy")
+        log.info(
+            "%s (%s): greedy %.2fs, %s", row["id"], row["category"], runs["greedy"][-1]["seconds"], others
+        )
+
+
+def _run_question(
+    methods: _Methods,
+    tokenizer: Any,
+    prompt: dict[str, Any],
+    ids: list[int],
+    prompt_ids: dict[str, list[int]],
+) -> None:
+    """The first turn, then each later turn after greedy's answer to the turns before it."""
+    prompt_ids[prompt["id"]] = ids
+    methods.run_all({"id": prompt["id"], "category": prompt["category"]}, ids)
+    users, answers = list(prompt.get("turn_texts", [])), []
+    for turn, followup in enumerate(prompt.get("followups", []), start=2):
+        answer_ids = [t for t in methods.runs["greedy"][-1]["output_ids"] if t not in methods.end]
+        answers.append(tokenizer.decode(answer_ids, skip_special_tokens=True))
+        users.append(followup)
+        text = format_conversation(prompt["template"], users, answers, tokenizer=tokenizer)
+        rid = f"{prompt['id']}-turn{turn}"
+        prompt_ids[rid] = encode_prompt(tokenizer, text)
+        methods.run_all({"id": rid, "category": prompt["category"]}, prompt_ids[rid])
+
+
 def speed_runs(
     model: BiTAModel,
     tokenizer: Any,
@@ -262,78 +341,24 @@ def speed_runs(
     """Per-method, per-question records for ``speed_report`` (see the module docstring).
     ``calibration``: the adapter's ``Calibration``, for ``auto:N`` trees. ``divergence``: a dict
     to fill with ``divergence_report`` (first divergence from greedy and ties, untimed)."""
-    prompt_ids: dict[str, list[int]] = {}
     base = model.base
-    eos_id = base.generation_config.eos_token_id
-    if eos_id is None:
-        eos_id = tokenizer.eos_token_id
-    eos = {eos_id} if isinstance(eos_id, int) else set(eos_id or [])
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    decoders = {}
-    for spec in trees or ["tri:5"]:
-        tree_text, lookup = split_method(spec)
-        dec = BiTADecoder(
-            model, TreeSpec.parse(tree_text, model.num_masks, calibration), lookup_tokens=lookup
-        )
-        decoders[f"bita[{dec.label()}]"] = dec
-    runs: dict[str, list[dict[str, Any]]] = {"greedy": []}
-    if pld_tokens:
-        runs["pld"] = []
-    runs.update({name: [] for name in decoders})
+    methods = _Methods(
+        base,
+        _decoders(model, trees or ["tri:5"], calibration),
+        max_new_tokens=max_new_tokens,
+        pld_tokens=pld_tokens,
+        end=end_token_ids(base.generation_config, tokenizer),
+        pad=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
+    )
     encoded = [(p, encode_prompt(tokenizer, p["prompt"])) for p in prompts]
-    for _p, ids in encoded[: max(0, int(warmup))]:  # first calls pay one-off costs (allocations, kernels)
-        _hf_generate(base, ids, 8, eos_id, pad)
-        for dec in decoders.values():
-            dec.generate(ids, 8, eos_id)
-
-    def run_all(row: dict[str, Any], ids: list[int]) -> None:
-        out, sec, fwd = _hf_generate(base, ids, max_new_tokens, eos_id, pad)
-        out = _strip_pad(out, eos)
-        runs["greedy"].append(
-            row | {"new_tokens": len(out), "seconds": sec, "forwards": fwd, "output_ids": out}
-        )
-        if pld_tokens:
-            o, sec, fwd = _hf_generate(
-                base, ids, max_new_tokens, eos_id, pad, prompt_lookup_num_tokens=int(pld_tokens)
-            )
-            o = _strip_pad(o, eos)
-            runs["pld"].append(row | {"new_tokens": len(o), "seconds": sec, "forwards": fwd, "output_ids": o})
-        for name, dec in decoders.items():
-            res = dec.generate(ids, max_new_tokens, eos_id)
-            runs[name].append(
-                row
-                | {
-                    "new_tokens": len(res.tokens),
-                    "seconds": res.seconds,
-                    "forwards": res.forwards,
-                    "accept_lengths": res.accepted,
-                    "output_ids": res.tokens,
-                }
-            )
-        log.info(
-            "%s (%s): greedy %.2fs, %s",
-            row["id"],
-            row["category"],
-            runs["greedy"][-1]["seconds"],
-            ", ".join(f"{k} {v[-1]['seconds']:.2f}s" for k, v in runs.items() if k != "greedy"),
-        )
-
+    methods.warm_up([ids for _, ids in encoded[: max(0, warmup)]])
+    prompt_ids: dict[str, list[int]] = {}
     for n, (p, ids) in enumerate(encoded, start=1):
         log.info("question %d/%d", n, len(encoded))
-        prompt_ids[p["id"]] = ids
-        run_all({"id": p["id"], "category": p["category"]}, ids)
-        users, answers = list(p.get("turn_texts", [])), []
-        for turn, followup in enumerate(p.get("followups", []), start=2):
-            answer_ids = [t for t in runs["greedy"][-1]["output_ids"] if t not in eos]
-            answers.append(tokenizer.decode(answer_ids, skip_special_tokens=True))
-            users.append(followup)
-            prompt = format_conversation(p["template"], users, answers, tokenizer=tokenizer)
-            ids_next = encode_prompt(tokenizer, prompt)
-            prompt_ids[f"{p['id']}-turn{turn}"] = ids_next
-            run_all({"id": f"{p['id']}-turn{turn}", "category": p["category"]}, ids_next)
+        _run_question(methods, tokenizer, p, ids, prompt_ids)
     if divergence is not None:
-        divergence.update(divergence_report(base, runs, prompt_ids, pad, eos_id))
-    return runs
+        divergence.update(divergence_report(base, methods.runs, prompt_ids, methods.pad, methods.eos))
+    return methods.runs
 
 
 def evaluate_speed(
@@ -412,17 +437,14 @@ def answer_prompts(
         top_p=top_p,
         seed=seed,
     )
-    eos_id = model.base.generation_config.eos_token_id
-    if eos_id is None:
-        eos_id = tokenizer.eos_token_id
-    eos = {eos_id} if isinstance(eos_id, int) else set(eos_id or [])
+    end = end_token_ids(model.base.generation_config, tokenizer)
     with ResumableJsonlWriter(output) as writer:
         for p in prompts:
             if p["id"] in writer:
                 continue
             ids = encode_prompt(tokenizer, p["prompt"])
-            res = decoder.generate(ids, max_new_tokens, eos_id)
-            text_ids = [t for t in res.tokens if t not in eos]
+            res = decoder.generate(ids, max_new_tokens, sorted(end))
+            text_ids = [t for t in res.tokens if t not in end]
             writer.write(
                 {
                     "id": p["id"],
@@ -450,12 +472,10 @@ def calibrate_adapter(
     and save ``calibration.json`` beside the adapter; returns a summary."""
     from leanlm.bita.calibration import collect_calibration, summary
 
-    eos_id = model.base.generation_config.eos_token_id
-    if eos_id is None:
-        eos_id = tokenizer.eos_token_id
+    end = end_token_ids(model.base.generation_config, tokenizer)
     ids = [encode_prompt(tokenizer, p["prompt"]) for p in prompts]
     cal = collect_calibration(
-        model, ids, max_new_tokens=max_new_tokens, eos_token_id=eos_id, max_rank=max_rank
+        model, ids, max_new_tokens=max_new_tokens, eos_token_id=sorted(end), max_rank=max_rank
     )
     path = cal.save(adapter)
     return {"calibration": str(path)} | summary(cal)

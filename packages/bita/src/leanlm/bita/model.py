@@ -13,13 +13,13 @@ only mask tokens see the prefix; real tokens and draft candidates never do, so t
 base model's own. Positions are passed explicitly, so the prefix occupies no position.
 
 Adapter folder: ``adapter.safetensors`` + ``bita_config.json`` (with ``base_model``, the alias or
-path of the base model; loading = base + adapter).
+path of the base model; loading = base + adapter). A config written before a field existed loads
+with that field's default.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -34,16 +34,23 @@ from leanlm.core.sft import IGNORE_INDEX
 ADAPTER_FILE = "adapter.safetensors"
 CONFIG_FILE = "bita_config.json"
 MAX_MASKS = 16
+TRAINING_FORWARDS = ("two_pass", "joint")
 
 
 @dataclass
 class BiTAConfig:
-    """Adapter hyperparameters (paper defaults: M=3, P=16, dropout 0.1) and the base-model pointer."""
+    """Adapter hyperparameters (paper defaults: M=3, P=16, dropout 0.1) and the base-model pointer.
+
+    ``training_forward``: how ``BiTAModel.forward`` computes the training loss, ``two_pass`` (real
+    tokens without autograd, then the mask tokens) or ``joint`` (the packed sequence in one
+    forward, the original's way); both give the same loss and gradients.
+    """
 
     num_masks: int = 3
     num_prefix: int = 16
     prefix_dropout: float = 0.1
     base_model: str = "default"
+    training_forward: str = "two_pass"
     # shapes of the base model, filled in by BiTAModel and checked on load
     vocab_size: int = 0
     num_layers: int = 0
@@ -52,12 +59,14 @@ class BiTAConfig:
     hidden_size: int = 0
 
     def validate(self) -> None:
-        if not 1 <= int(self.num_masks) <= MAX_MASKS:
+        if not 1 <= self.num_masks <= MAX_MASKS:
             raise UserError(f"num_masks (M) must be between 1 and {MAX_MASKS}, got {self.num_masks}")
-        if not 1 <= int(self.num_prefix) <= 1024:
+        if not 1 <= self.num_prefix <= 1024:
             raise UserError(f"num_prefix (P) must be between 1 and 1024, got {self.num_prefix}")
-        if not 0.0 <= float(self.prefix_dropout) < 1.0:
+        if not 0.0 <= self.prefix_dropout < 1.0:
             raise UserError(f"prefix_dropout must be in [0, 1), got {self.prefix_dropout}")
+        if self.training_forward not in TRAINING_FORWARDS:
+            raise UserError(f"training_forward must be two_pass or joint, got {self.training_forward!r}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BiTAConfig:
@@ -81,7 +90,6 @@ class BiTAModel(nn.Module):
     """A frozen causal LM plus BiTA's mask embeddings and deep prefix (batch-first tensors)."""
 
     accepts_loss_kwargs = False  # the loss is a per-batch mean: let HF Trainer scale for accumulation
-    training_forward = "two_pass"  # or "joint", the one-forward reference the tests compare against
 
     def __init__(self, base: Any, config: BiTAConfig | None = None, init: bool = True, seed: int = 0):
         super().__init__()
@@ -202,12 +210,16 @@ class BiTAModel(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """Packed training step (see ``data.py``): CE at mask positions, labels NOT shifted.
 
-        input_ids, labels: [b, T]; freeze_len, num_groups, seq_len: [b]. ``two_pass`` (default)
-        runs the real tokens once without autograd and only the mask tokens with it; ``joint``
-        runs the packed sequence in one forward. Both give the same loss and gradients.
+        input_ids, labels: [b, T]; freeze_len, num_groups, seq_len: [b]. ``config.training_forward``
+        ``two_pass`` (default) runs the real tokens once without autograd and only the mask tokens
+        with it; ``joint`` runs the packed sequence in one forward. Both give the same loss and
+        gradients.
         """
+        mode = self.config.training_forward
+        if mode not in TRAINING_FORWARDS:  # set on the config after construction: check again
+            self.config.validate()
         masks = packed_masks(freeze_len, num_groups, seq_len, self.num_masks, T=input_ids.shape[1])
-        if self.training_forward == "joint":
+        if mode == "joint":
             return {"loss": self.joint_loss(input_ids, labels, masks)}
         hidden, mask_labels = self.two_pass_hidden(input_ids, labels, masks, freeze_len, seq_len)
         return {"loss": self._mask_loss(hidden, mask_labels)}
@@ -313,16 +325,15 @@ class BiTAModel(nn.Module):
         }
 
     def save_adapter(self, folder: str | Path) -> Path:
-        """Write ``adapter.safetensors`` + ``bita_config.json`` (atomic replace of each file)."""
-        from safetensors.torch import save_file
+        """Write ``adapter.safetensors`` + ``bita_config.json`` (atomic replace of each file: a crash
+        leaves the old adapter or the new one)."""
+        from safetensors.torch import save
 
-        from leanlm.core.records import write_json
+        from leanlm.core.records import atomic_path, write_json
 
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{ADAPTER_FILE}.{os.getpid()}.tmp"
-        save_file(self.adapter_state(), str(tmp), metadata={"format": "pt"})
-        os.replace(tmp, folder / ADAPTER_FILE)  # atomic: a crash leaves the old adapter or the new one
+        with atomic_path(folder / ADAPTER_FILE, "wb") as f:
+            f.write(save(self.adapter_state(), metadata={"format": "pt"}))
         write_json(folder / CONFIG_FILE, asdict(self.config))
         return folder
 

@@ -76,7 +76,7 @@ def generate_outputs(
         meta = {k: v for k, v in p.items() if k not in {"id", "prompt", "messages", "meta"}}
         meta["prompt"] = p["prompt"]
         requests.append(GenerationRequest(id=str(p.get("id", i)), prompt=p["prompt"], meta=meta))
-    params = SamplingParams(max_new_tokens=int(max_new_tokens), temperature=0.0, stop=stop)
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, stop=stop)
     return generate(
         requests,
         backend,

@@ -5,17 +5,23 @@ cutoff 2048, 64 groups per sample, global batch 128 (8 per device x 2 accumulati
 on GPU (``leanlm.core.training`` decides), DeepSpeed ZeRO-2/3 presets via ``deepspeed=zero2|zero3``.
 The output folder is an adapter folder (``adapter.safetensors`` + ``bita_config.json``); each
 ``checkpoint-N`` is one too, and a rerun resumes from the last one.
+
+``TrainConfig`` holds bita-train's flags (the command line is built from its fields) and
+``run_train`` runs one, from the records file to the saved adapter.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from leanlm.bita.data import build_dataset, tokenize_pair
 from leanlm.bita.model import BiTAConfig, BiTAModel
 from leanlm.bita.prompts import training_records
+from leanlm.core.config_cli import flag
 from leanlm.core.errors import UserError
 from leanlm.core.sft import PaddingCollator
 from leanlm.core.training import TrainFlags
@@ -135,36 +141,64 @@ def train_adapter(
         "losses": [h["loss"] for h in trainer.state.log_history if "loss" in h],
     }
     if args.should_save:
-        save_run_config(output_dir, {"bita": model.config.__dict__, "data": summary, "flags": flags.record(),
-                                     "args": args.to_dict()})  # fmt: skip
+        run = {
+            "bita": model.config.__dict__,
+            "data": summary,
+            "flags": flags.record(),
+            "args": args.to_dict(),
+        }
+        save_run_config(output_dir, run)
     return summary
 
 
-def train(
-    data: str,
-    model: str = "default",
-    output_dir: str = "runs/bita",
-    num_masks: int = 3,
-    num_prefix: int = 16,
-    prefix_dropout: float = 0.1,
-    max_groups: int = 64,
-    cutoff: int = 2048,
-    resample: int = 4,
-    limit: int | None = None,
-    dtype: str | None = None,
-    learning_rate: float | None = None,
-    epochs: float | None = None,
-    batch_size: int | None = None,
-    grad_accum: int | None = None,
-    max_steps: int | None = None,
-    save_steps: int | None = None,
-    logging_steps: int | None = None,
-    seed: int = 0,
-    report_to: str | None = None,
-    deepspeed: str | None = None,
-    nproc: int | None = None,
-    resume: bool = True,
-) -> dict[str, Any]:
+@dataclass
+class TrainConfig:
+    """bita-train's flags: the data, the adapter's shape, the packing and the training flags."""
+
+    data: str = flag(help="generated JSONL: records with prompt + output (bita-gen-outputs)")
+    model: str = flag("default", "the base model: an alias or a folder")
+    output_dir: str = flag("runs/bita", "the adapter folder (checkpoint-N inside; a rerun resumes)")
+    num_masks: int = flag(3, "M: mask tokens, the draft length")
+    num_prefix: int = flag(16, "P: prefix tokens (per-layer keys and values)")
+    prefix_dropout: float = flag(0.1, "dropout on the prefix")
+    max_groups: int = flag(64, "mask groups per training example")
+    cutoff: int = flag(2048, "longest packed example, in tokens")
+    resample: int = flag(4, "copies of each pair, each with its own random windows")
+    limit: int | None = flag(None, "train on the first N records")
+    dtype: str | None = flag(None, "model dtype (default: chosen for the device)")
+    learning_rate: float | None = flag(None, "default: the recipe's 3e-2")
+    epochs: float | None = flag(None, "passes over the resampled data (default 1)")
+    batch_size: int | None = flag(None, "examples per process and step (default 8)")
+    grad_accum: int | None = flag(None, "gradient accumulation steps (default 2)")
+    max_steps: int | None = flag(None, "optimizer steps (default: the epochs; 40 without a GPU)")
+    save_steps: int | None = flag(None, "steps between checkpoints (default 5000)")
+    logging_steps: int | None = flag(None, "steps between loss lines (default 10)")
+    seed: int = flag(0, "adapter init, data windows and training")
+    report_to: str | None = flag(None, "tensorboard | wandb | none")
+    deepspeed: str | None = flag(None, "zero2 | zero3 | zero2_offload | zero3_offload | a JSON path (CUDA)")
+    nproc: int | None = flag(None, "N > 1 relaunches under torchrun")
+    resume: bool = flag(True, "continue from the newest complete checkpoint-N")
+
+    def train_flags(self) -> TrainFlags:
+        """The paper recipe with the training flags that were given (None keeps the recipe's)."""
+        given = {
+            f.name: getattr(self, f.name) for f in dataclasses.fields(TrainFlags) if hasattr(self, f.name)
+        }
+        return BITA_RECIPE.override(**given)
+
+    def adapter_config(self) -> BiTAConfig:
+        """The adapter's hyperparameters, checked (a one-line UserError before any work)."""
+        config = BiTAConfig(
+            num_masks=self.num_masks,
+            num_prefix=self.num_prefix,
+            prefix_dropout=self.prefix_dropout,
+            base_model=self.model,
+        )
+        config.validate()
+        return config
+
+
+def run_train(config: TrainConfig) -> dict[str, Any]:
     """Train a BiTA adapter for MODEL on the generated JSONL DATA (records with prompt + output).
 
     Paper defaults: M=3, P=16, lr 3e-2 cosine, 1 epoch over 4x resampled data, cutoff 2048,
@@ -179,28 +213,21 @@ def train(
     from leanlm.core.models import load_model, load_tokenizer
     from leanlm.core.records import read_records
 
-    flags = BITA_RECIPE.override(learning_rate=learning_rate, epochs=epochs, batch_size=batch_size,
-                                 grad_accum=grad_accum, max_steps=max_steps, save_steps=save_steps,
-                                 logging_steps=logging_steps, seed=seed, report_to=report_to,
-                                 deepspeed=deepspeed, resume=resume)  # fmt: skip
-    config = BiTAConfig(
-        num_masks=num_masks, num_prefix=num_prefix, prefix_dropout=prefix_dropout, base_model=str(model)
-    )
-    config.validate()
-    maybe_launch(nproc)
-    records = training_records(read_records(data))
+    flags = config.train_flags()
+    adapter = config.adapter_config()
+    maybe_launch(config.nproc)
+    records = training_records(read_records(config.data))
     if not records:
-        raise UserError(f"{data}: no records")
-    if limit:
-        records = records[:limit]
+        raise UserError(f"{config.data}: no records")
+    if config.limit:
+        records = records[: config.limit]
     if not torch.cuda.is_available() and flags.max_steps is None:
         flags = flags.override(max_steps=CPU_MAX_STEPS)
         log.info("no GPU: a short CPU job of %d steps (pass --max_steps to change)", CPU_MAX_STEPS)
-    tokenizer = load_tokenizer(model)
-    base = load_model(model, dtype=dtype)
-    bita = BiTAModel(base, config, seed=seed)
-    summary = train_adapter(bita, tokenizer, records, output_dir, flags, max_groups=max_groups, cutoff=cutoff,
-                            resample=resample, source=str(data))  # fmt: skip
+    tokenizer = load_tokenizer(config.model)
+    bita = BiTAModel(load_model(config.model, dtype=config.dtype), adapter, seed=config.seed)
+    packing = {"max_groups": config.max_groups, "cutoff": config.cutoff, "resample": config.resample}
+    summary = train_adapter(bita, tokenizer, records, config.output_dir, flags, **packing, source=config.data)
     summary.pop("losses", None)
-    summary["output_dir"] = str(output_dir)
+    summary["output_dir"] = str(config.output_dir)
     return summary
