@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from leanlm.core.datasets import DATASETS, dataset_family, load_records
+from leanlm.core.datasets import DATASETS, dataset_family, datasets_table, load_records
 from leanlm.core.errors import RecordError, UserError
 
 EXPECTED = {  # record counts of the packaged offline copies
@@ -57,3 +57,11 @@ def test_seeded_limit_is_reproducible():
     a = [r["id"] for r in load_records("piqa", limit=5, seed=1)]
     assert a == [r["id"] for r in load_records("piqa", limit=5, seed=1)]
     assert a != [r["id"] for r in load_records("piqa", limit=5)]
+
+
+def test_leanlm_datasets_and_the_unknown_name_error_show_the_one_list():
+    rows = [line.split()[:2] for line in datasets_table().splitlines()[1:]]
+    assert rows == [[d.name, d.family] for d in DATASETS.values()]
+    with pytest.raises(UserError) as e:
+        dataset_family("no_such_dataset")
+    assert str(e.value).endswith("offline datasets: " + ", ".join(DATASETS))

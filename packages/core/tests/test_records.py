@@ -9,9 +9,11 @@ from leanlm.core.errors import RecordError, UserError
 from leanlm.core.records import (
     ResumableJsonlWriter,
     atomic_path,
+    publish_dir,
     read_json,
     read_jsonl,
     read_records,
+    staging_dir,
     write_json,
     write_jsonl,
 )
@@ -154,3 +156,18 @@ def test_temp_files_of_killed_writers_are_removed(tmp_path):
     mine.write_text("")
     write_json(tmp_path / "out.json", [1])
     assert not stale.exists() and mine.exists()
+
+
+def test_publish_dir_keeps_the_first_publishers_folder_and_removes_the_late_tmp(tmp_path):
+    folder = tmp_path / "model"
+    first = staging_dir(folder)
+    first.mkdir()
+    (first / "weights").write_text("first")
+    late = tmp_path / ".model.99999.tmp"  # a second process that finished building later
+    late.mkdir()
+    (late / "weights").write_text("late")
+    publish_dir(first, folder)
+    publish_dir(late, folder)
+    assert (folder / "weights").read_text() == "first"
+    assert not first.exists() and not late.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]

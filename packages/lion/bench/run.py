@@ -136,8 +136,8 @@ def offline(args: argparse.Namespace) -> dict:
     from leanlm.lion import stages as st
     from leanlm.lion.demo import limit_threads, tiny_student, toy_config
     from leanlm.lion.discriminate import discriminate
-    from leanlm.lion.iterate import LionRun, _Lazy, referee_renderer
-    from leanlm.lion.roles import RoleConfig
+    from leanlm.lion.iterate import LionRun
+    from leanlm.lion.roles import LazyBackend, RoleConfig
 
     limit_threads()
     work = Path(tempfile.mkdtemp(prefix="lion-offline-"))
@@ -153,17 +153,19 @@ def offline(args: argparse.Namespace) -> dict:
         # before imitation: the untrained student's answers on the same cache pool, same referee
         pool = [r for r in _read(work / "run" / "pools" / "cache_1.jsonl")]
         teacher = {a["id"]: a for a in _read_answers(work / "run", pool)}
-        base = _Lazy(RoleConfig(backend="hf", model=str(tiny_student(work / "student_base")), batch_size=8))
+        base = LazyBackend(
+            RoleConfig(backend="hf", model=str(tiny_student(work / "student_base")), batch_size=8)
+        )
         params = st.SamplingParams(max_new_tokens=cfg.student_max_tokens, temperature=0.7, seed=cfg.seed)
         base_answers, _ = st.student_answers(pool, base, work / "base_student.jsonl", params)
         base.close()
         items = [{**r, "teacher_output": teacher[r["id"]]["output"], "student_output": b["output"]}
                  for r, b in zip(pool, base_answers) if r["id"] in teacher]  # fmt: skip
-        referee = _Lazy(cfg.roles()["referee"])
+        referee = LazyBackend(cfg.roles()["referee"])
         ref_params = st.SamplingParams(max_new_tokens=cfg.referee_max_tokens, temperature=0.2, seed=cfg.seed)
         scores, _, ref_report = st.referee_scores(items, referee, work / "base_referee.jsonl", ref_params,
                                                   attempts=cfg.review_attempts,
-                                                  render=referee_renderer("auto", cfg.roles()["referee"]))  # fmt: skip
+                                                  render=st.referee_renderer("auto", cfg.roles()["referee"]))  # fmt: skip
         referee.close()
         before = discriminate(items, scores).summary()
         wall = time.perf_counter() - t0

@@ -62,10 +62,18 @@ def test_two_iterations_report_and_resume(tmp_path, pool_file):
         assert "| 2 | 22 | 6 |" in (tmp_path / "run" / "report.md").read_text()
         # the second iteration's teacher stage paid only for the 6 new instructions
         assert r2["stages"]["teacher"]["cached"] == 16
-        # a finished run re-run: everything replays from the caches, nothing is sent
+        assert r1["stages"]["pools"] == {"stage": "pools", "next_train": 22, "next_cache": 6}
+        # a finished run re-run: everything replays from the caches, nothing is sent; the pools stage
+        # rewrites its files from its inputs like every other stage, so lost pool files come back
+        pools = tmp_path / "run" / "pools"
+        written = {p.name: read_jsonl(p) for p in pools.glob("*_2.jsonl")}
+        for name in written:
+            (pools / name).unlink()
         again = LionRun(tmp_path / "run", cfg).run()
         assert len(server.posts()) == sent
         assert [a["hard"] for a in again] == [r["hard"] for r in reports]
+        assert {name: read_jsonl(pools / name) for name in written} == written and len(written) == 2
+        assert again[0]["stages"] == r1["stages"]  # the replay reports the first run's stages
 
 
 def _cli_args(url: str, pool: Path, run_dir: Path) -> list[str]:

@@ -74,6 +74,12 @@ def test_allowed_failures_then_recovered_answers_retrain_and_redo_downstream(tmp
         assert first["teacher_answered"] == 14 and first["stages"]["train"]["examples"] == 14
         server.set_faults(None)
         again = LionRun(run, _config(server, path, **kw)).run()[0]  # fraction back to 0: a mutable setting
+        # unchanged inputs: the finished training is kept (replayed, like the API stages), not redone
+        weights = run / "iter_1" / "student" / "model.safetensors"
+        trained_at, sent = weights.stat().st_mtime_ns, len(server.posts())
+        third = LionRun(run, _config(server, path, **kw)).run()[0]
+        assert len(server.posts()) == sent and weights.stat().st_mtime_ns == trained_at
+        assert third["stages"]["train"] == again["stages"]["train"]
     assert again["teacher_answered"] == 16 and again["stages"]["train"]["examples"] == 16  # retrained
     assert (run / "iter_1" / "student.stale").is_dir()  # the student trained on 14 answers, set aside
     for rel in OUTPUTS:

@@ -68,5 +68,7 @@ def machine_line(info: dict[str, Any]) -> str:
     amx = "AMX" if info["amx"] else "no AMX"
     extra = ", ".join(f for f in ("avx512_bf16", "avx512_vnni") if info.get(f))
     gpu = f", GPU {info['gpu']}" if info.get("gpu") else ", no GPU"
-    return (f"Machine: {info['cpu']} ({info['cores']} cores), torch CPU capability {info['torch_cpu_capability']}, "
-            f"{amx}{', ' + extra if extra else ''}, {info['threads']} threads{gpu}, torch {info['torch']}.")  # fmt: skip
+    return (
+        f"Machine: {info['cpu']} ({info['cores']} cores), torch CPU capability {info['torch_cpu_capability']}, "
+        f"{amx}{', ' + extra if extra else ''}, {info['threads']} threads{gpu}, torch {info['torch']}."
+    )

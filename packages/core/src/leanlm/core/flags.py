@@ -141,7 +141,7 @@ FLAG_RULES: dict[str, Rule | str] = {
             "group_size",
         ),
         COUNT,
-    ),  # fmt: skip
+    ),
     **dict.fromkeys(
         (
             "max_retries",
@@ -155,7 +155,7 @@ FLAG_RULES: dict[str, Rule | str] = {
             "warmup",
         ),
         NONNEG_INT,
-    ),  # fmt: skip
+    ),
     "max_steps": STEPS,
     **dict.fromkeys(
         ("epochs", "num_train_epochs", "learning_rate", "lr", "blr", "router_lr", "timeout"), POSITIVE
@@ -171,7 +171,7 @@ FLAG_RULES: dict[str, Rule | str] = {
             "max_shrink",
         ),
         FRACTION,
-    ),  # fmt: skip
+    ),
     **dict.fromkeys(("top_p", "target"), PROBABILITY),
     "report_to": REPORT_TO,
     # paths a command writes

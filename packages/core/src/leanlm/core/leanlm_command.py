@@ -50,13 +50,9 @@ class LeanLM:
 
     def datasets(self, counts: bool = False) -> str:
         """List the offline datasets with their record family; --counts loads each to count records."""
-        from leanlm.core.datasets import DATASETS, load_records
+        from leanlm.core.datasets import datasets_table
 
-        rows = [f"{'name':<14} {'family':<12} {'records':>8}  source"]
-        for d in DATASETS.values():
-            n = str(len(load_records(d.name))) if counts else "-"
-            rows.append(f"{d.name:<14} {d.family:<12} {n:>8}  {d.source}")
-        return "\n".join(rows)
+        return datasets_table(bool(counts))
 
     def serve(
         self,
@@ -92,8 +88,22 @@ class LeanLM:
         if not 0 < int(port) < 65536:
             raise UserError(f"--port must be in 1..65535, got {port}")
         options = parse_options(backend_options)
-        serve(model, host, int(port), served_name, api_key or os.environ.get("LEANLM_API_KEY"), max_batch,
-              max_queue, max_prompt_tokens, max_tokens, dtype, device, backend, options)  # fmt: skip
+        key = api_key or os.environ.get("LEANLM_API_KEY")
+        serve(
+            model,
+            host,
+            int(port),
+            served_name,
+            api_key=key,
+            max_batch=max_batch,
+            max_queue=max_queue,
+            max_prompt_tokens=max_prompt_tokens,
+            max_tokens=max_tokens,
+            dtype=dtype,
+            device=device,
+            backend=backend,
+            backend_options=options,
+        )
 
     def recipe(self, path: str, run_dir: str | None = None, evaluate: bool = True) -> str:
         """Run the method steps of the recipe file PATH (YAML/TOML), each step's output feeding the next.

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 
 from leanlm.core.errors import UserError
 from leanlm.core.paths import leanlm_home
+from leanlm.core.records import publish_dir, staging_dir
 
 log = logging.getLogger(__name__)
 
@@ -220,10 +220,15 @@ def pick_dtype(dtype: str | Any | None = None, device: str | None = None) -> Any
     if dtype in (None, "auto"):
         return torch.bfloat16 if pick_device(device).startswith("cuda") else torch.float32
     table = {
-        "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-        "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
-        "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
-    }  # fmt: skip
+        "bf16": torch.bfloat16,
+        "bfloat16": torch.bfloat16,
+        "fp16": torch.float16,
+        "float16": torch.float16,
+        "half": torch.float16,
+        "fp32": torch.float32,
+        "float32": torch.float32,
+        "float": torch.float32,
+    }
     if dtype not in table:
         raise UserError(f"unknown dtype {dtype!r}; use one of bf16, fp16, fp32")
     return table[dtype]
@@ -261,19 +266,10 @@ def ensure_embedded_tokenizer() -> Path:
     folder = leanlm_home() / "models" / f"{EMBEDDED_CACHE_NAME}-tokenizer"
     if (folder / "tokenizer_config.json").exists():
         return folder
-    tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = staging_dir(folder)
     _tokenizer_from_gguf(embedded_gguf_path()).save_pretrained(tmp)
-    _publish(tmp, folder)
+    publish_dir(tmp, folder)
     return folder
-
-
-def _publish(tmp: Path, folder: Path) -> None:
-    """Move a finished folder into place; if another process won the race, keep theirs."""
-    try:
-        os.replace(tmp, folder) if not folder.exists() else shutil.rmtree(tmp)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def ensure_embedded_model() -> Path:
@@ -299,11 +295,10 @@ def ensure_embedded_model() -> Path:
     plain = LlamaForCausalLM(config)
     plain.load_state_dict(loaded.state_dict())
     plain.generation_config = loaded.generation_config
-    tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = staging_dir(folder)
     plain.save_pretrained(tmp)
     _tokenizer_from_gguf(gguf).save_pretrained(tmp)
-    _publish(tmp, folder)
+    publish_dir(tmp, folder)
     log.info("embedded model ready in %.1f s", time.time() - t0)
     return folder
 

@@ -372,8 +372,13 @@ def load_packed(
         keys = list(f.keys())  # noqa: SIM118 - a safetensors handle is not a dict
     for name in (k[: -len(".qweight")] for k in keys if k.endswith(".qweight")):
         lin = model.get_submodule(name)
-        _swap(model, name, PackedLinear(lin.in_features, lin.out_features, bits, group_size,
-                                        lin.bias is not None, scale_dtype))  # fmt: skip
+        _swap(
+            model,
+            name,
+            PackedLinear(
+                lin.in_features, lin.out_features, bits, group_size, lin.bias is not None, scale_dtype
+            ),
+        )
     if stored_head == "int8":
         head_name = _head_name(model)
         head = model.get_output_embeddings()
@@ -428,8 +433,9 @@ def gptq_quantization_config(
     }
 
 
-def save_packed(model: nn.Module, out_dir: str | Path, quantization_config: dict[str, Any],
-                tokenizer: Any = None) -> dict[str, int]:  # fmt: skip
+def save_packed(
+    model: nn.Module, out_dir: str | Path, quantization_config: dict[str, Any], tokenizer: Any = None
+) -> dict[str, int]:
     """Write a model whose linears are ``PackedLinear`` (and optionally an ``Int8Linear`` head) as a packed folder."""
     from safetensors.torch import save_model
 

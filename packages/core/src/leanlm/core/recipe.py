@@ -89,8 +89,16 @@ def _as_step(i: int, raw: Any, path: Path) -> Step:
     args = raw.get("args") or []
     if not isinstance(args, list):
         raise UserError(f"{path}: step {name!r}: 'args' must be a list of positional arguments")
-    return Step(name, command, dict(flags), raw.get("model_flag", "model"), raw.get("output_flag", "output_dir"),
-                raw.get("produces", ""), bool(raw.get("evaluate", True)), [str(a) for a in args])  # fmt: skip
+    return Step(
+        name,
+        command,
+        dict(flags),
+        raw.get("model_flag", "model"),
+        raw.get("output_flag", "output_dir"),
+        raw.get("produces", ""),
+        bool(raw.get("evaluate", True)),
+        [str(a) for a in args],
+    )
 
 
 PACKAGED = Path(__file__).with_name("recipes")  # the recipes leanlm ships (also ./recipes in the repo)
@@ -131,8 +139,12 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
     names = [s.name for s in steps]
     if len(set(names)) != len(names):
         raise UserError(f"{p}: step names must be unique, got {names}")
-    return Recipe(str(data.get("name") or p.stem), str(data.get("model", "default")), steps,
-                  dict(data.get("report") or {}))  # fmt: skip
+    return Recipe(
+        str(data.get("name") or p.stem),
+        str(data.get("model", "default")),
+        steps,
+        dict(data.get("report") or {}),
+    )
 
 
 def digest(*parts: Any) -> str:
@@ -164,10 +176,17 @@ def _argv(step: Step, flags: dict[str, Any], args: list[str]) -> list[str]:
     for key, value in flags.items():
         if value is None:
             continue
-        text = ("true" if value else "false") if isinstance(value, bool) else (
-            ",".join(map(str, value)) if isinstance(value, list) else str(value))  # fmt: skip
-        command += [f"--{key}", text]
+        command += [f"--{key}", _flag_text(value)]
     return command
+
+
+def _flag_text(value: Any) -> str:
+    """A recipe value as one command-line word: booleans as true/false, lists comma-joined."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return str(value)
 
 
 def _set_aside(folder: Path) -> None:
@@ -210,8 +229,10 @@ def run_steps(recipe: Recipe, run_dir: Path) -> list[dict[str, Any]]:
             proc = subprocess.run(argv, cwd=run_dir)
             seconds = time.perf_counter() - t0
             if proc.returncode != 0:
-                raise UserError(f"recipe step {n} ({step.name}) failed with exit code {proc.returncode}; "
-                                "fix it and re-run: finished steps are skipped")  # fmt: skip
+                raise UserError(
+                    f"recipe step {n} ({step.name}) failed with exit code {proc.returncode}; "
+                    "fix it and re-run: finished steps are skipped"
+                )
             write_json(stamp, {"digest": key, "argv": argv, "seconds": seconds})
         produced = (
             model if step.produces is None else str(folder / step.produces) if step.produces else str(folder)
@@ -222,8 +243,16 @@ def run_steps(recipe: Recipe, run_dir: Path) -> list[dict[str, Any]]:
             )
         context[f"steps.{step.name}.output"] = str(folder)
         context[f"steps.{step.name}.model"] = produced
-        done.append({"step": step.name, "model": produced, "ran": not finished, "seconds": round(seconds, 1),
-                     "evaluate": step.evaluate and step.produces is not None, "digest": key})  # fmt: skip
+        done.append(
+            {
+                "step": step.name,
+                "model": produced,
+                "ran": not finished,
+                "seconds": round(seconds, 1),
+                "evaluate": step.evaluate and step.produces is not None,
+                "digest": key,
+            }
+        )
         model, previous = produced, key
     return done
 
@@ -256,8 +285,13 @@ def measure(location: str, settings: dict[str, Any]) -> dict[str, Any]:
     # the slow dequantize-then-matmul fallback); everything else in fp32 unless the report says otherwise
     dtype = settings.get("dtype") or ("bfloat16" if is_packed_folder(location) else "float32")
     model, tok = load_model(location, dtype=dtype, device="cpu"), load_tokenizer(location)
-    ppl = perplexity(model, tok, settings.get("text", "text"), seqlen=int(settings.get("seqlen", 256)),
-                     max_chunks=int(settings.get("max_chunks", 4)))  # fmt: skip
+    ppl = perplexity(
+        model,
+        tok,
+        settings.get("text", "text"),
+        seqlen=int(settings.get("seqlen", 256)),
+        max_chunks=int(settings.get("max_chunks", 4)),
+    )
     out: dict[str, Any] = {
         "ppl": round(ppl["ppl"], 3),
         "weight_bytes": weight_bytes(location),
@@ -304,16 +338,28 @@ def run_recipe(
                 cache[key] = measure(row["model"], recipe.report)
                 write_json(cache_path, cache)
             row.update(cache[key])
-    write_json(root / "report.json", {"recipe": recipe.name, "source": str(path), "report": recipe.report,
-                                      "steps": rows})  # fmt: skip
-    metrics = [k for k in ("ppl", f"{recipe.report.get('task', 'piqa')}_acc", "decode_tok_s", "weight_bytes", "dtype")
-               if any(k in r for r in rows)]  # fmt: skip
-    lines = [f"# Recipe {recipe.name}", "", "| step | model | ran | seconds | " + " | ".join(metrics) + " |",
-             "|" + "---|" * (4 + len(metrics))]  # fmt: skip
+    write_json(
+        root / "report.json",
+        {"recipe": recipe.name, "source": str(path), "report": recipe.report, "steps": rows},
+    )
+    metrics = [
+        k
+        for k in ("ppl", f"{recipe.report.get('task', 'piqa')}_acc", "decode_tok_s", "weight_bytes", "dtype")
+        if any(k in r for r in rows)
+    ]
+    lines = [
+        f"# Recipe {recipe.name}",
+        "",
+        "| step | model | ran | seconds | " + " | ".join(metrics) + " |",
+        "|" + "---|" * (4 + len(metrics)),
+    ]
     for r in rows:
         cells = [str(r.get(m, "-")) for m in metrics]
-        lines.append(f"| {r['step']} | {r['model']} | {r.get('ran', '-')} | {r.get('seconds', '-')} | "
-                     + " | ".join(cells) + " |")  # fmt: skip
+        lines.append(
+            f"| {r['step']} | {r['model']} | {r.get('ran', '-')} | {r.get('seconds', '-')} | "
+            + " | ".join(cells)
+            + " |"
+        )
     report = root / "report.md"
     write_text(report, "\n".join(lines) + "\n")
     return report

@@ -2,7 +2,8 @@
 
 Every reader error names the file and the 1-based line number. Every whole-file write goes
 through a temporary file in the same folder (fsynced), ``os.replace`` and an fsync of the folder,
-so a crash leaves either the old file or the new one, never half of one.
+so a crash leaves either the old file or the new one, never half of one. A whole folder (a converted
+model, an unpacked wheel) is built under ``staging_dir(folder)`` and moved in by ``publish_dir``.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -142,6 +144,36 @@ def atomic_path(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def staging_dir(folder: str | os.PathLike) -> Path:
+    """The temporary path ``.<name>.<pid>.tmp`` beside ``folder`` to build it in, cleared of any
+    earlier attempt by this pid; not created (``save_pretrained`` and friends create it)."""
+    p = Path(folder)
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    return tmp
+
+
+def publish_dir(tmp: str | os.PathLike, folder: str | os.PathLike) -> None:
+    """Move the finished folder ``tmp`` to ``folder`` in one rename; if ``folder`` is already there
+    (another process published first), keep theirs and delete ``tmp``.
+
+    Crash semantics: the rename is atomic, so readers see no ``folder`` or a whole one, never a
+    half-built one; a process killed before it leaves only its ``tmp`` behind (a later
+    ``staging_dir`` under the same pid clears it; others stay until removed). The parent folder is fsynced after the rename, but the files
+    inside ``tmp`` are only as durable as their writer made them: after a power loss a published
+    folder may hold files the disk never got.
+    """
+    tmp, folder = Path(tmp), Path(folder)
+    try:
+        if folder.exists():
+            raise FileExistsError(folder)
+        os.replace(tmp, folder)  # still fails if a racer's rename landed since the check
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        fsync_dir(folder.parent)
 
 
 def write_json(path: str | os.PathLike, data: Any, *, indent: int | None = 2) -> None:

@@ -62,8 +62,19 @@ def toy_config(out_dir: Path, model: str = "default", pool_size: int = 6, new_pe
             "per_device_train_batch_size": 4,
             "gradient_accumulation_steps": 1,
             "warmup_ratio": 0.0,
-        },  # fmt: skip
+        },
     )
+
+
+METRICS = (
+    "hard",
+    "easy",
+    "new_hard",
+    "new_easy",
+    "mean_teacher_score",
+    "mean_student_score",
+    "unparsable_reviews",
+)
 
 
 def limit_threads() -> None:
@@ -101,6 +112,5 @@ def run_demo(out_dir: Path, model: str = "default") -> DemoResult:
             f"report in `{out_dir / 'run' / 'report.md'}`",
         ]
     )
-    metrics = {k: report[k] for k in ("hard", "easy", "new_hard", "new_easy", "mean_teacher_score",
-                                      "mean_student_score", "unparsable_reviews")}  # fmt: skip
+    metrics = {k: report[k] for k in METRICS}
     return DemoResult("lion", ok=True, seconds=time.time() - t0, summary=summary, metrics=metrics)

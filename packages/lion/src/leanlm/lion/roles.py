@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from leanlm.core.errors import UserError
+from leanlm.core.generation import BackendStats
 from leanlm.core.generation.spec import BackendSpec
 
 OPENAI_URL = "https://api.openai.com/v1"
@@ -54,3 +55,32 @@ def make_backend(cfg: RoleConfig, *, check: bool = True) -> Any:
     if check:
         backend.preflight()  # an unreachable server: one line before any stage starts
     return backend
+
+
+class LazyBackend:
+    """A role's backend built on first use, so a stage replayed from its cache loads no model."""
+
+    def __init__(self, cfg: RoleConfig):
+        self.cfg, self._b = cfg, None
+        self._stats = BackendStats()
+        self.name = cfg.backend
+
+    @property
+    def stats(self) -> BackendStats:
+        return self._b.stats if self._b is not None else self._stats
+
+    def _backend(self) -> Any:
+        if self._b is None:
+            self._b = make_backend(self.cfg)
+        return self._b
+
+    def preflight(self) -> None:
+        self._backend().preflight()
+
+    def run(self, *args: Any, **kwargs: Any) -> None:
+        return self._backend().run(*args, **kwargs)
+
+    def close(self) -> None:
+        if self._b is not None and hasattr(self._b, "close"):
+            self._b.close()
+        self._b = None

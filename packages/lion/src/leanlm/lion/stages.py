@@ -11,6 +11,7 @@ Each stage returns its outputs and a ``StageReport`` (requests, retries, tokens,
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import random
@@ -30,10 +31,11 @@ from leanlm.core.generation import (
     generate,
 )
 from leanlm.core.records import ResumableJsonlWriter
-from leanlm.lion.filters import RougeDeduper, clean_generation, rule_rejection
+from leanlm.lion.filters import RougeDeduper, Similarity, clean_generation, rule_rejection
 from leanlm.lion.pools import Record, messages_id, text_id
 from leanlm.lion.prompts import generator_messages, referee_messages, student_prompt, teacher_messages
 from leanlm.lion.referee import parse_scores
+from leanlm.lion.roles import RoleConfig
 
 log = logging.getLogger(__name__)
 
@@ -147,8 +149,7 @@ def teacher_answers(
     for rec, q in zip(pool, reqs):
         r = results[q.id]
         if r.ok:
-            out.append({"id": rec["id"], "instruction": rec["instruction"], "input": rec.get("input", ""),
-                        "output": r.text.strip()})  # fmt: skip
+            out.append(_answer(rec, r.text.strip()))
         else:
             report.failed.append(rec["id"])
     report.ok = len(out)
@@ -180,13 +181,16 @@ def student_answers(
         r = results[q.id]
         if r.ok:
             # a student that keeps writing past its answer starts a new "### Instruction:" block
-            text = r.text.split("### Instruction:")[0].strip()
-            out.append({"id": rec["id"], "instruction": rec["instruction"], "input": rec.get("input", ""),
-                        "output": text})  # fmt: skip
+            out.append(_answer(rec, r.text.split("### Instruction:")[0].strip()))
         else:
             report.failed.append(rec["id"])
     report.ok = len(out)
     return out, meter.finish()
+
+
+def _answer(rec: Record, text: str) -> Record:
+    """An answered pool record: ``{id, instruction, input, output}``."""
+    return {"id": rec["id"], "instruction": rec["instruction"], "input": rec.get("input", ""), "output": text}
 
 
 def _unique(reqs: Sequence[GenerationRequest]) -> list[GenerationRequest]:
@@ -199,7 +203,7 @@ def _unique(reqs: Sequence[GenerationRequest]) -> list[GenerationRequest]:
 
 # ------------------------------------------------------------------------------------ referee
 
-ORDERS = ("ts", "st")
+ORDERS = ("ts", "st")  # ts: (teacher, student) shown as answers 1, 2; st: swapped
 FORCED_PREFIX = "Reasons: (not asked).\nScore of answer 1:"
 
 
@@ -210,9 +214,20 @@ def chat_renderer(model: str) -> Callable[[list[dict[str, str]]], str]:
     tok = load_tokenizer(model)
     if not getattr(tok, "chat_template", None):
         raise UserError(f"{model}: the tokenizer has no chat template; use --referee_format review")
-    return lambda msgs: tok.apply_chat_template(
-        msgs, tokenize=False, add_generation_prompt=True
-    )  # ts: (teacher, student) shown as answers 1, 2; st: swapped
+    return lambda msgs: tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+
+
+def referee_renderer(fmt: str, role: RoleConfig) -> Callable[[list[dict[str, str]]], str] | None:
+    """None (a free review) or the chat renderer of the forced-format referee (see ``referee_scores``).
+
+    ``fmt``: review, forced (local hf/vllm referees only) or auto (forced for a local referee).
+    """
+    if fmt not in ("auto", "review", "forced"):
+        raise UserError(f"--referee_format must be auto, review or forced, got {fmt!r}")
+    local = role.backend in ("hf", "transformers", "vllm")
+    if fmt == "forced" and not local:
+        raise UserError("--referee_format forced needs a local referee (--backend hf or vllm)")
+    return chat_renderer(role.model) if (fmt == "forced" or (fmt == "auto" and local)) else None
 
 
 def referee_scores(
@@ -266,8 +281,8 @@ def referee_scores(
             r = results[reqs[(it["id"], order)].id]
             text = r.text if render is None else FORCED_PREFIX + r.text
             parsed = parse_scores(text) if r.ok else None
-            reviews.append({"id": it["id"], "order": order, "attempt": attempt, "ok": r.ok, "scores": parsed,
-                            "review": text, "error": r.error})  # fmt: skip
+            review = {"id": it["id"], "order": order, "attempt": attempt, "ok": r.ok, "scores": parsed}
+            reviews.append(review | {"review": text, "error": r.error})
             if parsed is None:
                 still.append((it, order))
             else:
@@ -289,13 +304,8 @@ def referee_scores(
 
 
 def _resample(params: SamplingParams, attempt: int) -> SamplingParams:
-    return SamplingParams(
-        max_new_tokens=params.max_new_tokens,
-        temperature=max(params.temperature, 0.7),
-        top_p=params.top_p,
-        seed=params.seed + attempt,
-        stop=params.stop,
-    )
+    """A retry's sampling: at least temperature 0.7 and a new seed, so a deterministic referee can differ."""
+    return dataclasses.replace(params, temperature=max(params.temperature, 0.7), seed=params.seed + attempt)
 
 
 # ------------------------------------------------------------------------------------ generation
@@ -341,58 +351,87 @@ def generate_instructions(
     order = list(range(len(seeds)))
     random.Random(f"{seed}:{kind}").shuffle(order)
     limit = max_requests if max_requests is not None else 3 * num + 16
-    k = 0
-    rounds = 0
+    k = rounds = 0
     while len(accepted) < num and k < limit:
-        need = num - len(accepted)
-        rate = max(0.25, len(accepted) / k) if k else 1.0  # acceptance so far (floor avoids huge rounds)
-        size = min(limit - k, max(1, math.ceil(need / rate)))
-        batch = []
-        for j in range(k, k + size):
-            s = seeds[order[j % len(seeds)]]
-            msgs = generator_messages(kind, s["instruction"])
-            rid = f"{kind}-{j:06d}-{messages_id(msgs)[:10]}"
-            batch.append((GenerationRequest(id=rid, messages=msgs), s))
+        size = _round_size(num - len(accepted), len(accepted), k, limit)
+        batch = _round_requests(kind, seeds, order, k, size)
         budget = max(token_budget(s["instruction"]) for _, s in batch)
-        p = SamplingParams(max_new_tokens=min(budget, params.max_new_tokens), temperature=params.temperature,
-                           top_p=params.top_p, seed=params.seed, stop=params.stop)  # fmt: skip
+        p = dataclasses.replace(params, max_new_tokens=min(budget, params.max_new_tokens))
+        requests = [q for q, _ in batch]
         results = run_requests(
-            [q for q, _ in batch], backend, p, output, f"generate_{kind}", passes, report, max_failed_fraction
+            requests, backend, p, output, report.stage, passes, report, max_failed_fraction
         )
         for q, s in batch:
             if len(accepted) >= num:
                 break
             r = results[q.id]
             if not r.ok:
-                reasons["request failed"] += 1
                 report.failed.append(q.id)
-                continue
-            text = clean_generation(r.text)
-            limit_s = token_budget(s["instruction"])
-            truncated = _truncated(r, limit_s)
-            why = rule_rejection(text, truncated)
-            if why is None:
-                novel, sim = deduper.is_novel(text)
-                if not novel:
-                    why = "ROUGE-L > 0.7"
+            text, why, sim = _judge(r, s, deduper)
             if why is not None:
                 reasons[why] += 1
                 continue
             deduper.add(text)
-            accepted.append({
-                "id": text_id(text, "", prefix="g"), "instruction": text, "input": "", "kind": kind,
-                "seed_id": s["id"], "seed_instruction": s["instruction"],
-                "seed_output": s.get("teacher_output", s.get("output", "")),
-                "rouge_max": round(sim.score, 4), "most_similar": sim.most_similar,
-            })  # fmt: skip
+            accepted.append(_new_instruction(kind, text, s, sim))
         k += size
         rounds += 1
         if on_round:
             on_round(rounds, len(accepted))
     report.ok = len(accepted)
-    report.extra = {"rounds": rounds, "requests_planned": k, "rejected": dict(reasons),
-                    "acceptance": round(len(accepted) / k, 4) if k else None}  # fmt: skip
+    report.extra = {
+        "rounds": rounds,
+        "requests_planned": k,
+        "rejected": dict(reasons),
+        "acceptance": round(len(accepted) / k, 4) if k else None,
+    }
     return accepted, meter.finish()
+
+
+def _round_size(need: int, accepted: int, sent: int, limit: int) -> int:
+    """Requests for the next round: ``need / rate`` at the acceptance rate so far, within ``limit``."""
+    rate = max(0.25, accepted / sent) if sent else 1.0  # the floor keeps a bad start from a huge round
+    return min(limit - sent, max(1, math.ceil(need / rate)))
+
+
+def _round_requests(
+    kind: str, seeds: Sequence[Record], order: Sequence[int], start: int, size: int
+) -> list[tuple[GenerationRequest, Record]]:
+    """Requests ``start .. start + size - 1`` with their seeds: request j uses ``seeds[order[j % n]]``."""
+    batch = []
+    for j in range(start, start + size):
+        s = seeds[order[j % len(seeds)]]
+        msgs = generator_messages(kind, s["instruction"])
+        batch.append((GenerationRequest(id=f"{kind}-{j:06d}-{messages_id(msgs)[:10]}", messages=msgs), s))
+    return batch
+
+
+def _judge(
+    r: GenerationResult, seed: Record, deduper: RougeDeduper
+) -> tuple[str, str | None, Similarity | None]:
+    """(the cleaned instruction, why it is rejected or None, its similarity to the reference set)."""
+    if not r.ok:
+        return "", "request failed", None
+    text = clean_generation(r.text)
+    why = rule_rejection(text, _truncated(r, token_budget(seed["instruction"])))
+    if why is not None:
+        return text, why, None
+    novel, sim = deduper.is_novel(text)
+    return text, None if novel else "ROUGE-L > 0.7", sim
+
+
+def _new_instruction(kind: str, text: str, seed: Record, sim: Similarity) -> Record:
+    """An accepted instruction, with its seed and its nearest reference (for the report)."""
+    return {
+        "id": text_id(text, "", prefix="g"),
+        "instruction": text,
+        "input": "",
+        "kind": kind,
+        "seed_id": seed["id"],
+        "seed_instruction": seed["instruction"],
+        "seed_output": seed.get("teacher_output", seed.get("output", "")),
+        "rouge_max": round(sim.score, 4),
+        "most_similar": sim.most_similar,
+    }
 
 
 def _truncated(r: GenerationResult, budget: int) -> bool:

@@ -31,6 +31,12 @@ def digest(*parts: Any) -> str:
 
 
 STAGES = ("teacher", "train", "infer", "referee", "discriminate", "generate_hard", "generate_easy", "pools")
+RECORDS = (
+    "done",
+    "reports",
+    "inputs",
+    "starts",
+)  # what the state file keeps per iteration, besides the config
 
 
 @dataclass
@@ -39,12 +45,10 @@ class RunState:
     config: dict[str, Any]
     done: dict[str, list[str]] = field(default_factory=dict)  # iteration -> finished stages
     reports: dict[str, dict[str, Any]] = field(default_factory=dict)  # iteration -> stage -> report
-    inputs: dict[str, dict[str, str]] = field(
-        default_factory=dict
-    )  # iteration -> stage -> digest of its inputs
+    inputs: dict[str, dict[str, str]] = field(default_factory=dict)  # iteration -> stage -> inputs' digest
     starts: dict[str, dict[str, int]] = field(
         default_factory=dict
-    )  # iteration -> stage -> cache size at first start
+    )  # iteration -> stage -> cache size at start
 
     @classmethod
     def open(
@@ -72,15 +76,11 @@ class RunState:
                 f"{path}: this run was started with other settings ({shown}); use a new --run_dir"
             )
         merged = {**saved, **{k: config[k] for k in mutable if k in config}}
-        return cls(path, merged, data.get("done") or {}, data.get("reports") or {}, data.get("inputs") or {},
-                   data.get("starts") or {})  # fmt: skip
+        return cls(path, merged, **{k: data.get(k) or {} for k in RECORDS})
 
     def save(self) -> None:
-        write_json(
-            self.path,
-            {"version": STATE_VERSION, "config": self.config, "done": self.done, "reports": self.reports,
-             "inputs": self.inputs, "starts": self.starts},
-        )  # fmt: skip
+        records = {k: getattr(self, k) for k in RECORDS}
+        write_json(self.path, {"version": STATE_VERSION, "config": self.config, **records})
 
     def is_done(self, iteration: int, stage: str) -> bool:
         return stage in self.done.get(str(iteration), [])

@@ -132,14 +132,15 @@ def train_student(
     result = train_with_resume(trainer, flags.resume)
     if args.world_size > 1:
         local, total = local_parameter_share(trainer.model_wrapped)
-        log.info("rank %d of %d held %d of %d parameter values (%s)", args.process_index, args.world_size, local,
-                 total, "FSDP" if trainer.is_fsdp_enabled else "replicated")  # fmt: skip
+        kind = "FSDP" if trainer.is_fsdp_enabled else "replicated"
+        rank = (args.process_index, args.world_size)
+        log.info("rank %d of %d held %d of %d parameter values (%s)", *rank, local, total, kind)
     save_trained_model(trainer, output_dir)  # every rank joins (a sharded model is gathered), rank 0 writes
     if is_main_process():
         tokenizer.save_pretrained(str(output_dir))
-        save_run_config(output_dir, {"method": "lion", "examples": len(dataset), "max_length": max_length,
-                                     "flags": flags.record(), "args": args.to_dict(),
-                                     "metrics": result.metrics | {"world_size": args.world_size}})  # fmt: skip
+        run = {"method": "lion", "examples": len(dataset), "max_length": max_length, "flags": flags.record()}
+        metrics = result.metrics | {"world_size": args.world_size}
+        save_run_config(output_dir, run | {"args": args.to_dict(), "metrics": metrics})
     model.eval()
     return dict(result.metrics) | {"world_size": args.world_size}
 
@@ -163,8 +164,8 @@ def launch_training(
     output_dir = Path(output_dir)
     data = output_dir.with_name(output_dir.name + ".train_records.jsonl")
     write_jsonl(data, list(records))
-    argv = ["-m", "leanlm.lion.train", str(data), str(output_dir), "--model", model, "--max_length", str(max_length),
-            *flags.to_argv(base=LION_RECIPE)]  # fmt: skip
+    argv = ["-m", "leanlm.lion.train", str(data), str(output_dir), "--model", model]
+    argv += ["--max_length", str(max_length), *flags.to_argv(base=LION_RECIPE)]
     if training_args:  # a Python literal: fire reads it back as the dict (JSON's true/null it would not)
         argv += ["--extra", repr(training_args)]
     log.info("training on %d processes: torchrun %s", nproc, " ".join(argv))
@@ -174,9 +175,8 @@ def launch_training(
     return dict(read_json(output_dir / "leanlm_run.json").get("metrics", {}))
 
 
-if (
-    __name__ == "__main__"
-):  # the entry of the torchrun job ``launch_training`` starts: lion-train, one rank each
+# the entry of the torchrun job ``launch_training`` starts: lion-train, one rank each
+if __name__ == "__main__":
     from leanlm.lion.cli import train_main
 
     train_main()

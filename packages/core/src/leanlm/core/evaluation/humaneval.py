@@ -111,8 +111,13 @@ def humaneval_pass_at_1(
         entry["n"] += 1
         entry["results"].append(status)
     score = sum(e["passed"] / e["n"] for e in per_task.values()) / len(per_task)
-    return {"pass@1": score, "n_problems": len(per_task), "n_samples": len(jobs), "per_task": per_task,
-            "sandbox": level + ("+seccomp" if seccomp else "")}  # fmt: skip
+    return {
+        "pass@1": score,
+        "n_problems": len(per_task),
+        "n_samples": len(jobs),
+        "per_task": per_task,
+        "sandbox": level + ("+seccomp" if seccomp else ""),
+    }
 
 
 def check_program(problem: Problem, completion: str) -> str:

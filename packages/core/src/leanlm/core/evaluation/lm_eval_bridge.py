@@ -81,8 +81,14 @@ def _yaml_config(spec: TaskSpec, task: str, files: dict[str, Path], extra: dict[
     return cfg
 
 
-def _write_task(folder: Path, spec: TaskSpec, task: str, docs: list[dict], splits: dict[str, list[dict]],
-                extra: dict[str, Any] | None = None) -> None:  # fmt: skip
+def _write_task(
+    folder: Path,
+    spec: TaskSpec,
+    task: str,
+    docs: list[dict],
+    splits: dict[str, list[dict]],
+    extra: dict[str, Any] | None = None,
+) -> None:
     files = {"test": folder / "test.jsonl"}
     write_jsonl(files["test"], docs)
     for split, rows in splits.items():
@@ -109,9 +115,13 @@ def _build_mmlu(folder: Path, spec: TaskSpec) -> list[str]:
         task = f"{PREFIX}mmlu_{subject}"
         description = f"The following are multiple choice questions (with answers) about {_mmlu_subject_title(subject)}.\n\n"
         _write_task(
-            folder / subject, spec, task, test[subject], {"dev": dev.get(subject, [])},
+            folder / subject,
+            spec,
+            task,
+            test[subject],
+            {"dev": dev.get(subject, [])},
             {**_mc_subject_config(), "description": description},
-        )  # fmt: skip
+        )
         subtasks.append(task)
     group = {
         "group": f"{PREFIX}mmlu",

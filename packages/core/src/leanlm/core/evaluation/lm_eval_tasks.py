@@ -33,28 +33,50 @@ MC_METRICS = [
 
 # Few-shot exemplars for GSM8K, written for leanlm (the offline copy has no train split).
 GSM8K_EXEMPLARS: list[Doc] = [
-    {"question": "A baker makes 4 trays of rolls with 12 rolls on each tray. She sells 30 rolls. "
-                 "How many rolls are left?",
-     "solution": "She makes 4 * 12 = 48 rolls. After selling 30, 48 - 30 = 18 rolls are left.\n#### 18",
-     "answer": "18"},
-    {"question": "Tom reads 15 pages every weekday and 25 pages on each day of the weekend. "
-                 "How many pages does he read in one week?",
-     "solution": "On weekdays he reads 5 * 15 = 75 pages. On the weekend he reads 2 * 25 = 50 pages. "
-                 "In total he reads 75 + 50 = 125 pages.\n#### 125",
-     "answer": "125"},
-    {"question": "A shirt costs $20 and is on sale for 25% off. How much does the shirt cost on sale?",
-     "solution": "The discount is 20 * 25 / 100 = 5 dollars. The sale price is 20 - 5 = 15 dollars.\n#### 15",
-     "answer": "15"},
-    {"question": "A garden has 3 rows of tomato plants with 8 plants in each row. Each plant gives "
-                 "6 tomatoes. How many tomatoes does the garden give?",
-     "solution": "There are 3 * 8 = 24 plants. They give 24 * 6 = 144 tomatoes.\n#### 144",
-     "answer": "144"},
-    {"question": "Mia had 50 stickers. She gave a fifth of them to her brother and then bought 7 more. "
-                 "How many stickers does she have now?",
-     "solution": "A fifth of 50 is 50 / 5 = 10, so she has 50 - 10 = 40 stickers. After buying 7 more "
-                 "she has 40 + 7 = 47.\n#### 47",
-     "answer": "47"},
-]  # fmt: skip
+    {
+        "question": (
+            "A baker makes 4 trays of rolls with 12 rolls on each tray. She sells 30 rolls. "
+            "How many rolls are left?"
+        ),
+        "solution": "She makes 4 * 12 = 48 rolls. After selling 30, 48 - 30 = 18 rolls are left.\n#### 18",
+        "answer": "18",
+    },
+    {
+        "question": (
+            "Tom reads 15 pages every weekday and 25 pages on each day of the weekend. "
+            "How many pages does he read in one week?"
+        ),
+        "solution": (
+            "On weekdays he reads 5 * 15 = 75 pages. On the weekend he reads 2 * 25 = 50 pages. "
+            "In total he reads 75 + 50 = 125 pages.\n#### 125"
+        ),
+        "answer": "125",
+    },
+    {
+        "question": "A shirt costs $20 and is on sale for 25% off. How much does the shirt cost on sale?",
+        "solution": "The discount is 20 * 25 / 100 = 5 dollars. The sale price is 20 - 5 = 15 dollars.\n#### 15",
+        "answer": "15",
+    },
+    {
+        "question": (
+            "A garden has 3 rows of tomato plants with 8 plants in each row. Each plant gives "
+            "6 tomatoes. How many tomatoes does the garden give?"
+        ),
+        "solution": "There are 3 * 8 = 24 plants. They give 24 * 6 = 144 tomatoes.\n#### 144",
+        "answer": "144",
+    },
+    {
+        "question": (
+            "Mia had 50 stickers. She gave a fifth of them to her brother and then bought 7 more. "
+            "How many stickers does she have now?"
+        ),
+        "solution": (
+            "A fifth of 50 is 50 / 5 = 10, so she has 50 - 10 = 40 stickers. After buying 7 more "
+            "she has 40 + 7 = 47.\n#### 47"
+        ),
+        "answer": "47",
+    },
+]
 
 
 def _mc(query: str, choices: list[str], label: int) -> Doc:
@@ -110,8 +132,11 @@ def _mmlu(r: Doc) -> Doc:
 def _gsm8k(r: Doc) -> Doc:
     from leanlm.core.evaluation.gsm8k import normalize_number
 
-    return {"question": r["question"].strip(), "answer": normalize_number(str(r["answer"])) or "",
-            "solution": r.get("solution", "")}  # fmt: skip
+    return {
+        "question": r["question"].strip(),
+        "answer": normalize_number(str(r["answer"])) or "",
+        "solution": r.get("solution", ""),
+    }
 
 
 @dataclass(frozen=True)
@@ -146,11 +171,20 @@ GSM8K_CONFIG: dict[str, Any] = {
     "doc_to_target": "answer",
     "fewshot_split": "fewshot",
     "fewshot_config": {"sampler": "first_n", "doc_to_target": "solution"},
-    "generation_kwargs": {"until": ["Question:", "</s>", "<|im_end|>", "\n\n\n"], "do_sample": False,
-                          "max_gen_toks": 256},
-    "filter_list": [{"name": "extract", "filter": [
-        {"function": "custom", "filter_fn": "leanlm.core.evaluation.lm_eval_bridge.gsm8k_filter"}]}],
-}  # fmt: skip
+    "generation_kwargs": {
+        "until": ["Question:", "</s>", "<|im_end|>", "\n\n\n"],
+        "do_sample": False,
+        "max_gen_toks": 256,
+    },
+    "filter_list": [
+        {
+            "name": "extract",
+            "filter": [
+                {"function": "custom", "filter_fn": "leanlm.core.evaluation.lm_eval_bridge.gsm8k_filter"}
+            ],
+        }
+    ],
+}
 
 TASKS: dict[str, TaskSpec] = {
     s.name: s
@@ -169,7 +203,7 @@ TASKS: dict[str, TaskSpec] = {
                 "fewshot_split": "test",
             },
             notes="partial scoring: the continuation after the blank is scored under each option",
-        ),  # fmt: skip
+        ),
         TaskSpec("arc_challenge", "arc_challenge", _qa, _mc_config()),
         TaskSpec("boolq", "boolq", _boolq, _mc_config()),
         TaskSpec("social_i_qa", "social_i_qa", _siqa, _mc_config()),
@@ -183,7 +217,7 @@ TASKS: dict[str, TaskSpec] = {
             extra_splits=lambda: {"fewshot": [dict(d) for d in GSM8K_EXEMPLARS]},
             metrics=[{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}],
             notes="greedy generation; answer extracted by extract_gsm8k_answer; exact match",
-        ),  # fmt: skip
+        ),
         TaskSpec(
             "mmlu",
             "mmlu",

@@ -71,6 +71,7 @@ PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 1, 
 _DEVICES = ("null", "zero", "full", "random", "urandom")
 
 # seccomp: the syscalls refused with EPERM where the architecture has them (aarch64 has no fork/vfork)
+# fmt: off
 _DENIED = (
     "fork", "vfork", "execve", "execveat", "socket", "socketpair", "kill", "tkill", "tgkill",
     "rt_sigqueueinfo", "rt_tgsigqueueinfo", "pidfd_open", "pidfd_send_signal", "pidfd_getfd", "ptrace",
@@ -79,11 +80,11 @@ _DENIED = (
     "mount_setattr", "io_uring_setup", "io_uring_enter", "io_uring_register", "keyctl", "add_key",
     "request_key", "bpf", "perf_event_open", "userfaultfd", "kexec_load", "init_module", "finit_module",
     "delete_module",
-)  # fmt: skip
+)
 _NEW = {"clone3": 435, "pidfd_open": 434, "pidfd_send_signal": 424, "pidfd_getfd": 438,
         "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427, "open_tree": 428,
         "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432, "fspick": 433,
-        "mount_setattr": 442}  # fmt: skip
+        "mount_setattr": 442}
 # AUDIT_ARCH value and syscall numbers per architecture (asm/unistd_64.h, asm-generic/unistd.h)
 _ARCHES: dict[str, tuple[int, dict[str, int]]] = {
     "x86_64": (0xC000003E, {**_NEW, "clone": 56, "fork": 57, "vfork": 58, "execve": 59, "execveat": 322,
@@ -100,7 +101,8 @@ _ARCHES: dict[str, tuple[int, dict[str, int]]] = {
         "pivot_root": 41, "chroot": 51, "keyctl": 219, "add_key": 217, "request_key": 218, "bpf": 280,
         "perf_event_open": 241, "userfaultfd": 282, "kexec_load": 104, "init_module": 105,
         "finit_module": 273, "delete_module": 106}),
-}  # fmt: skip
+}
+# fmt: on
 
 
 class SandboxResult:
@@ -116,16 +118,18 @@ class SandboxResult:
     def __init__(
         self, status: str, level: str, seccomp: bool, returncode: int | None, seconds: float
     ) -> None:
-        self.status, self.level, self.seccomp, self.returncode, self.seconds = (
-            status, level, seccomp, returncode, seconds)  # fmt: skip
+        self.status, self.level, self.seccomp = status, level, seccomp
+        self.returncode, self.seconds = returncode, seconds
 
     @property
     def passed(self) -> bool:
         return self.status == "passed"
 
     def __repr__(self) -> str:
-        return (f"SandboxResult(status={self.status!r}, level={self.level!r}, seccomp={self.seccomp}, "
-                f"returncode={self.returncode}, seconds={self.seconds:.3f})")  # fmt: skip
+        return (
+            f"SandboxResult(status={self.status!r}, level={self.level!r}, seccomp={self.seccomp}, "
+            f"returncode={self.returncode}, seconds={self.seconds:.3f})"
+        )
 
 
 def seccomp_supported() -> bool:
@@ -199,8 +203,13 @@ def _log_guarantees(level: str, seccomp: bool, reasons: list[str]) -> None:
         return
     lost = ["write protection outside the working directory", "PID/network isolation"]
     lost += [] if seccomp else ["fork guard for root (RLIMIT_NPROC is not enforced for root)"]
-    log.warning("sandbox: namespaces unavailable (%s); level %s holds: %s; NOT guaranteed: %s",
-                "; ".join(reasons) or "not Linux", level, "; ".join(holds), "; ".join(lost))  # fmt: skip
+    log.warning(
+        "sandbox: namespaces unavailable (%s); level %s holds: %s; NOT guaranteed: %s",
+        "; ".join(reasons) or "not Linux",
+        level,
+        "; ".join(holds),
+        "; ".join(lost),
+    )
 
 
 def _child_env(work: str) -> dict[str, str]:
@@ -218,8 +227,9 @@ def _child_paths() -> list[str]:
     return [p for p in dict.fromkeys([he, *site.getsitepackages()]) if os.path.isdir(p)]
 
 
-def _run(program: str, timeout: float, memory_mb: int, file_size_mb: int, disk_mb: int, level: str,
-         seccomp: bool) -> SandboxResult:  # fmt: skip
+def _run(
+    program: str, timeout: float, memory_mb: int, file_size_mb: int, disk_mb: int, level: str, seccomp: bool
+) -> SandboxResult:
     import subprocess
     import tempfile
     import time
@@ -231,14 +241,28 @@ def _run(program: str, timeout: float, memory_mb: int, file_size_mb: int, disk_m
     try:
         work = os.path.join(base, "work")
         os.mkdir(work, 0o700)
-        cfg = {"program": program, "timeout": timeout, "memory_mb": memory_mb, "file_size_mb": file_size_mb,
-               "disk_mb": disk_mb, "level": level, "seccomp": seccomp, "work": work, "paths": _child_paths()}  # fmt: skip
+        cfg = {
+            "program": program,
+            "timeout": timeout,
+            "memory_mb": memory_mb,
+            "file_size_mb": file_size_mb,
+            "disk_mb": disk_mb,
+            "level": level,
+            "seccomp": seccomp,
+            "work": work,
+            "paths": _child_paths(),
+        }
         with open(os.path.join(base, "log"), "wb") as logf:
             proc = subprocess.Popen(
                 [sys.executable, "-I", "-S", "-c", _BOOT, os.path.abspath(__file__)],
-                stdin=subprocess.PIPE, stdout=logf, stderr=logf, pass_fds=(w,), cwd=work,
-                env={**_child_env(work), "LEANLM_SANDBOX_FD": str(w)}, start_new_session=True,
-            )  # fmt: skip
+                stdin=subprocess.PIPE,
+                stdout=logf,
+                stderr=logf,
+                pass_fds=(w,),
+                cwd=work,
+                env={**_child_env(work), "LEANLM_SANDBOX_FD": str(w)},
+                start_new_session=True,
+            )
         os.close(w)
         w = -1
         try:
@@ -263,8 +287,8 @@ def _run(program: str, timeout: float, memory_mb: int, file_size_mb: int, disk_m
         if w >= 0:
             os.close(w)
         _remove(base)
-    return SandboxResult(_verdict(raw, killed, proc.returncode, tail), level, seccomp, proc.returncode,
-                         time.monotonic() - start)  # fmt: skip
+    verdict = _verdict(raw, killed, proc.returncode, tail)
+    return SandboxResult(verdict, level, seccomp, proc.returncode, time.monotonic() - start)
 
 
 class SandboxServer:
@@ -299,14 +323,24 @@ class SandboxServer:
 
         proc = subprocess.Popen(
             [sys.executable, "-I", "-S", "-c", _BOOT, os.path.abspath(__file__), "--server"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-            env=_child_env(tempfile.gettempdir()), start_new_session=True, bufsize=0,
-        )  # fmt: skip
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=_child_env(tempfile.gettempdir()),
+            start_new_session=True,
+            bufsize=0,
+        )
         _send(proc.stdin.fileno(), {"paths": _child_paths()})
         return proc
 
-    def run(self, program: str, timeout: float = 3.0, memory_mb: int = 1024, file_size_mb: int = 16,
-            disk_mb: int = 64) -> SandboxResult:  # fmt: skip
+    def run(
+        self,
+        program: str,
+        timeout: float = 3.0,
+        memory_mb: int = 1024,
+        file_size_mb: int = 16,
+        disk_mb: int = 64,
+    ) -> SandboxResult:
         """``run_sandboxed(program, ...)`` at this server's level."""
         import tempfile
         import time
@@ -320,9 +354,18 @@ class SandboxServer:
             work, log = os.path.join(base, "work"), os.path.join(base, "log")
             os.mkdir(work, 0o700)
             open(log, "wb").close()
-            req = {"program": program, "timeout": timeout, "memory_mb": memory_mb, "file_size_mb": file_size_mb,
-                   "disk_mb": disk_mb, "level": self.level, "seccomp": self.seccomp, "work": work, "log": log,
-                   "paths": []}  # fmt: skip
+            req = {
+                "program": program,
+                "timeout": timeout,
+                "memory_mb": memory_mb,
+                "file_size_mb": file_size_mb,
+                "disk_mb": disk_mb,
+                "level": self.level,
+                "seccomp": self.seccomp,
+                "work": work,
+                "log": log,
+                "paths": [],
+            }
             try:
                 if self._proc is None:
                     self._proc = self._start()
@@ -344,8 +387,8 @@ class SandboxServer:
             tail = _tail(log)
         finally:
             _remove(base)
-        return SandboxResult(_verdict(raw, killed, returncode, tail), self.level, self.seccomp, returncode,
-                             time.monotonic() - start)  # fmt: skip
+        verdict = _verdict(raw, killed, returncode, tail)
+        return SandboxResult(verdict, self.level, self.seccomp, returncode, time.monotonic() - start)
 
     def close(self) -> None:
         """End the server process (it exits when its stdin closes; killed if it does not)."""
@@ -462,8 +505,14 @@ def _readonly_everything() -> None:
         _fields_ = [(n, ctypes.c_uint64) for n in ("attr_set", "attr_clr", "propagation", "userns_fd")]
 
     attr = MountAttr(MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, 0, MS_PRIVATE, 0)
-    ret = libc.syscall(ctypes.c_long(NR_MOUNT_SETATTR), ctypes.c_int(AT_FDCWD), ctypes.c_char_p(b"/"),
-                       ctypes.c_uint(AT_RECURSIVE), ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)))  # fmt: skip
+    ret = libc.syscall(
+        ctypes.c_long(NR_MOUNT_SETATTR),
+        ctypes.c_int(AT_FDCWD),
+        ctypes.c_char_p(b"/"),
+        ctypes.c_uint(AT_RECURSIVE),
+        ctypes.byref(attr),
+        ctypes.c_size_t(ctypes.sizeof(attr)),
+    )
     _check(ret, "mount_setattr /")
 
 
@@ -562,8 +611,12 @@ def _install_seccomp() -> None:
     ctypes, libc = _libc()
 
     class Filter(ctypes.Structure):
-        _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8),
-                    ("k", ctypes.c_uint32)]  # fmt: skip
+        _fields_ = [
+            ("code", ctypes.c_uint16),
+            ("jt", ctypes.c_uint8),
+            ("jf", ctypes.c_uint8),
+            ("k", ctypes.c_uint32),
+        ]
 
     class Prog(ctypes.Structure):
         _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(Filter))]

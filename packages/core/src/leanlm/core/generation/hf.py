@@ -42,14 +42,26 @@ def until_end(ids: Sequence[int], end_ids: set[int]) -> list[int]:
     return list(ids)
 
 
-def answer(tokenizer: Any, request: GenerationRequest, prompt_tokens: int, generated: Sequence[int],
-           end_ids: set[int], params: SamplingParams, **meta: Any) -> GenerationResult:  # fmt: skip
+def answer(
+    tokenizer: Any,
+    request: GenerationRequest,
+    prompt_tokens: int,
+    generated: Sequence[int],
+    end_ids: set[int],
+    params: SamplingParams,
+    **meta: Any,
+) -> GenerationResult:
     """The result of an in-process generation: ``generated`` (ids, up to and including an end id) decoded
     without its end ids and cut at the stop strings; ``meta`` adds to the request's meta."""
     text = tokenizer.decode([t for t in generated if t not in end_ids], skip_special_tokens=True)
-    return GenerationResult(id=request.id, text=cut_at_stop(text, params.stop), prompt_tokens=prompt_tokens,
-                            completion_tokens=len(generated), meta={**request.meta, **meta},
-                            token_ids=list(generated))  # fmt: skip
+    return GenerationResult(
+        id=request.id,
+        text=cut_at_stop(text, params.stop),
+        prompt_tokens=prompt_tokens,
+        completion_tokens=len(generated),
+        meta={**request.meta, **meta},
+        token_ids=list(generated),
+    )
 
 
 def cut_at_stop(text: str, stop: Sequence[str] | None) -> str:

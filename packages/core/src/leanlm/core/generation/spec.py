@@ -72,8 +72,12 @@ class BackendSpec:
 
     def remote_options(self) -> dict[str, Any]:
         """The ``RemoteBackend`` knobs (retries, backoff, concurrency, timeout)."""
-        return {"concurrency": int(self.concurrency), "max_retries": int(self.max_retries),
-                "timeout": float(self.timeout), "backoff_base": float(self.backoff_base)}  # fmt: skip
+        return {
+            "concurrency": int(self.concurrency),
+            "max_retries": int(self.max_retries),
+            "timeout": float(self.timeout),
+            "backoff_base": float(self.backoff_base),
+        }
 
     def build(self) -> Any:
         """The backend (``get_backend``); local ones load their model now."""
@@ -84,18 +88,29 @@ class BackendSpec:
             local = {"model": self.model or "default", "batch_size": int(self.batch_size)}
             return get_backend("hf", **local, **({"dtype": self.dtype} if self.dtype else {}), **extra)
         if name == "openai":
-            return get_backend("openai", model=self.model, base_url=self.base_url, api_key=self.api_key,
-                               **self.remote_options(), **extra)  # fmt: skip
+            return get_backend(
+                "openai",
+                model=self.model,
+                base_url=self.base_url,
+                api_key=self.api_key,
+                **self.remote_options(),
+                **extra,
+            )
         if name == "tgi":
             return get_backend(
                 "tgi", base_url=self.base_url, api_key=self.api_key, **self.remote_options(), **extra
             )
         if name == "vllm":
-            return get_backend("vllm", model=self.model or "default", **({"dtype": self.dtype} if self.dtype else {}),
-                               **extra)  # fmt: skip
+            return get_backend(
+                "vllm",
+                model=self.model or "default",
+                **({"dtype": self.dtype} if self.dtype else {}),
+                **extra,
+            )
         # a backend a method registered (BiTA, D-LLM decoding): it loads the model itself
-        return get_backend(name, model=self.model or "default", **({"dtype": self.dtype} if self.dtype else {}),
-                           **extra)  # fmt: skip
+        return get_backend(
+            name, model=self.model or "default", **({"dtype": self.dtype} if self.dtype else {}), **extra
+        )
 
     def key(self) -> tuple:
         """Specs with equal keys can share one backend (one loaded model, one connection pool)."""

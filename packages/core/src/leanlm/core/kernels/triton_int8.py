@@ -149,12 +149,28 @@ def _dequantize_rowwise_kernel(q_ptr, s_ptr, out_ptr, K, stride_qm, stride_qk, B
 
 @triton.jit
 def _int8_matmul_dequantize_kernel(
-    a_ptr, b_ptr, sa_ptr, sb_ptr, bias_ptr, c_ptr,
-    M, N, K,
-    stride_am, stride_ak, stride_bk, stride_bn, stride_cm, stride_cn,
-    ROWWISE_B: tl.constexpr, HAS_BIAS: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-):  # fmt: skip
+    a_ptr,
+    b_ptr,
+    sa_ptr,
+    sb_ptr,
+    bias_ptr,
+    c_ptr,
+    M,
+    N,
+    K,
+    stride_am,
+    stride_ak,
+    stride_bk,
+    stride_bn,
+    stride_cm,
+    stride_cn,
+    ROWWISE_B: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+):
     # grouped program order so consecutive programs reuse the same rows of `a` (L2 friendliness)
     pid = tl.program_id(0)
     grid_m = tl.cdiv(M, BLOCK_M)
@@ -171,10 +187,16 @@ def _int8_matmul_dequantize_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
     for k0 in range(0, K, BLOCK_K):
         k = k0 + rk
-        a = tl.load(a_ptr + rm[:, None] * stride_am + k[None, :] * stride_ak,
-                    mask=(rm[:, None] < M) & (k[None, :] < K), other=0)  # fmt: skip
-        b = tl.load(b_ptr + k[:, None] * stride_bk + rn[None, :] * stride_bn,
-                    mask=(k[:, None] < K) & (rn[None, :] < N), other=0)  # fmt: skip
+        a = tl.load(
+            a_ptr + rm[:, None] * stride_am + k[None, :] * stride_ak,
+            mask=(rm[:, None] < M) & (k[None, :] < K),
+            other=0,
+        )
+        b = tl.load(
+            b_ptr + k[:, None] * stride_bk + rn[None, :] * stride_bn,
+            mask=(k[:, None] < K) & (rn[None, :] < N),
+            other=0,
+        )
         acc += tl.dot(a, b, out_dtype=tl.int32)
 
     # the PyTorch epilogue's fp32 order: 1/127^2 folded into s_b, then one or two multiplies per element
@@ -189,8 +211,9 @@ def _int8_matmul_dequantize_kernel(
         bias = tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)
         out = out + bias[None, :]
     mask = (rm[:, None] < M) & (rn[None, :] < N)
-    tl.store(c_ptr + rm[:, None] * stride_cm + rn[None, :] * stride_cn,
-             out.to(c_ptr.dtype.element_ty), mask=mask)  # fmt: skip
+    tl.store(
+        c_ptr + rm[:, None] * stride_cm + rn[None, :] * stride_cn, out.to(c_ptr.dtype.element_ty), mask=mask
+    )
 
 
 # ------------------------------------------------------------------------------------------ launchers
@@ -309,10 +332,28 @@ def int8_matmul_dequantize(
     bm, bn, bk, warps, stages = _matmul_blocks(M, N, K)
     grid = (triton.cdiv(M, bm) * triton.cdiv(N, bn),)
     _int8_matmul_dequantize_kernel[grid](
-        a, b, sa, sb, bias_arg, c,
-        M, N, K,
-        a.stride(0), a.stride(1), b.stride(0), b.stride(1), c.stride(0), c.stride(1),
-        ROWWISE_B=rowwise_b, HAS_BIAS=bias is not None,
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, num_warps=warps, num_stages=stages,
-    )  # fmt: skip
+        a,
+        b,
+        sa,
+        sb,
+        bias_arg,
+        c,
+        M,
+        N,
+        K,
+        a.stride(0),
+        a.stride(1),
+        b.stride(0),
+        b.stride(1),
+        c.stride(0),
+        c.stride(1),
+        ROWWISE_B=rowwise_b,
+        HAS_BIAS=bias is not None,
+        BLOCK_M=bm,
+        BLOCK_N=bn,
+        BLOCK_K=bk,
+        GROUP_M=8,
+        num_warps=warps,
+        num_stages=stages,
+    )
     return c

@@ -23,9 +23,17 @@ def _round_half_even(x):
 
 @triton.jit
 def _quantize_kernel(
-    w_ptr, codes_ptr, scales_ptr, zeros_ptr, n_groups_total, group_size, max_int, eps,
-    BLOCK_R: tl.constexpr, BLOCK_G: tl.constexpr,
-):  # fmt: skip
+    w_ptr,
+    codes_ptr,
+    scales_ptr,
+    zeros_ptr,
+    n_groups_total,
+    group_size,
+    max_int,
+    eps,
+    BLOCK_R: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+):
     # one program quantizes BLOCK_R groups; w is contiguous [n_groups_total, group_size]
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     cols = tl.arange(0, BLOCK_G)
@@ -56,9 +64,17 @@ def quantize_asym(
     block_r = 16
     grid = (triton.cdiv(n_total, block_r),)
     _quantize_kernel[grid](
-        flat, codes, scales, zeros, n_total, group_size, float(2**bits - 1), float(eps),
-        BLOCK_R=block_r, BLOCK_G=triton.next_power_of_2(group_size),
-    )  # fmt: skip
+        flat,
+        codes,
+        scales,
+        zeros,
+        n_total,
+        group_size,
+        float(2**bits - 1),
+        float(eps),
+        BLOCK_R=block_r,
+        BLOCK_G=triton.next_power_of_2(group_size),
+    )
     lead = w.shape[:-1]
     return (
         codes.reshape(w.shape),
@@ -142,8 +158,9 @@ def _word_codes(
     bits are kept, and those are the code's own.
     """
     w_idx = g * WORDS + tl.arange(0, WORDS)
-    words = tl.load(p_ptr + rn[:, None].to(tl.int64) * stride_pn + w_idx[None, :] * stride_pw,
-                    mask=n_ok[:, None], other=0)  # fmt: skip
+    words = tl.load(
+        p_ptr + rn[:, None].to(tl.int64) * stride_pn + w_idx[None, :] * stride_pw, mask=n_ok[:, None], other=0
+    )
     shifts = tl.arange(0, PER) * BITS
     return (words[:, :, None] >> shifts[None, None, :]) & ((1 << BITS) - 1)
 
@@ -161,10 +178,25 @@ def _word_layout(bits: int, group_size: int) -> tuple[int, int]:
 
 @triton.jit
 def _dequantize_kernel(
-    p_ptr, s_ptr, z_ptr, out_ptr, N, K, group_size,
-    stride_pn, stride_pw, stride_sn, stride_sg, stride_zn, stride_zg,
-    BITS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr, WORDS: tl.constexpr, PER: tl.constexpr,
-):  # fmt: skip
+    p_ptr,
+    s_ptr,
+    z_ptr,
+    out_ptr,
+    N,
+    K,
+    group_size,
+    stride_pn,
+    stride_pw,
+    stride_sn,
+    stride_sg,
+    stride_zn,
+    stride_zg,
+    BITS: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+    WORDS: tl.constexpr,
+    PER: tl.constexpr,
+):
     # one program writes W[rows, group g] = (q - z) * s for BLOCK_N rows and one quantization group
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     g = tl.program_id(1)
@@ -175,8 +207,11 @@ def _dequantize_kernel(
         q = _word_codes(p_ptr, rn, g, stride_pn, stride_pw, n_ok, BITS, WORDS, PER)
         cols = g * group_size + tl.arange(0, WORDS)[:, None] * PER + tl.arange(0, PER)[None, :]
         w = (q.to(tl.float32) - z[:, None, None]) * s[:, None, None]
-        tl.store(out_ptr + rn[:, None, None].to(tl.int64) * K + cols[None, :, :], w.to(out_ptr.dtype.element_ty),
-                 mask=n_ok[:, None, None])  # fmt: skip
+        tl.store(
+            out_ptr + rn[:, None, None].to(tl.int64) * K + cols[None, :, :],
+            w.to(out_ptr.dtype.element_ty),
+            mask=n_ok[:, None, None],
+        )
     else:
         cols = g * group_size + tl.arange(0, BLOCK_G)
         mask = n_ok[:, None] & (tl.arange(0, BLOCK_G) < group_size)[None, :]
@@ -188,9 +223,14 @@ def _dequantize_kernel(
 
 
 def dequantize_packed(
-    packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int, bits: int, k: int,
+    packed: torch.Tensor,
+    scales: torch.Tensor,
+    zeros: torch.Tensor,
+    group_size: int,
+    bits: int,
+    k: int,
     dtype: torch.dtype,
-) -> torch.Tensor:  # fmt: skip
+) -> torch.Tensor:
     """W [N, K] in ``dtype`` from packed [N, K*b/32] (any strides), scales/zeros [N, K/g]."""
     n = packed.shape[0]
     out = torch.empty(n, k, dtype=dtype, device=packed.device)
@@ -198,20 +238,56 @@ def dequantize_packed(
     words, per = _word_layout(bits, group_size)
     grid = (triton.cdiv(n, block_n), k // group_size)
     _dequantize_kernel[grid](
-        packed, scales, zeros, out, n, k, group_size,
-        packed.stride(0), packed.stride(1), scales.stride(0), scales.stride(1), zeros.stride(0), zeros.stride(1),
-        BITS=bits, BLOCK_N=block_n, BLOCK_G=triton.next_power_of_2(group_size), WORDS=words, PER=per,
-    )  # fmt: skip
+        packed,
+        scales,
+        zeros,
+        out,
+        n,
+        k,
+        group_size,
+        packed.stride(0),
+        packed.stride(1),
+        scales.stride(0),
+        scales.stride(1),
+        zeros.stride(0),
+        zeros.stride(1),
+        BITS=bits,
+        BLOCK_N=block_n,
+        BLOCK_G=triton.next_power_of_2(group_size),
+        WORDS=words,
+        PER=per,
+    )
     return out
 
 
 @triton.jit
 def _gemv_kernel(
-    x_ptr, p_ptr, s_ptr, z_ptr, b_ptr, out_ptr, N, n_groups, group_size,
-    stride_xm, stride_xk, stride_pn, stride_pw, stride_sn, stride_sg, stride_zn, stride_zg, stride_om, stride_on,
-    HAS_BIAS: tl.constexpr, BITS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr,
-    WORDS: tl.constexpr, PER: tl.constexpr,
-):  # fmt: skip
+    x_ptr,
+    p_ptr,
+    s_ptr,
+    z_ptr,
+    b_ptr,
+    out_ptr,
+    N,
+    n_groups,
+    group_size,
+    stride_xm,
+    stride_xk,
+    stride_pn,
+    stride_pw,
+    stride_sn,
+    stride_sg,
+    stride_zn,
+    stride_zg,
+    stride_om,
+    stride_on,
+    HAS_BIAS: tl.constexpr,
+    BITS: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+    WORDS: tl.constexpr,
+    PER: tl.constexpr,
+):
     # out[m, n] = sum_g s[n, g] * (sum_{k in g} q[n, k] x[m, k] - z[n, g] * sum_{k in g} x[m, k]):
     # per group one integer-weighted dot and one sum of x, so scale and zero-point apply once per group
     # instead of once per weight. Memory-bound for a few rows of x: it reads the packed weight once.
@@ -273,10 +349,30 @@ def lowbit_matmul(
     words, per = _word_layout(bits, group_size)
     grid = (triton.cdiv(n, block_n), m)
     _gemv_kernel[grid](
-        x2, packed, scales, zeros, bias if bias is not None else out, out, n, k // group_size, group_size,
-        x2.stride(0), x2.stride(1), packed.stride(0), packed.stride(1), scales.stride(0), scales.stride(1),
-        zeros.stride(0), zeros.stride(1), out.stride(0), out.stride(1),
-        HAS_BIAS=bias is not None, BITS=bits, BLOCK_N=block_n, BLOCK_G=triton.next_power_of_2(group_size),
-        WORDS=words, PER=per,
-    )  # fmt: skip
+        x2,
+        packed,
+        scales,
+        zeros,
+        bias if bias is not None else out,
+        out,
+        n,
+        k // group_size,
+        group_size,
+        x2.stride(0),
+        x2.stride(1),
+        packed.stride(0),
+        packed.stride(1),
+        scales.stride(0),
+        scales.stride(1),
+        zeros.stride(0),
+        zeros.stride(1),
+        out.stride(0),
+        out.stride(1),
+        HAS_BIAS=bias is not None,
+        BITS=bits,
+        BLOCK_N=block_n,
+        BLOCK_G=triton.next_power_of_2(group_size),
+        WORDS=words,
+        PER=per,
+    )
     return out.reshape(*x.shape[:-1], n)

@@ -24,9 +24,16 @@ from leanlm.core.serving.engine import BackendEngine, Engine, EngineBase
 log = logging.getLogger(__name__)
 
 
-def build_engine(model: str | Any, tokenizer: Any = None, max_batch: int = 8, max_queue: int = 256,
-                 dtype: str | None = None, device: str | None = None, backend: str = "hf",
-                 backend_options: dict[str, Any] | None = None) -> EngineBase:  # fmt: skip
+def build_engine(
+    model: str | Any,
+    tokenizer: Any = None,
+    max_batch: int = 8,
+    max_queue: int = 256,
+    dtype: str | None = None,
+    device: str | None = None,
+    backend: str = "hf",
+    backend_options: dict[str, Any] | None = None,
+) -> EngineBase:
     """An ``Engine`` for a model name/path (loaded with ``load_model``) or a model object + tokenizer.
 
     ``backend``: ``hf`` (batched, streamed token by token) or a backend a method registered under
@@ -55,8 +62,15 @@ def build_engine(model: str | Any, tokenizer: Any = None, max_batch: int = 8, ma
 class Server:
     """``leanlm serve`` in a background thread on ``host:port`` (port 0: a free one)."""
 
-    def __init__(self, engine: EngineBase, served_name: str, limits: ServerLimits | None = None,
-                 api_key: str | None = None, host: str = "127.0.0.1", port: int = 0):  # fmt: skip
+    def __init__(
+        self,
+        engine: EngineBase,
+        served_name: str,
+        limits: ServerLimits | None = None,
+        api_key: str | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ):
         import uvicorn
 
         self.engine = engine
@@ -97,19 +111,44 @@ class Server:
         self.stop()
 
 
-def serve(model: str = "default", host: str = "127.0.0.1", port: int = 8000, served_name: str | None = None,
-          api_key: str | None = None, max_batch: int = 8, max_queue: int = 256, max_prompt_tokens: int = 4096,
-          max_tokens: int = 1024, dtype: str | None = None, device: str | None = None,
-          backend: str = "hf", backend_options: dict[str, Any] | None = None) -> None:  # fmt: skip
+def serve(
+    model: str = "default",
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    served_name: str | None = None,
+    api_key: str | None = None,
+    max_batch: int = 8,
+    max_queue: int = 256,
+    max_prompt_tokens: int = 4096,
+    max_tokens: int = 1024,
+    dtype: str | None = None,
+    device: str | None = None,
+    backend: str = "hf",
+    backend_options: dict[str, Any] | None = None,
+) -> None:
     """Load ``model`` and serve it until interrupted (Ctrl-C)."""
     import uvicorn
 
-    engine = build_engine(model, max_batch=max_batch, max_queue=max_queue, dtype=dtype, device=device,
-                          backend=backend, backend_options=backend_options)  # fmt: skip
+    engine = build_engine(
+        model,
+        max_batch=max_batch,
+        max_queue=max_queue,
+        dtype=dtype,
+        device=device,
+        backend=backend,
+        backend_options=backend_options,
+    )
     name = served_name or model
     app = create_app(engine, name, ServerLimits(max_prompt_tokens, max_tokens, min(256, max_tokens)), api_key)
-    log.info("serving %s as %r on http://%s:%d/v1 (batch %d, key %s)", model, name, host, port, max_batch,
-             "required" if api_key else "not required")  # fmt: skip
+    log.info(
+        "serving %s as %r on http://%s:%d/v1 (batch %d, key %s)",
+        model,
+        name,
+        host,
+        port,
+        max_batch,
+        "required" if api_key else "not required",
+    )
     try:
         uvicorn.run(app, host=host, port=port, log_level="warning")
     finally:

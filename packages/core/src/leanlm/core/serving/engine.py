@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from leanlm.core.generation.base import Backend
-from leanlm.core.generation.hf import end_token_ids
+from leanlm.core.generation.hf import cut_at_stop, end_token_ids
 from leanlm.core.generation.types import GenerationRequest, GenerationResult, SamplingParams
 
 log = logging.getLogger(__name__)
@@ -170,8 +170,9 @@ class Engine(EngineBase):
         width = max(len(j.prompt_ids) for j in batch)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         ids = torch.tensor([[pad] * (width - len(j.prompt_ids)) + j.prompt_ids for j in batch], device=device)
-        mask = torch.tensor([[0] * (width - len(j.prompt_ids)) + [1] * len(j.prompt_ids) for j in batch],
-                            device=device)  # fmt: skip
+        mask = torch.tensor(
+            [[0] * (width - len(j.prompt_ids)) + [1] * len(j.prompt_ids) for j in batch], device=device
+        )
         limit = max(j.params.max_new_tokens for j in batch)
         cache = None
         with torch.inference_mode():
@@ -179,8 +180,13 @@ class Engine(EngineBase):
                 positions = (mask.cumsum(-1) - 1).clamp(min=0)
                 if cache is not None:
                     positions = positions[:, -1:]
-                out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                                 past_key_values=cache, use_cache=True)  # fmt: skip
+                out = self.model(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    position_ids=positions,
+                    past_key_values=cache,
+                    use_cache=True,
+                )
                 cache = out.past_key_values
                 logits = out.logits[:, -1, :].float()
                 nxt = [self._choose(row, logits[b]) for b, row in enumerate(rows)]
@@ -217,11 +223,10 @@ class Engine(EngineBase):
         self.tokens_generated += 1
         text = self.tokenizer.decode(row.ids, skip_special_tokens=True)
         stop = job.params.stop
-        if stop:
-            cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=-1)
-            if cut >= 0:
-                self._emit(row, text[:cut])
-                return self._finish(row, "stop")
+        answer = cut_at_stop(text, stop)
+        if len(answer) < len(text):  # a stop string appeared: the answer ends before it
+            self._emit(row, answer)
+            return self._finish(row, "stop")
         if not text.endswith("\ufffd"):  # an incomplete multi-byte character waits for its next token
             # hold back a tail that may yet become a stop string, so no part of one is ever sent
             held = max((len(s) for s in stop if s), default=1) - 1 if stop else 0

@@ -145,13 +145,23 @@ def _config(arch: str, tok: Any, num_layers: int, tie_word_embeddings: bool) -> 
     if arch == "llama":
         return tf.LlamaConfig(**common)
     if arch == "llama3":
-        rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
-                "high_freq_factor": 4.0, "original_max_position_embeddings": 64}  # fmt: skip
+        rope = {
+            "rope_type": "llama3",
+            "rope_theta": 500000.0,
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 64,
+        }
         return tf.LlamaConfig(**common, rope_parameters=rope)
     if arch == "qwen2":
         # sliding window on the upper half of the layers, as Qwen2's max_window_layers does
-        return tf.Qwen2Config(**common, use_sliding_window=True, sliding_window=SLIDING_WINDOW,
-                              max_window_layers=num_layers // 2)  # fmt: skip
+        return tf.Qwen2Config(
+            **common,
+            use_sliding_window=True,
+            sliding_window=SLIDING_WINDOW,
+            max_window_layers=num_layers // 2,
+        )
     if arch == "qwen3":
         return tf.Qwen3Config(**common)
     if arch == "mistral":
@@ -159,8 +169,13 @@ def _config(arch: str, tok: Any, num_layers: int, tie_word_embeddings: bool) -> 
     if arch == "gemma":
         return tf.GemmaConfig(**common, hidden_activation="gelu_pytorch_tanh")
     if arch == "gemma2":
-        return tf.Gemma2Config(**common, sliding_window=SLIDING_WINDOW, query_pre_attn_scalar=16,
-                               attn_logit_softcapping=50.0, final_logit_softcapping=30.0)  # fmt: skip
+        return tf.Gemma2Config(
+            **common,
+            sliding_window=SLIDING_WINDOW,
+            query_pre_attn_scalar=16,
+            attn_logit_softcapping=50.0,
+            final_logit_softcapping=30.0,
+        )
     common.pop("head_dim")  # Phi-3 derives it from hidden_size / heads (16 here)
     return tf.Phi3Config(**common, sliding_window=SLIDING_WINDOW)
 
@@ -197,9 +212,16 @@ def tiny_model_dir(arch: str, folder: str | Path, **kwargs: Any) -> Path:
 
 # ----------------------------------------------------------------------------- "Supported models" tables
 
-ARCH_LABELS = {"llama": "Llama (LLaMA-2, TinyLlama, SmolLM2)", "llama3": "Llama-3", "qwen2": "Qwen2 / Qwen2.5",
-               "qwen3": "Qwen3", "mistral": "Mistral", "gemma": "Gemma", "gemma2": "Gemma-2",
-               "phi3": "Phi-3"}  # fmt: skip
+ARCH_LABELS = {
+    "llama": "Llama (LLaMA-2, TinyLlama, SmolLM2)",
+    "llama3": "Llama-3",
+    "qwen2": "Qwen2 / Qwen2.5",
+    "qwen3": "Qwen3",
+    "mistral": "Mistral",
+    "gemma": "Gemma",
+    "gemma2": "Gemma-2",
+    "phi3": "Phi-3",
+}
 
 
 def _arch_of(item: Any) -> str | None:
