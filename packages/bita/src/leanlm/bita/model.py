@@ -148,8 +148,8 @@ class BiTAModel(nn.Module):
         noise = torch.randn(self.num_masks, emb.shape[1], generator=g) * emb.std().item() * 0.1
         self.mask_embeddings.copy_(emb.mean(0, keepdim=True) + noise.to(emb.device))
         ids = torch.randint(0, self.vocab_size, (1, self.num_prefix), generator=g).to(self.device)
-        out = self.base.get_decoder()(input_ids=ids, use_cache=True)
-        cache = out.past_key_values
+        cache = full_cache()  # a sliding-window model's own cache would keep only its last W-1 entries
+        self.base.get_decoder()(input_ids=ids, past_key_values=cache, use_cache=True)
         for layer in range(self.config.num_layers):
             k, v = cache.layers[layer].keys[0], cache.layers[layer].values[0]  # [nkv, P, d]
             self.prefix[:, layer, 0] = k.transpose(0, 1).float()
@@ -175,7 +175,8 @@ class BiTAModel(nn.Module):
         kv = kv.permute(1, 2, 3, 0, 4).unsqueeze(2)  # [L, 2, 1, nkv, P, d]
         kv = kv.expand(-1, -1, batch_size, -1, -1, -1)
         data = [(kv[layer, 0], kv[layer, 1]) for layer in range(self.config.num_layers)]
-        return DynamicCache(ddp_cache_data=data, config=self.base.config)
+        # no config: every layer keeps every entry (sliding windows are applied by the masks instead)
+        return DynamicCache(ddp_cache_data=data)
 
     def hidden_states(
         self,
@@ -184,10 +185,19 @@ class BiTAModel(nn.Module):
         position_ids: torch.Tensor,
         cache: Any,
     ) -> torch.Tensor:
-        """Last hidden states [b, T, H]. ``attention_mask`` is additive [b, 1, T, cache_len + T]."""
+        """Last hidden states [b, T, H]. ``attention_mask`` is additive [b, 1, T, cache_len + T];
+        ``cache`` holds the P prefix entries, then real tokens at positions 0, 1, ... in order."""
+        cached_real = cache.get_seq_length() - self.num_prefix
+        keys = torch.cat(
+            [
+                torch.full((self.num_prefix,), PREFIX_POSITION, device=position_ids.device),
+                torch.arange(cached_real, device=position_ids.device),
+            ]
+        )
+        key_positions = torch.cat([keys.expand(position_ids.shape[0], -1), position_ids], dim=1)
         out = self.base.get_decoder()(
             inputs_embeds=self.embed(input_ids),
-            attention_mask=attention_mask,
+            attention_mask=layer_masks(self.base.config, attention_mask, position_ids, key_positions),
             position_ids=position_ids,
             past_key_values=cache,
             use_cache=True,
@@ -195,7 +205,10 @@ class BiTAModel(nn.Module):
         return out.last_hidden_state
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.base.get_output_embeddings()(hidden)
+        """The base model's logits for ``hidden`` [..., H], final soft-capping (Gemma-2) included."""
+        logits = self.base.get_output_embeddings()(hidden)
+        cap = getattr(self.base.config, "final_logit_softcapping", None)
+        return torch.tanh(logits / cap) * cap if cap else logits
 
     # ------------------------------------------------------------------ training forward
 
@@ -298,13 +311,17 @@ class BiTAModel(nn.Module):
         real_ids = torch.where(real, input_ids[:, :F_max], torch.zeros_like(input_ids[:, :F_max]))
         causal = cols.view(1, -1, 1) >= cols.view(1, 1, -1)  # [1, F_max, F_max]
         vis1 = (causal & real.unsqueeze(1)) | torch.eye(F_max, dtype=torch.bool, device=dev)
-        out = self.base.get_decoder()(
+        positions = cols.view(1, -1).expand(b, -1)
+        mask = additive_mask(vis1, self.dtype).unsqueeze(1)
+        cache = full_cache()
+        self.base.get_decoder()(
             input_ids=real_ids,
-            attention_mask=additive_mask(vis1, self.dtype).unsqueeze(1),
-            position_ids=cols.view(1, -1).expand(b, -1),
+            attention_mask=layer_masks(self.base.config, mask, positions, positions),
+            position_ids=positions,
+            past_key_values=cache,
             use_cache=True,
         )
-        return [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+        return [(layer.keys, layer.values) for layer in cache.layers]
 
     def _with_prefix(self, prefix_visible: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
         """[b, q] prefix visibility + [b, q, k] key visibility -> additive [b, q, P + k]."""
@@ -385,6 +402,49 @@ def load_bita(
         raise UserError(f"{adapter}: missing {ADAPTER_FILE}")
     model.load_adapter_state(load_file(str(weights)), where=str(weights))
     return model.eval()
+
+
+# the prefix entries have no position: as keys they are never outside a sliding window
+PREFIX_POSITION = -(2**40)
+
+
+def full_cache() -> Any:
+    """An empty ``DynamicCache`` whose layers keep every entry, whatever the model's sliding window."""
+    from transformers import DynamicCache
+
+    return DynamicCache()
+
+
+def sliding_layout(config: Any) -> str | None:
+    """``"all"`` (Mistral, Phi-3: every layer windowed), ``"mixed"`` (``config.layer_types`` lists
+    ``sliding_attention`` layers: Qwen2's upper layers, Gemma-2's alternate ones) or None."""
+    if not getattr(config, "sliding_window", None):
+        return None
+    types = getattr(config, "layer_types", None)
+    if types is not None:
+        return "mixed" if "sliding_attention" in types else None
+    return "all" if getattr(config, "use_sliding_window", True) else None
+
+
+def layer_masks(
+    config: Any, mask: torch.Tensor, query_positions: torch.Tensor, key_positions: torch.Tensor
+) -> torch.Tensor | dict[str, torch.Tensor]:
+    """The additive ``mask`` [b, 1, T, K] as each attention layer of the base model needs it.
+
+    A sliding-window layer also hides key j from query i when ``pos_i - pos_j >= W`` (HF's own
+    rule: the last W positions, the query's included); positions are ``query_positions`` [b, T]
+    and ``key_positions`` [b, K]. A custom 4D mask bypasses HF's mask building, so without this a
+    windowed model would attend over the whole context and BiTA would stop matching greedy.
+    Models with both kinds of layers take a ``{layer type: mask}`` dict.
+    """
+    layout = sliding_layout(config)
+    if layout is None:
+        return mask
+    far = (query_positions.unsqueeze(-1) - key_positions.unsqueeze(1)) >= config.sliding_window  # [b, T, K]
+    windowed = mask.masked_fill(far.unsqueeze(1), torch.finfo(mask.dtype).min)
+    if layout == "all":
+        return windowed
+    return {"full_attention": mask, "sliding_attention": windowed}
 
 
 def additive_mask(visible: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
