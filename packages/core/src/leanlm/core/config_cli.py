@@ -55,8 +55,9 @@ def coerce(value: Any, annotation: Any, name: str) -> Any:
         if allows_none:
             return None
         raise UserError(f"--{name} needs a value")
+    # "--limit none" is no limit; for a text field "none" may be a value (--report_to none, --exclude none)
     if isinstance(value, str) and allows_none and kind is not str and value.strip().lower() == "none":
-        return None  # "--limit none"; for a text field "none" may be a value (--report_to none, --exclude none)
+        return None
     if kind is bool:
         return parse_bool(value, f"--{name}")
     if kind is int:
