@@ -110,8 +110,8 @@ def config_command(cls: type[C], run: Callable[[C], R], doc: str | None = None) 
             default = f.default_factory()
         else:
             default = inspect.Parameter.empty
-        params.append(inspect.Parameter(f.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default,
-                                        annotation=hints[f.name]))  # fmt: skip
+        kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+        params.append(inspect.Parameter(f.name, kind, default=default, annotation=hints[f.name]))
     signature = inspect.Signature(params)
 
     def command(*args: Any, **kwargs: Any) -> R:
