@@ -24,8 +24,6 @@ SYNONYMS = {
 # names kept from the original scripts these commands mirror (BitDistiller's generate/mix/export, D-LLM's
 # finetune); renaming them is open work (issue 16), and no other script may adopt them
 LEGACY = {
-    ("bitdistiller-generate", "out"), ("bitdistiller-generate", "out_dir"), ("bitdistiller-mix", "out"),
-    ("bitdistiller-export", "out_dir"), ("dllm-finetune", "max_seq_len"),
     ("leanlm serve", "max_tokens"),  # the cap on the OpenAI request field of that name, not a length to generate
 }  # fmt: skip
 

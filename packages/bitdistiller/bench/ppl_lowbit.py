@@ -93,6 +93,7 @@ def main() -> None:
 
     from leanlm.bitdistiller.checkpoint import load_model_for_eval
     from leanlm.bitdistiller.clip import apply_clip, calibration_blocks, run_clip_search, save_clip
+    from leanlm.bitdistiller.config import GenerateConfig, TrainConfig
     from leanlm.bitdistiller.export import export_packed, load_packed, packed_sizes
     from leanlm.bitdistiller.modules import quantize_model
     from leanlm.bitdistiller.quant import QuantSpec
@@ -146,9 +147,9 @@ def main() -> None:
         if cfg in a.qat_configs.split(","):
             if teacher is None:
                 t = time.time()
-                teacher = generate_teacher_data("default", str(prompts), out=work / f"teacher_n{a.teacher_samples}_t{a.teacher_tokens}.jsonl",
-                                                max_sample=a.teacher_samples, max_new_tokens=a.teacher_tokens,
-                                                batch_size=16)  # fmt: skip
+                answers = GenerateConfig(dataset=str(prompts), max_sample=a.teacher_samples, max_new_tokens=a.teacher_tokens,
+                                         output=str(work / f"teacher_n{a.teacher_samples}_t{a.teacher_tokens}.jsonl"))  # fmt: skip
+                teacher = generate_teacher_data(answers)
                 results["teacher_seconds"] = round(time.time() - t)
             t = time.time()
             qat_dir = (
@@ -163,11 +164,11 @@ def main() -> None:
                     )
                 # the Trainer resumes from the copy: weights, optimizer state, step counter
                 shutil.copytree(src, qat_dir / src.name)
-            summary = train("default", teacher["path"], qat_dir, spec, clip=clip_path,
-                            max_length=a.max_length, gamma_batches=4, dtype="fp32",
-                            overrides={"max_steps": a.qat_steps, "per_device_train_batch_size": a.qat_batch,
-                                       "gradient_accumulation_steps": 1, "learning_rate": a.lr,
-                                       "save_steps": a.qat_steps, "logging_steps": 1})  # fmt: skip
+            qat_config = TrainConfig(teacher["path"], str(qat_dir), clip=str(clip_path), quant_type=qt, w_bit=bits,
+                                     group_size=a.group_size, max_length=a.max_length, gamma_batches=4, dtype="fp32",
+                                     learning_rate=a.lr, batch_size=a.qat_batch, grad_accum=1, max_steps=a.qat_steps,
+                                     save_steps=a.qat_steps, logging_steps=1)  # fmt: skip
+            summary = train(qat_config, spec)
             qat, _, _ = load_model_for_eval(summary["final"], device="cpu")
             rows.append({"config": spec.name, "method": f"clip + KD-QAT (CAKLD, {summary['steps']} steps)",
                          "ppl": ppl(qat), "seconds": round(time.time() - t), "gamma": round(summary["gamma"], 4)})  # fmt: skip

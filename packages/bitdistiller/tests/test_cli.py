@@ -37,7 +37,7 @@ def pipeline(tmp_path_factory, tiny_dir, teacher_file):
     prompts.write_text(
         "".join(json.dumps({"id": f"p{i}", "prompt": f"Once upon a time {i}"}) + "\n" for i in range(3))
     )
-    gen_args = ["--model", tiny_dir, "--dataset", prompts, "--out", root / "gen.jsonl", "--max-new-tokens", 6,
+    gen_args = ["--model", tiny_dir, "--dataset", prompts, "--output", root / "gen.jsonl", "--max-new-tokens", 6,
                 "--batch-size", 3, "--max-sample", 3]  # fmt: skip
     gen1 = run(cli.generate, "bitdistiller-generate", *gen_args)
     gen2 = run(cli.generate, "bitdistiller-generate", *gen_args)
@@ -46,7 +46,7 @@ def pipeline(tmp_path_factory, tiny_dir, teacher_file):
         "bitdistiller-mix",
         root / "gen.jsonl",
         teacher_file,
-        "--out",
+        "--output",
         root / "mix.jsonl",
         "--seed",
         1,

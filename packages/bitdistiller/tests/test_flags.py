@@ -15,7 +15,7 @@ def test_every_script_rejects_a_bogus_flag(tmp_path, capsys) -> None:
 def test_group_size_is_fitted_or_refused_before_loading(tiny_dir, monkeypatch) -> None:
     import pytest
 
-    from leanlm.bitdistiller import cli
+    from leanlm.bitdistiller.group_size import fit_group_size
     from leanlm.core import models
     from leanlm.core.errors import UserError
 
@@ -24,7 +24,7 @@ def test_group_size_is_fitted_or_refused_before_loading(tiny_dir, monkeypatch) -
 
     monkeypatch.setattr(models, "load_model", no_weights)
     # tiny_llama: inputs of 64 (hidden) and 128 (intermediate): 128 does not divide 64, 64 does
-    assert cli._fit_group_size(str(tiny_dir), None) == 64
-    assert cli._fit_group_size(str(tiny_dir), 32) == 32
+    assert fit_group_size(str(tiny_dir), None) == 64
+    assert fit_group_size(str(tiny_dir), 32) == 32
     with pytest.raises(UserError, match="group size 128 does not divide the input size 64.*fit: 32, 64"):
-        cli._fit_group_size(str(tiny_dir), 128)
+        fit_group_size(str(tiny_dir), 128)

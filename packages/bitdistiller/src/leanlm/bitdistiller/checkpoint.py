@@ -134,9 +134,8 @@ def resolve_spec(saved: dict[str, Any] | None, flags: QuantSpec | None, location
     if saved is None or saved.get("quant_method") != QUANT_METHOD:
         return flags
     spec = QuantSpec.from_dict(saved)
-    if flags is not None and (flags.quant_type, flags.bits, flags.group_size) != (
-        spec.quant_type, spec.bits, spec.group_size,
-    ):  # fmt: skip
+    setting = (spec.quant_type, spec.bits, spec.group_size)  # the rounding is the saved one either way
+    if flags is not None and (flags.quant_type, flags.bits, flags.group_size) != setting:
         raise UserError(
             f"{location} was trained as {spec.name} (its quantization_config), but the flags ask for {flags.name}; "
             "drop the flags to use the saved setting"

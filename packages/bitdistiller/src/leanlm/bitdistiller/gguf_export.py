@@ -131,108 +131,139 @@ def _pre_tokenizer_name(tokens: list[str]) -> str:
     return "default"
 
 
-def export_gguf(model: nn.Module, tokenizer: Any, out: str | Path, spec: QuantSpec) -> dict[str, Any]:
-    """Write ``model`` (QuantLinear layers, llama architecture) as one Q4_1 GGUF file; returns a summary."""
-    import gguf
+def gguf_file(out: str | Path) -> Path:
+    """``out`` if it ends in ``.gguf``, else ``out/model.gguf``; its folder created."""
+    path = Path(out)
+    if path.suffix != ".gguf":
+        path = path / "model.gguf"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
 
-    check_spec(spec)
-    config = model.config
+
+def _rope_theta(config: Any) -> float:
+    """The llama config's RoPE base; UserError for another architecture or a scaled RoPE (not carried)."""
     if getattr(config, "model_type", None) != "llama":
         raise UserError(f"GGUF export supports the llama architecture; this model is {config.model_type!r}")
     rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
     if rope.get("rope_type", "default") != "default":
         raise UserError(f"GGUF export does not carry rope scaling; this model has {rope.get('rope_type')!r}")
-    rope_theta = rope.get("rope_theta") or getattr(config, "rope_theta", None) or 10000.0
-    path = Path(out)
-    if path.suffix != ".gguf":
-        path = path / "model.gguf"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    return float(rope.get("rope_theta") or getattr(config, "rope_theta", None) or 10000.0)
 
-    n_head, n_kv = config.num_attention_heads, config.num_key_value_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_head
-    writer = gguf.GGUFWriter(str(path), arch="llama")
+
+def _add_hyperparameters(writer: Any, config: Any, spec: QuantSpec, rope_theta: float) -> None:
+    import gguf
+
+    n_head = config.num_attention_heads
     writer.add_name(Path(getattr(config, "_name_or_path", "") or "leanlm").name or "leanlm")
     writer.add_context_length(int(config.max_position_embeddings))
     writer.add_embedding_length(int(config.hidden_size))
     writer.add_block_count(int(config.num_hidden_layers))
     writer.add_feed_forward_length(int(config.intermediate_size))
     writer.add_head_count(int(n_head))
-    writer.add_head_count_kv(int(n_kv))
-    writer.add_rope_freq_base(float(rope_theta))
+    writer.add_head_count_kv(int(config.num_key_value_heads))
+    writer.add_rope_freq_base(rope_theta)
     writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
-    writer.add_rope_dimension_count(int(head_dim))
+    writer.add_rope_dimension_count(int(getattr(config, "head_dim", None) or config.hidden_size // n_head))
     writer.add_vocab_size(int(config.vocab_size))
     writer.add_file_type(int(gguf.LlamaFileType.MOSTLY_Q4_1))
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     writer.add_string("leanlm.quantization", f"{spec.name} (exact Q4_1 re-encoding)")
 
+
+def _add_tokenizer(writer: Any, tokenizer: Any) -> None:
+    """Vocabulary, merges, token types, special ids and chat template, for llama.cpp to tokenize and chat."""
     tok = _tokenizer_metadata(tokenizer)
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre(_pre_tokenizer_name(tok["tokens"]))
     writer.add_token_list(tok["tokens"])
     writer.add_token_types(tok["types"])
     writer.add_token_merges(tok["merges"])
-    for setter, value in ((writer.add_bos_token_id, tokenizer.bos_token_id),
-                          (writer.add_eos_token_id, tokenizer.eos_token_id),
-                          (writer.add_pad_token_id, tokenizer.pad_token_id),
-                          (writer.add_unk_token_id, tokenizer.unk_token_id)):  # fmt: skip
+    for kind in ("bos", "eos", "pad", "unk"):
+        value = getattr(tokenizer, f"{kind}_token_id")
         if value is not None:
-            setter(int(value))
+            getattr(writer, f"add_{kind}_token_id")(int(value))
     writer.add_add_bos_token(False)
     if getattr(tokenizer, "chat_template", None):
         writer.add_chat_template(tokenizer.chat_template)
 
-    counts = {"q4_1": 0, "f16": 0, "f32": 0}
 
-    def add_float(name: str, t: torch.Tensor, f16: bool) -> None:
+class _TensorWriter:
+    """Adds tensors to a GGUF writer: quantized linears as Q4_1 blocks, the rest F16/F32; counts them."""
+
+    def __init__(self, writer: Any):
+        self.writer = writer
+        self.counts = {"q4_1": 0, "f16": 0, "f32": 0}
+
+    def add_float(self, name: str, t: torch.Tensor, f16: bool) -> None:
         arr = t.detach().float().numpy()
-        writer.add_tensor(name, arr.astype(np.float16) if f16 else arr.astype(np.float32))
-        counts["f16" if f16 else "f32"] += 1
+        self.writer.add_tensor(name, arr.astype(np.float16) if f16 else arr.astype(np.float32))
+        self.counts["f16" if f16 else "f32"] += 1
 
-    def add_linear(name: str, lin: nn.Module, rows: torch.Tensor | None) -> None:
-        if isinstance(lin, QuantLinear) and lin.spec.quant_type == "int":
-            check_spec(lin.spec)
-            with torch.no_grad():
-                q = lowbit.quantize_asym(lin.weight.detach(), lin.spec.bits, lin.spec.group_size)
-            codes, scales, zeros = q
-            if rows is not None:
-                codes, scales, zeros = codes[rows], scales[rows], zeros[rows]
-            writer.add_tensor(name, q4_1_blocks(codes, scales, zeros, lin.spec.group_size),
-                              raw_dtype=gguf.GGMLQuantizationType.Q4_1)  # fmt: skip
-            counts["q4_1"] += 1
-        elif isinstance(lin, QuantLinear):
-            raise UserError(f"{name}: {lin.spec.name} has no exact GGUF type")
-        else:
+    def add_linear(self, name: str, lin: nn.Module, rows: torch.Tensor | None) -> None:
+        """``lin``'s weight (rows reordered by ``rows``): its int codes as Q4_1, a float layer as F16."""
+        import gguf
+
+        if not isinstance(lin, QuantLinear):
             w = lin.weight.detach()
-            add_float(name, w[rows] if rows is not None else w, f16=True)
+            self.add_float(name, w[rows] if rows is not None else w, f16=True)
+            return
+        if lin.spec.quant_type != "int":
+            raise UserError(f"{name}: {lin.spec.name} has no exact GGUF type")
+        check_spec(lin.spec)
+        with torch.no_grad():
+            codes, scales, zeros = lowbit.quantize_asym(
+                lin.weight.detach(), lin.spec.bits, lin.spec.group_size
+            )
+        if rows is not None:
+            codes, scales, zeros = codes[rows], scales[rows], zeros[rows]
+        blocks = q4_1_blocks(codes, scales, zeros, lin.spec.group_size)
+        self.writer.add_tensor(name, blocks, raw_dtype=gguf.GGMLQuantizationType.Q4_1)
+        self.counts["q4_1"] += 1
 
+
+def _add_tensors(tensors: _TensorWriter, model: nn.Module) -> None:
+    """Embedding, every decoder layer (Q/K rows in GGUF's RoPE order), final norm, an untied head."""
+    config = model.config
     base = model.get_submodule("model")
-    add_float("token_embd.weight", base.embed_tokens.weight, f16=True)
+    heads = {"attn_q": config.num_attention_heads, "attn_k": config.num_key_value_heads}
+    tensors.add_float("token_embd.weight", base.embed_tokens.weight, f16=True)
     for i, layer in enumerate(base.layers):
         for hf_name, gguf_name in LAYER_TENSORS.items():
             mod = layer.get_submodule(hf_name)
             name = f"blk.{i}.{gguf_name}.weight"
             if gguf_name.endswith("norm"):
-                add_float(name, mod.weight, f16=False)
+                tensors.add_float(name, mod.weight, f16=False)
                 continue
             if getattr(mod, "bias", None) is not None:
                 raise UserError(f"{name}: linear biases are not part of the llama GGUF layout")
-            rows = None
-            if gguf_name == "attn_q":
-                rows = rope_row_order(mod.out_features, n_head)
-            elif gguf_name == "attn_k":
-                rows = rope_row_order(mod.out_features, n_kv)
-            add_linear(name, mod, rows)
-    add_float("output_norm.weight", base.norm.weight, f16=False)
+            rows = rope_row_order(mod.out_features, heads[gguf_name]) if gguf_name in heads else None
+            tensors.add_linear(name, mod, rows)
+    tensors.add_float("output_norm.weight", base.norm.weight, f16=False)
     head = model.get_output_embeddings()
     if not (getattr(config, "tie_word_embeddings", False) and head.weight is base.embed_tokens.weight):
-        add_linear("output.weight", head, None)
+        tensors.add_linear("output.weight", head, None)
 
+
+def export_gguf(model: nn.Module, tokenizer: Any, out: str | Path, spec: QuantSpec) -> dict[str, Any]:
+    """Write ``model`` (QuantLinear layers, llama architecture) as one Q4_1 GGUF file; returns a summary.
+
+    ``out``: a ``.gguf`` file, or a folder that gets ``model.gguf``.
+    """
+    import gguf
+
+    check_spec(spec)
+    rope_theta = _rope_theta(model.config)
+    path = gguf_file(out)
+    writer = gguf.GGUFWriter(str(path), arch="llama")
+    _add_hyperparameters(writer, model.config, spec, rope_theta)
+    _add_tokenizer(writer, tokenizer)
+    tensors = _TensorWriter(writer)
+    _add_tensors(tensors, model)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    return {"gguf": str(path), "bytes": path.stat().st_size, "spec": spec.name, "tensors": counts}
+    return {"gguf": str(path), "bytes": path.stat().st_size, "spec": spec.name, "tensors": tensors.counts}
 
 
 def dequantize_gguf(path: str | Path) -> dict[str, np.ndarray]:
@@ -244,4 +275,12 @@ def dequantize_gguf(path: str | Path) -> dict[str, np.ndarray]:
     return {t.name: dequantize(t.data, t.tensor_type).astype(np.float32) for t in reader.tensors}
 
 
-__all__ = ["check_gguf_spec", "check_spec", "dequantize_gguf", "export_gguf", "q4_1_blocks", "rope_row_order"]
+__all__ = [
+    "check_gguf_spec",
+    "check_spec",
+    "dequantize_gguf",
+    "export_gguf",
+    "gguf_file",
+    "q4_1_blocks",
+    "rope_row_order",
+]

@@ -50,10 +50,10 @@ class QuantSpec:
         object.__setattr__(self, "quant_type", qt)
         if qt not in QUANT_TYPES:
             raise UserError(f"unknown quant type {self.quant_type!r}; use one of {', '.join(QUANT_TYPES)}")
-        try:
-            bits = int(self.bits)
-        except (TypeError, ValueError):
-            raise UserError(f"bit width must be an integer, got {self.bits!r}") from None
+        for name, value in (("bit width", self.bits), ("group size", self.group_size)):
+            if isinstance(value, bool) or not isinstance(value, int):  # typed by the command line's config
+                raise UserError(f"{name} must be an integer, got {value!r}")
+        bits = self.bits
         if qt == "int" and bits not in lowbit.BITS:
             raise UserError(
                 f"int quantization supports {', '.join(map(str, lowbit.BITS))} bits, got {self.bits!r}"
@@ -62,10 +62,8 @@ class QuantSpec:
             raise UserError(
                 f"nf3 is a 3-bit format; got --w-bit {self.bits!r} (use --quant-type int for 2 or 4 bits)"
             )
-        object.__setattr__(self, "bits", bits)
-        if int(self.group_size) <= 0:
+        if self.group_size <= 0:
             raise UserError(f"group size must be positive, got {self.group_size!r}")
-        object.__setattr__(self, "group_size", int(self.group_size))
         if self.rounding not in ROUNDINGS:
             raise UserError(f"rounding must be one of {', '.join(ROUNDINGS)}, got {self.rounding!r}")
 

@@ -11,49 +11,41 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from leanlm.bitdistiller.config import GenerateConfig
 from leanlm.bitdistiller.data import teacher_file_name, teacher_prompts
-from leanlm.core.generation.spec import BackendSpec
 
 log = logging.getLogger(__name__)
 
 
-def generate_teacher_data(
-    model: str,
-    dataset: str,
-    out: str | Path | None = None,
-    out_dir: str | Path = ".",
-    max_sample: int | None = 3000,
-    temperature: float = 0.7,
-    top_p: float = 1.0,
-    max_new_tokens: int = 1024,
-    seed: int = 42,
-    backend: str | BackendSpec = "hf",
-    batch_size: int = 16,
-    backend_options: dict[str, Any] | None = None,
-    max_failed_fraction: float = 0.0,
-) -> dict[str, Any]:
+def teacher_path(config: GenerateConfig) -> Path:
+    """``--output``, or a file in ``--output_dir`` named by every setting that shapes the answers."""
+    c = config
+    if c.output:
+        return Path(c.output)
+    return Path(c.output_dir) / teacher_file_name(
+        c.dataset, c.temperature, c.max_new_tokens, c.seed, c.max_sample
+    )
+
+
+def generate_teacher_data(config: GenerateConfig) -> dict[str, Any]:
     """Generate (or resume) teacher answers; returns {"path", "records", "failed", "stats"}.
 
-    ``backend``: a ``BackendSpec``, or a backend name completed by ``model``, ``batch_size`` and
-    ``backend_options`` (server flags such as ``base_url``). For a server, ``model`` is the served
-    name ("default" asks the server which model it serves).
+    The backend is the one ``config``'s flags name (``GenerateConfig.backend_spec``); for a server,
+    ``model`` is the served name ("default" asks the server which model it serves).
     """
     from leanlm.core.generation import SamplingParams, generate
 
-    prompts = teacher_prompts(dataset, max_sample, seed)
-    path = (
-        Path(out)
-        if out
-        else Path(out_dir) / teacher_file_name(dataset, temperature, max_new_tokens, seed, max_sample)
+    prompts = teacher_prompts(config.dataset, config.max_sample, config.seed)
+    path = teacher_path(config)
+    be = config.backend_spec().build()
+    params = SamplingParams(
+        max_new_tokens=config.max_new_tokens,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        seed=config.seed,
     )
-    if not isinstance(backend, BackendSpec):
-        served = str(backend).lower() == "openai" and model == "default"
-        backend = BackendSpec.from_flags(**{"backend": backend, "model": None if served else model,
-                                            "batch_size": batch_size, **(backend_options or {})})  # fmt: skip
-    be = backend.build()
-    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
     requests = [
-        {"id": p["id"], "prompt": p["prompt"], "meta": {"prompt": p["prompt"], "dataset": dataset}}
+        {"id": p["id"], "prompt": p["prompt"], "meta": {"prompt": p["prompt"], "dataset": config.dataset}}
         for p in prompts
     ]
     try:
@@ -62,8 +54,8 @@ def generate_teacher_data(
             be,
             params,
             output=path,
-            desc=f"teacher:{dataset}",
-            max_failed_fraction=max_failed_fraction,
+            desc=f"teacher:{config.dataset}",
+            max_failed_fraction=config.max_failed_fraction,
         )
     finally:
         be.close()

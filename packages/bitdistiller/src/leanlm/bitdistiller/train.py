@@ -19,28 +19,16 @@ from torch import nn
 
 from leanlm.bitdistiller.checkpoint import attach_quantization_config
 from leanlm.bitdistiller.clip import apply_clip
+from leanlm.bitdistiller.config import BITDISTILLER_RECIPE, TrainConfig
 from leanlm.bitdistiller.data import read_teacher_file, tokenize_teacher
 from leanlm.bitdistiller.losses import KDLoss, build_loss, teacher_confidence
 from leanlm.bitdistiller.modules import quantize_model
 from leanlm.bitdistiller.quant import QuantSpec
 from leanlm.core.errors import UserError
-from leanlm.core.training import TrainFlags
 
 log = logging.getLogger(__name__)
 
-# the paper's recipe (train.sh): lr 8e-6 constant, seq 1024, global batch 8 GPUs x 16 = 128, 4 epochs (LLaMA-2)
-BITDISTILLER_RECIPE = TrainFlags(
-    learning_rate=8e-6,
-    lr_scheduler_type="constant",
-    weight_decay=0.0,
-    batch_size=16,
-    grad_accum=8,
-    epochs=4,
-    logging_steps=1,
-    save_steps=50,
-    save_total_limit=3,
-    seed=42,
-)
+__all__ = ["BITDISTILLER_RECIPE", "TrainConfig", "build_student", "compute_gamma", "train"]
 
 
 def _trainer_class() -> type:
@@ -113,83 +101,119 @@ def _finished_run(output_dir: str | Path, max_steps: int | None) -> Path | None:
     return summary if done.get("steps", 0) >= max_steps and done.get("max_steps") == max_steps else None
 
 
-def train(
-    model_name: str,
-    data: str | Path,
-    output_dir: str | Path,
-    spec: QuantSpec,
-    clip: str | Path | None = None,
-    loss: str = "cakld",
-    gamma: float | None = None,
-    gamma_batches: int = 10,
-    max_length: int = 1024,
-    eval_fraction: float = 0.0,
-    mask_prompt: bool = False,
-    max_samples: int | None = None,
-    dtype: str | None = None,
-    flags: TrainFlags = BITDISTILLER_RECIPE,
-    overrides: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Run KD-QAT; returns a summary (gamma, steps, losses, final folder).
-
-    ``flags``: the training flags (default the paper recipe); ``overrides``: TrainingArguments
-    fields that win over them (``{"max_steps": 4}``).
-    """
-    from leanlm.core.models import load_model, load_tokenizer
-    from leanlm.core.records import read_json, write_json
-    from leanlm.core.sft import PaddingCollator
-    from leanlm.core.training import last_checkpoint, save_run_config, train_with_resume
-
-    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    max_steps = overrides.get("max_steps", flags.max_steps)
-    resume = flags.resume
-    finished = _finished_run(output_dir, max_steps) if resume else None
-    if finished is not None:
-        log.info(
-            "%s already reached max_steps; nothing to train (delete the folder to start again)", output_dir
+def _split_examples(config: TrainConfig, tokenizer: Any) -> tuple[list[dict], list[dict]]:
+    """(train, eval) tokenized examples; the eval set is the first ``eval_fraction``, as in the original."""
+    rows = read_teacher_file(config.data)
+    if config.max_samples:
+        rows = rows[: config.max_samples]
+    examples = tokenize_teacher(rows, tokenizer, config.max_length, config.mask_prompt)
+    n_eval = int(len(examples) * config.eval_fraction)
+    if not examples[n_eval:]:
+        raise UserError(
+            f"{config.data}: no training examples left after the {config.eval_fraction:.0%} eval split"
         )
-        return read_json(finished)
-    rows = read_teacher_file(data)
-    if max_samples:
-        rows = rows[:max_samples]
-    seed = int(overrides.get("seed", flags.seed if flags.seed is not None else 42))
-    tokenizer = load_tokenizer(model_name)
-    examples = tokenize_teacher(rows, tokenizer, max_length, mask_prompt)
-    n_eval = int(len(examples) * eval_fraction)
-    eval_set, train_set = examples[:n_eval], examples[n_eval:]  # the original takes the first 20% as eval
-    if not train_set:
-        raise UserError(f"{data}: no training examples left after the {eval_fraction:.0%} eval split")
-    collator = PaddingCollator(tokenizer.pad_token_id, side="right")
-    evaluation = {}
-    if n_eval:
-        every = overrides.get("save_steps", flags.save_steps)
-        evaluation = {"eval_strategy": "steps", "eval_steps": every}
-    args = flags.to_training_arguments(output_dir, overrides=overrides, **evaluation)
+    return examples[n_eval:], examples[:n_eval]
 
-    kd_loss_name = loss.lower()
-    teacher = None
-    if kd_loss_name != "ce":
-        teacher = load_model(model_name, dtype=dtype)
+
+def _teacher_and_loss(
+    config: TrainConfig, train_set: list[dict], collator: Any, batch_size: int, seed: int
+) -> tuple[nn.Module | None, KDLoss, float | None]:
+    """(frozen teacher or None for ``ce``, the loss, its gamma): CAKLD's gamma measured when not given."""
+    from leanlm.core.models import load_model
+
+    name, gamma, teacher = config.loss.lower(), config.gamma, None
+    if name != "ce":
+        teacher = load_model(config.model, dtype=config.dtype)
         teacher.requires_grad_(False)
         teacher.config.use_cache = False
-    if kd_loss_name == "cakld" and gamma is None:
-        gamma = compute_gamma(
-            teacher, train_set, collator, args.per_device_train_batch_size, gamma_batches, seed
+    if name == "cakld" and gamma is None:
+        gamma = compute_gamma(teacher, train_set, collator, batch_size, config.gamma_batches, seed)
+        log.info(
+            "CAKLD gamma (teacher mean top-1 probability over %d batches) = %.4f", config.gamma_batches, gamma
         )
-        log.info("CAKLD gamma (teacher mean top-1 probability over %d batches) = %.4f", gamma_batches, gamma)
-    kd_loss = build_loss(kd_loss_name, gamma)
+    return teacher, build_loss(name, gamma), gamma
 
-    student = build_student(load_model(model_name, dtype=dtype), spec, clip)
+
+def _student(config: TrainConfig, spec: QuantSpec, teacher: nn.Module | None) -> nn.Module:
+    """The fake-quantized, clip-initialised copy in training mode, on the device the teacher joins."""
+    from leanlm.core.models import load_model
+
+    student = build_student(load_model(config.model, dtype=config.dtype), spec, config.clip)
     student.config.use_cache = False
     student.train()
     if teacher is not None:
         teacher.to(student.device)
+    return student
+
+
+def _summary(trainer: Any, result: Any, final: Path, kd_loss: str, gamma: float | None, **extra: Any) -> dict:
+    """What a run reports (and writes as ``train_summary.json``): steps, first/last loss, the final folder."""
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return {
+        "final": str(final),
+        "gamma": gamma,
+        "loss": kd_loss,
+        "steps": trainer.state.global_step,
+        "world_size": trainer.args.world_size,
+        "first_loss": losses[0] if losses else None,
+        "last_loss": losses[-1] if losses else None,
+        "train_loss": getattr(result, "training_loss", None),
+        **extra,
+    }
+
+
+def train(
+    config: TrainConfig, spec: QuantSpec | None = None, overrides: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Run KD-QAT; returns a summary (gamma, steps, losses, final folder).
+
+    ``spec``: the quantization (default ``config.quant_spec()``: the flags, group size fitted);
+    training flags: ``config.train_flags()`` (the paper's recipe where a flag is unset);
+    ``overrides``: TrainingArguments fields that win over them (``{"max_steps": 4}``).
+    """
+    from leanlm.core.models import load_tokenizer
+    from leanlm.core.records import read_json, write_json
+    from leanlm.core.sft import PaddingCollator
+    from leanlm.core.training import last_checkpoint, save_run_config, train_with_resume
+
+    spec, flags, loss_name = spec or config.quant_spec(), config.train_flags(), config.loss.lower()
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    max_steps = overrides.get("max_steps", flags.max_steps)
+    finished = _finished_run(config.output_dir, max_steps) if flags.resume else None
+    if finished is not None:
+        log.info(
+            "%s already reached max_steps; nothing to train (delete the folder to start again)",
+            config.output_dir,
+        )
+        return read_json(finished)
+    tokenizer = load_tokenizer(config.model)
+    train_set, eval_set = _split_examples(config, tokenizer)
+    collator = PaddingCollator(tokenizer.pad_token_id, side="right")
+    every = overrides.get("save_steps", flags.save_steps)  # evaluate with each checkpoint
+    evaluation = {"eval_strategy": "steps", "eval_steps": every} if eval_set else {}
+    args = flags.to_training_arguments(config.output_dir, overrides=overrides, **evaluation)
+    seed = overrides.get("seed", flags.seed if flags.seed is not None else 42)
+    teacher, kd_loss, gamma = _teacher_and_loss(
+        config, train_set, collator, args.per_device_train_batch_size, seed
+    )
+
+    student = _student(config, spec, teacher)
     save_run_config(
-        output_dir,
-        {"model": model_name, "data": str(data), "spec": spec.to_dict(), "clip": str(clip) if clip else None,
-         "loss": kd_loss_name, "gamma": gamma, "max_length": max_length, "train_examples": len(train_set),
-         "eval_examples": len(eval_set), "flags": flags.record(), "training_args": overrides},
-    )  # fmt: skip
+        config.output_dir,
+        {
+            "model": config.model,
+            "data": config.data,
+            "spec": spec.to_dict(),
+            "clip": config.clip or None,
+            "loss": loss_name,
+            "gamma": gamma,
+            "max_length": config.max_length,
+            "train_examples": len(train_set),
+            "eval_examples": len(eval_set),
+            "flags": flags.record(),
+            "training_args": overrides,
+        },
+    )
     trainer = _trainer_class()(
         model=student,
         args=args,
@@ -199,29 +223,16 @@ def train(
         teacher=teacher,
         kd_loss=kd_loss,
     )
-    resumed_from = last_checkpoint(output_dir) if resume else None
-    result = train_with_resume(trainer, resume)
-    final = Path(output_dir) / "final"
-    student.config.use_cache = (
-        True  # off for training only: generation from the saved model needs its KV cache
-    )
+    resumed_from = last_checkpoint(config.output_dir) if flags.resume else None
+    result = train_with_resume(trainer, flags.resume)
+    final = Path(config.output_dir) / "final"
+    # off for training only: generation from the saved model needs its KV cache
+    student.config.use_cache = True
     trainer.save_model(str(final))  # every rank joins (sharded states gather); rank 0 writes
-    main = trainer.args.should_save
-    if main:
+    summary = _summary(
+        trainer, result, final, loss_name, gamma, resumed_from=resumed_from, max_steps=max_steps
+    )
+    if trainer.args.should_save:
         tokenizer.save_pretrained(str(final))
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    summary = {
-        "final": str(final),
-        "gamma": gamma,
-        "loss": kd_loss_name,
-        "steps": trainer.state.global_step,
-        "world_size": args.world_size,
-        "first_loss": losses[0] if losses else None,
-        "last_loss": losses[-1] if losses else None,
-        "train_loss": getattr(result, "training_loss", None),
-        "resumed_from": resumed_from,
-        "max_steps": max_steps,
-    }
-    if main:
-        write_json(Path(output_dir) / "train_summary.json", summary)
+        write_json(Path(config.output_dir) / "train_summary.json", summary)
     return summary
