@@ -21,11 +21,9 @@ SYNONYMS = {
     "base_url": {"api_base", "endpoint", "server_url"},
     "api_key": {"key", "token", "openai_api_key"},
 }
-# names kept from the original scripts these commands mirror (BitDistiller's generate/mix/export, D-LLM's
-# finetune); renaming them is open work (issue 16), and no other script may adopt them
-LEGACY = {
-    ("leanlm serve", "max_tokens"),  # the cap on the OpenAI request field of that name, not a length to generate
-}  # fmt: skip
+# the one synonym kept on purpose: `leanlm serve --max_tokens` caps the OpenAI request field of that
+# name, it is not a length to generate (that is --max_new_tokens everywhere)
+LEGACY = {("leanlm serve", "max_tokens")}
 
 
 def _script_parameters() -> dict[str, set[str]]:

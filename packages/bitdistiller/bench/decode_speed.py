@@ -54,17 +54,17 @@ def cpu_info(shared: bool) -> dict[str, Any]:
 
 def make_qat(work: Path, steps: int, samples: int) -> Path:
     """A short KD-QAT int4-g64 run on the embedded model (teacher answers from the calibration split)."""
-    from leanlm.bitdistiller.config import GenerateConfig, TrainConfig
+    from leanlm.bitdistiller.options import GenerateOptions, TrainOptions
     from leanlm.bitdistiller.teacher import generate_teacher_data
     from leanlm.bitdistiller.train import train
 
     final = work / f"qat_int4-g64_s{steps}_n{samples}" / "final"
     if (final / "config.json").exists():
         return final
-    answers = GenerateConfig(output=str(work / f"teacher_n{samples}.jsonl"), max_sample=samples, max_new_tokens=64,
+    answers = GenerateOptions(output=str(work / f"teacher_n{samples}.jsonl"), max_sample=samples, max_new_tokens=64,
                              batch_size=8)  # fmt: skip
     teacher = generate_teacher_data(answers)
-    qat = TrainConfig(teacher["path"], str(final.parent), w_bit=4, group_size=64, max_length=128, gamma_batches=2,
+    qat = TrainOptions(teacher["path"], str(final.parent), w_bit=4, group_size=64, max_length=128, gamma_batches=2,
                       dtype="fp32", learning_rate=2e-5, batch_size=4, grad_accum=1, max_steps=steps,
                       save_steps=steps, logging_steps=1)  # fmt: skip
     return Path(train(qat)["final"])

@@ -93,9 +93,9 @@ def main() -> None:
 
     from leanlm.bitdistiller.checkpoint import load_model_for_eval
     from leanlm.bitdistiller.clip import apply_clip, calibration_blocks, run_clip_search, save_clip
-    from leanlm.bitdistiller.config import GenerateConfig, TrainConfig
     from leanlm.bitdistiller.export import export_packed, load_packed, packed_sizes
     from leanlm.bitdistiller.modules import quantize_model
+    from leanlm.bitdistiller.options import GenerateOptions, TrainOptions
     from leanlm.bitdistiller.quant import QuantSpec
     from leanlm.bitdistiller.teacher import generate_teacher_data
     from leanlm.bitdistiller.train import train
@@ -147,7 +147,7 @@ def main() -> None:
         if cfg in a.qat_configs.split(","):
             if teacher is None:
                 t = time.time()
-                answers = GenerateConfig(dataset=str(prompts), max_sample=a.teacher_samples, max_new_tokens=a.teacher_tokens,
+                answers = GenerateOptions(dataset=str(prompts), max_sample=a.teacher_samples, max_new_tokens=a.teacher_tokens,
                                          output=str(work / f"teacher_n{a.teacher_samples}_t{a.teacher_tokens}.jsonl"))  # fmt: skip
                 teacher = generate_teacher_data(answers)
                 results["teacher_seconds"] = round(time.time() - t)
@@ -164,7 +164,7 @@ def main() -> None:
                     )
                 # the Trainer resumes from the copy: weights, optimizer state, step counter
                 shutil.copytree(src, qat_dir / src.name)
-            qat_config = TrainConfig(teacher["path"], str(qat_dir), clip=str(clip_path), quant_type=qt, w_bit=bits,
+            qat_config = TrainOptions(teacher["path"], str(qat_dir), clip=str(clip_path), quant_type=qt, w_bit=bits,
                                      group_size=a.group_size, max_length=a.max_length, gamma_batches=4, dtype="fp32",
                                      learning_rate=a.lr, batch_size=a.qat_batch, grad_accum=1, max_steps=a.qat_steps,
                                      save_steps=a.qat_steps, logging_steps=1)  # fmt: skip

@@ -15,14 +15,14 @@ from pathlib import Path
 
 from leanlm.core.console import run_cli
 from leanlm.core.records import write_json, write_text
-from leanlm.switchback.finetune_config import FinetuneConfig
+from leanlm.switchback.options import FinetuneOptions
 from leanlm.switchback.stats import compare_logs
 from leanlm.switchback.train import finetune
 
 HERE = Path(__file__).parent
 
 
-def loss_comparison(out: Path, common: FinetuneConfig, steps: int) -> str:
+def loss_comparison(out: Path, common: FinetuneOptions, steps: int) -> str:
     """One run of ``steps`` steps each way (same seed and data); the loss curves side by side."""
     runs = {}
     for name, sb in (("linear", False), ("switchback", True)):
@@ -63,7 +63,7 @@ def main(
     Default precision: fp32 master weights with bf16 autocast (HF Trainer's --bf16), as the seed trained.
     """
     out = Path(output_dir)
-    common = FinetuneConfig(
+    common = FinetuneOptions(
         model=model,
         dataset="instructions",
         limit=limit,

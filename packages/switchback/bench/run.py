@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from leanlm.core.console import run_cli
-from leanlm.switchback.benchmark import LAYER_MODES, BenchConfig, run_benchmark
+from leanlm.switchback.benchmark import LAYER_MODES, BenchOptions, run_benchmark
 
 HERE = Path(__file__).parent
 
@@ -39,7 +39,7 @@ def main(
     ``--layers 0`` keeps every decoder layer; ``--device cuda`` runs on the GPU (Triton int8 kernels).
     """
     output_dir = output_dir or str(HERE / "results" / label)
-    config = BenchConfig(
+    config = BenchOptions(
         output_dir=output_dir,
         widths=widths,
         tokens=tokens,

@@ -1,28 +1,22 @@
 """What bita-gen-prompts, bita-gen-outputs, bita-eval and bita-generate do, on typed values.
 
-Each command is a dataclass of its flags and a ``run_*`` function that takes it: ``cli.py`` makes
-the console script with ``leanlm.core.config_cli.config_command`` (which types every value from the
-command line), so a command's parameter list exists once. bita-train's pair, ``TrainConfig`` and
-``run_train``, lives in ``train.py``.
+Each ``run_*`` function takes its command's flags as one dataclass from ``options.py``: ``cli.py``
+makes the console script with ``leanlm.core.config_cli.config_command`` (which types every value from
+the command line), so a command's parameter list exists once. bita-train's ``run_train`` lives in
+``train.py``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from leanlm.core.config_cli import flag
+from leanlm.bita.options import EvalOptions, GenerateOptions, GenOutputsOptions, GenPromptsOptions
+from leanlm.core.config_cli import fields_for
 from leanlm.core.errors import UserError
 
 log = logging.getLogger("leanlm.bita")
-
-TREE_HELP = "tree shape(s): 1 | 1-1 | 3-2-1 | tri:5 | auto:N, + pld:L for a prompt-lookup branch"
-# --tree fields are typed Any: fire reads ``--tree 1,1`` as the tuple (1, 1) and ``--tree 5`` as an
-# int; the value stays as fire read it so that ``tree_text`` gives the tree parser back the text
-# that was typed (a str field would turn (1,) into "1" and accept the ambiguous "1,")
 
 
 def _template(template: str | None, model: str) -> str:
@@ -69,20 +63,7 @@ def load_for_decoding(
 # ---------------------------------------------------------------------------- bita-gen-prompts
 
 
-@dataclass
-class GenPromptsConfig:
-    """bita-gen-prompts' flags."""
-
-    data: str = flag("instructions", "a core dataset name or a JSON/JSONL file of instructions")
-    output: str = flag("bita_prompts.jsonl", "the prompts file to write")
-    model: str = flag("default", "the model the prompts are for (its template; its tokenizer for chat)")
-    template: str | None = flag(None, "the prompt template (default: chosen from the model name)")
-    style: str = flag("full", "full (the template's system prompt) | short (none) | both")
-    limit: int | None = flag(None, "the first N instructions")
-    seed: int | None = flag(None, "shuffle the instructions with this seed before --limit")
-
-
-def run_gen_prompts(config: GenPromptsConfig) -> dict[str, Any]:
+def run_gen_prompts(config: GenPromptsOptions) -> dict[str, Any]:
     """Instructions (a core dataset name or a JSON/JSONL file) -> prompts in MODEL's template.
 
     style: full (the template's system prompt) | short (none) | both. template: alpaca,
@@ -109,25 +90,7 @@ def run_gen_prompts(config: GenPromptsConfig) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- bita-gen-outputs
 
 
-@dataclass
-class GenOutputsConfig:
-    """bita-gen-outputs' flags (the backend ones are ``BackendSpec`` fields of the same names)."""
-
-    prompts: str = flag(help="a prompts file (bita-gen-prompts)")
-    output: str = flag("bita_data.jsonl", "the answers file (resumable JSONL)")
-    model: str = flag("default", "the model to load, or the served model's name")
-    backend: str = flag("hf", "hf | tgi | openai | vllm | a registered backend")
-    base_url: str | None = flag(None, "the server (tgi, openai)")
-    api_key: str | None = flag(None, "the server's key (openai)")
-    max_new_tokens: int = flag(512, "the longest answer, in tokens")
-    batch_size: int = flag(8, "prompts per batch (in-process backends)")
-    concurrency: int = flag(8, "requests in flight (servers)")
-    limit: int | None = flag(None, "the first N prompts")
-    dtype: str | None = flag(None, "model dtype (in-process backends)")
-    max_failed_fraction: float = flag(0.0, "the share of requests that may fail without failing the run")
-
-
-def run_gen_outputs(config: GenOutputsConfig) -> dict[str, Any]:
+def run_gen_outputs(config: GenOutputsOptions) -> dict[str, Any]:
     """The base model's greedy answers to PROMPTS, into ONE resumable JSONL (re-run to resume).
 
     backend: hf (in process; --model) | tgi (--base_url host:port) | openai (any OpenAI-compatible
@@ -148,7 +111,7 @@ def run_gen_outputs(config: GenOutputsConfig) -> dict[str, Any]:
         records = records[: _limit(c.limit)]
     served = c.backend.lower() == "openai" and c.model == "default"  # ask the server its model
     # the flags that are BackendSpec fields (backend, model, base_url, api_key, batch_size, ...)
-    spec_flags = {f.name: getattr(c, f.name) for f in dataclasses.fields(BackendSpec) if hasattr(c, f.name)}
+    spec_flags = fields_for(c, BackendSpec)
     engine = BackendSpec.from_flags(**(spec_flags | {"model": None if served else c.model})).build()
     results = generate_outputs(
         records, c.output, engine, max_new_tokens=c.max_new_tokens, max_failed_fraction=c.max_failed_fraction
@@ -165,28 +128,7 @@ def run_gen_outputs(config: GenOutputsConfig) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- bita-eval
 
 
-@dataclass
-class EvalConfig:
-    """bita-eval's flags."""
-
-    data: str = flag(help="questions: Spec-Bench / MT-Bench, a bita-gen-prompts file, humaneval, a dataset")
-    adapter: str | None = flag(None, "the adapter folder (default: an untrained adapter on --model)")
-    model: str = flag("default", "the base model (default: the adapter's)")
-    output_dir: str = flag("bita_eval", "where speed.json, speed.md and runs.json go")
-    template: str | None = flag(None, "the prompt template (default: chosen from the model name)")
-    max_new_tokens: int = flag(128, "tokens per answer")
-    limit: int | None = flag(None, "the first N questions")
-    per_category: int | None = flag(None, "the first N questions of each category")
-    tree: Any = flag("tri:5", TREE_HELP + "; several separated by ';'")
-    pld_tokens: int = flag(10, "prompt-lookup tokens of the pld baseline (0: skip it)")
-    dtype: str | None = flag(None, "model dtype (default: chosen for the device)")
-    warmup: int = flag(1, "untimed warm-up prompts")
-    turns: int = flag(1, "turns of multi-turn questions (2: MT-Bench's second turn too)")
-    calibrate: bool = flag(False, "save the adapter's acceptance statistics instead of timing")
-    calibration_ranks: int = flag(10, "ranks per mask kept by --calibrate (1..64)")
-
-
-def run_eval(config: EvalConfig) -> dict[str, Any]:
+def run_eval(config: EvalOptions) -> dict[str, Any]:
     """Speed of BiTA vs greedy (HF generate WITH KV cache) and prompt-lookup decoding on DATA.
 
     DATA: a Spec-Bench / MT-Bench question file, a bita-gen-prompts file, humaneval, or any core
@@ -240,26 +182,7 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- bita-generate
 
 
-@dataclass
-class GenerateConfig:
-    """bita-generate's flags."""
-
-    prompts: str | None = flag(None, "a prompts file, as bita-eval's DATA")
-    prompt: str | None = flag(None, "one prompt text (the answer is printed)")
-    adapter: str | None = flag(None, "the adapter folder (default: an untrained adapter on --model)")
-    model: str = flag("default", "the base model (default: the adapter's)")
-    output: str = flag("bita_answers.jsonl", "the answers file (resumable JSONL)")
-    template: str | None = flag(None, "the prompt template (default: chosen from the model name)")
-    max_new_tokens: int = flag(256, "the longest answer, in tokens")
-    tree: Any = flag("tri:5", TREE_HELP)
-    limit: int | None = flag(None, "the first N prompts")
-    dtype: str | None = flag(None, "model dtype (default: chosen for the device)")
-    temperature: float = flag(0.0, "0: greedy; > 0 samples with the speculative acceptance rule")
-    top_p: float = flag(1.0, "nucleus sampling mass")
-    seed: int = flag(0, "sampling seed")
-
-
-def run_generate(config: GenerateConfig) -> Any:
+def run_generate(config: GenerateOptions) -> Any:
     """Answer PROMPTS (a file like bita-eval's DATA) or one --prompt with BiTA decoding.
 
     Writes a resumable JSONL (id, prompt, output, new_tokens, forwards, mean_accepted, seconds);

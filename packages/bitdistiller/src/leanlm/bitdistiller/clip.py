@@ -36,8 +36,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from leanlm.bitdistiller.config import ClipConfig
 from leanlm.bitdistiller.modules import check_group_size, quantizable_linears
+from leanlm.bitdistiller.options import ClipOptions
 from leanlm.bitdistiller.quant import QuantSpec, nf3_ste
 from leanlm.core.errors import UserError
 from leanlm.core.kernels import lowbit
@@ -422,7 +422,7 @@ def apply_clip(model: nn.Module, cache: dict[str, Any] | str | Path, spec: Quant
 # ----------------------------------------------------------------------------- the command's flow
 
 
-def clip_model(config: ClipConfig, spec: QuantSpec) -> dict[str, Any]:
+def clip_model(config: ClipOptions, spec: QuantSpec) -> dict[str, Any]:
     """Search (unless ``config.apply`` names a cache) and save the cache to ``config.dump_clip``; with
     ``config.save_model`` also write the clipped model (latent weights + quantization_config). A summary."""
     from leanlm.bitdistiller.checkpoint import attach_quantization_config

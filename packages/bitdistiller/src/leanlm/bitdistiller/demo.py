@@ -16,15 +16,15 @@ from leanlm.core.demo import DemoResult
 if TYPE_CHECKING:
     from torch import nn
 
-    from leanlm.bitdistiller.config import TrainConfig
+    from leanlm.bitdistiller.options import TrainOptions
     from leanlm.bitdistiller.quant import QuantSpec
 
 
-def _qat_config(model: str, data: str, out: Path, spec: QuantSpec) -> TrainConfig:
+def _qat_config(model: str, data: str, out: Path, spec: QuantSpec) -> TrainOptions:
     """4 CAKLD steps of 2 examples on the demo's teacher answers, from the clip cache."""
-    from leanlm.bitdistiller.config import TrainConfig
+    from leanlm.bitdistiller.options import TrainOptions
 
-    return TrainConfig(
+    return TrainOptions(
         data=data,
         output_dir=str(out / "qat"),
         model=model,
@@ -59,8 +59,8 @@ def _perplexities(fp: nn.Module, tok: Any, spec: QuantSpec, clip: Path, qat: nn.
 def run_demo(out_dir: Path, model: str = "default") -> DemoResult:
     from leanlm.bitdistiller.checkpoint import load_model_for_eval
     from leanlm.bitdistiller.clip import calibration_blocks, calibration_texts, run_clip_search, save_clip
-    from leanlm.bitdistiller.config import GenerateConfig
     from leanlm.bitdistiller.gguf_export import export_gguf
+    from leanlm.bitdistiller.options import GenerateOptions
     from leanlm.bitdistiller.quant import QuantSpec
     from leanlm.bitdistiller.teacher import generate_teacher_data
     from leanlm.bitdistiller.train import train
@@ -80,7 +80,7 @@ def run_demo(out_dir: Path, model: str = "default") -> DemoResult:
     timings["clip"] = time.time() - t
 
     t = time.time()
-    answers = GenerateConfig(
+    answers = GenerateOptions(
         model, output=str(out / "teacher.jsonl"), max_sample=8, max_new_tokens=48, batch_size=8
     )
     teacher = generate_teacher_data(answers)

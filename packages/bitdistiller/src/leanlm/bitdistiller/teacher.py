@@ -11,13 +11,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from leanlm.bitdistiller.config import GenerateConfig
 from leanlm.bitdistiller.data import teacher_file_name, teacher_prompts
+from leanlm.bitdistiller.options import GenerateOptions
 
 log = logging.getLogger(__name__)
 
 
-def teacher_path(config: GenerateConfig) -> Path:
+def teacher_path(config: GenerateOptions) -> Path:
     """``--output``, or a file in ``--output_dir`` named by every setting that shapes the answers."""
     c = config
     if c.output:
@@ -27,10 +27,10 @@ def teacher_path(config: GenerateConfig) -> Path:
     )
 
 
-def generate_teacher_data(config: GenerateConfig) -> dict[str, Any]:
+def generate_teacher_data(config: GenerateOptions) -> dict[str, Any]:
     """Generate (or resume) teacher answers; returns {"path", "records", "failed", "stats"}.
 
-    The backend is the one ``config``'s flags name (``GenerateConfig.backend_spec``); for a server,
+    The backend is the one ``config``'s flags name (``GenerateOptions.backend_spec``); for a server,
     ``model`` is the served name ("default" asks the server which model it serves).
     """
     from leanlm.core.generation import SamplingParams, generate

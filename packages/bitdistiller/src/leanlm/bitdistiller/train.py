@@ -19,16 +19,16 @@ from torch import nn
 
 from leanlm.bitdistiller.checkpoint import attach_quantization_config
 from leanlm.bitdistiller.clip import apply_clip
-from leanlm.bitdistiller.config import BITDISTILLER_RECIPE, TrainConfig
 from leanlm.bitdistiller.data import read_teacher_file, tokenize_teacher
 from leanlm.bitdistiller.losses import KDLoss, build_loss, teacher_confidence
 from leanlm.bitdistiller.modules import quantize_model
+from leanlm.bitdistiller.options import BITDISTILLER_RECIPE, TrainOptions
 from leanlm.bitdistiller.quant import QuantSpec
 from leanlm.core.errors import UserError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BITDISTILLER_RECIPE", "TrainConfig", "build_student", "compute_gamma", "train"]
+__all__ = ["BITDISTILLER_RECIPE", "TrainOptions", "build_student", "compute_gamma", "train"]
 
 
 def _trainer_class() -> type:
@@ -101,7 +101,7 @@ def _finished_run(output_dir: str | Path, max_steps: int | None) -> Path | None:
     return summary if done.get("steps", 0) >= max_steps and done.get("max_steps") == max_steps else None
 
 
-def _split_examples(config: TrainConfig, tokenizer: Any) -> tuple[list[dict], list[dict]]:
+def _split_examples(config: TrainOptions, tokenizer: Any) -> tuple[list[dict], list[dict]]:
     """(train, eval) tokenized examples; the eval set is the first ``eval_fraction``, as in the original."""
     rows = read_teacher_file(config.data)
     if config.max_samples:
@@ -116,7 +116,7 @@ def _split_examples(config: TrainConfig, tokenizer: Any) -> tuple[list[dict], li
 
 
 def _teacher_and_loss(
-    config: TrainConfig, train_set: list[dict], collator: Any, batch_size: int, seed: int
+    config: TrainOptions, train_set: list[dict], collator: Any, batch_size: int, seed: int
 ) -> tuple[nn.Module | None, KDLoss, float | None]:
     """(frozen teacher or None for ``ce``, the loss, its gamma): CAKLD's gamma measured when not given."""
     from leanlm.core.models import load_model
@@ -134,7 +134,7 @@ def _teacher_and_loss(
     return teacher, build_loss(name, gamma), gamma
 
 
-def _student(config: TrainConfig, spec: QuantSpec, teacher: nn.Module | None) -> nn.Module:
+def _student(config: TrainOptions, spec: QuantSpec, teacher: nn.Module | None) -> nn.Module:
     """The fake-quantized, clip-initialised copy in training mode, on the device the teacher joins."""
     from leanlm.core.models import load_model
 
@@ -163,7 +163,7 @@ def _summary(trainer: Any, result: Any, final: Path, kd_loss: str, gamma: float 
 
 
 def train(
-    config: TrainConfig, spec: QuantSpec | None = None, overrides: dict[str, Any] | None = None
+    config: TrainOptions, spec: QuantSpec | None = None, overrides: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """Run KD-QAT; returns a summary (gamma, steps, losses, final folder).
 

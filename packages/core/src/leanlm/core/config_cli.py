@@ -85,6 +85,14 @@ def coerce(value: Any, annotation: Any, name: str) -> Any:
     return value
 
 
+def fields_for(source: Any, target: type) -> dict[str, Any]:
+    """``source``'s values (any object) for the fields the dataclass ``target`` has by the same name.
+
+    How a command's flags reach the typed pieces it builds: ``RECIPE.override(**fields_for(opts,
+    TrainFlags))``, ``BackendSpec(**fields_for(opts, BackendSpec))``."""
+    return {f.name: getattr(source, f.name) for f in dataclasses.fields(target) if hasattr(source, f.name)}
+
+
 def _field_help(cls: type) -> list[str]:
     lines = []
     for f in dataclasses.fields(cls):

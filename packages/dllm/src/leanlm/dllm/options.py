@@ -8,23 +8,37 @@ and ``DLLM_RECIPE``, so a default lives in one place. Torch-free: ``--help`` sta
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from leanlm.core.config_cli import flag
+from leanlm.core.config_cli import fields_for, flag
 from leanlm.core.errors import UserError
 from leanlm.core.training import TrainFlags
 from leanlm.dllm.config import DLLMConfig
-from leanlm.dllm.recipe import DLLM_RECIPE
+
+# D-LLM's training recipe (the original script's); the learning rate comes from blr instead
+# (lr = blr * effective batch / 256, see leanlm.dllm.train.finetune)
+DLLM_RECIPE = TrainFlags(
+    epochs=10.0,
+    batch_size=8,
+    grad_accum=1,
+    weight_decay=0.02,
+    warmup_ratio=0.2,
+    lr_scheduler_type="cosine",
+    max_steps=-1,
+    save_steps=200,
+    logging_steps=10,
+    seed=0,
+)
+DLLM_ARGUMENTS: dict[str, Any] = {  # TrainingArguments fields that are not flags
+    "adam_beta1": 0.9,
+    "adam_beta2": 0.95,
+    "save_only_model": False,
+    "dataloader_num_workers": 0,
+}
+ROUTER_SCHEDULES = ("cosine", "constant")
 
 METRICS = ("auto", "accuracy", "perplexity")
-
-
-def shared_fields(source: Any, target: type) -> dict[str, Any]:
-    """``source``'s values for the fields ``target`` (a dataclass) has by the same name."""
-    names = {f.name for f in dataclasses.fields(target)}
-    return {f.name: getattr(source, f.name) for f in dataclasses.fields(source) if f.name in names}
 
 
 @dataclass
@@ -69,12 +83,12 @@ class FinetuneOptions:
 
     def train_flags(self) -> TrainFlags:
         """The recipe with the training flags given here (checked by TrainFlags)."""
-        return DLLM_RECIPE.override(**shared_fields(self, TrainFlags))
+        return DLLM_RECIPE.override(**fields_for(self, TrainFlags))
 
     def dllm_config(self) -> DLLMConfig:
         """The routers' and LoRA's configuration, validated; ``--dense`` builds no routers."""
         return DLLMConfig(
-            **shared_fields(self, DLLMConfig), dynamic=not self.dense, base_model=self.model
+            **fields_for(self, DLLMConfig), dynamic=not self.dense, base_model=self.model
         ).validate()
 
 

@@ -1,6 +1,6 @@
 """Fine-tuning with the HF Trainer: only routers and LoRA train; loss = CE + lambda(t) * ratio loss.
 
-Defaults follow the original script (``leanlm.dllm.recipe``): lr = blr * effective_batch / 256 with
+Defaults follow the original script (``leanlm.dllm.options.DLLM_RECIPE``): lr = blr * effective_batch / 256 with
 blr 9e-3, AdamW(0.9, 0.95), weight decay 0.02 (none on biases and norms), warm-up then cosine decay,
 lambda ramped by a sine over training. ``router_lr`` sets the routers' own learning rate, and
 ``router_schedule="constant"`` keeps it constant after the warm-up (LoRA still decays on the cosine)
@@ -22,7 +22,7 @@ from leanlm.core.errors import UserError
 from leanlm.core.training import TrainFlags, save_run_config, train_with_resume
 from leanlm.dllm.loss import lambda_schedule
 from leanlm.dllm.model import DLLM
-from leanlm.dllm.recipe import DLLM_ARGUMENTS, DLLM_RECIPE, ROUTER_SCHEDULES
+from leanlm.dllm.options import DLLM_ARGUMENTS, DLLM_RECIPE, ROUTER_SCHEDULES
 
 log = logging.getLogger(__name__)
 

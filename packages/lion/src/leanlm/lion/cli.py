@@ -1,7 +1,7 @@
 """Console scripts (fire): the Lion stages one by one, the whole loop, training and weight diffs.
 
 Each command is ``config_command(Flags, run)``: its flags are the fields of a dataclass in
-``leanlm.lion.flags`` (typed before ``run`` sees them) and ``run`` calls the library with them.
+``leanlm.lion.options`` (typed before ``run`` sees them) and ``run`` calls the library with them.
 Every command returns one dict (a stage's report, which fire prints), except lion-iterate (one
 report per iteration) and lion-weight-diff (the folder written).
 
@@ -27,16 +27,16 @@ from leanlm.core.records import read_records, write_jsonl
 from leanlm.lion import discriminate as disc
 from leanlm.lion import stages
 from leanlm.lion.filters import RougeDeduper
-from leanlm.lion.flags import (
-    DiscriminateFlags,
-    GenerateFlags,
-    InferFlags,
-    IterateFlags,
-    RefereeFlags,
-    TeacherFlags,
-    TrainCommandFlags,
-)
 from leanlm.lion.iterate import IterateConfig, LionRun
+from leanlm.lion.options import (
+    DiscriminateOptions,
+    GenerateOptions,
+    InferOptions,
+    IterateOptions,
+    RefereeOptions,
+    TeacherOptions,
+    TrainOptions,
+)
 from leanlm.lion.pools import load_pool, normalize_pool
 from leanlm.lion.roles import RoleConfig, make_backend
 
@@ -69,7 +69,7 @@ def _summary(report: stages.StageReport) -> dict[str, Any]:
 
 
 def _pool_answers(
-    f: TeacherFlags | InferFlags, answer: Callable[..., Any], role: RoleConfig
+    f: TeacherOptions | InferOptions, answer: Callable[..., Any], role: RoleConfig
 ) -> dict[str, Any]:
     """``answer`` (the teacher's or the student's stage) for POOL with ``role`` -> OUTPUT."""
     records = load_pool(f.pool, limit=f.limit)
@@ -80,12 +80,12 @@ def _pool_answers(
     return _summary(report)
 
 
-def run_teacher(f: TeacherFlags) -> dict[str, Any]:
+def run_teacher(f: TeacherOptions) -> dict[str, Any]:
     """Teacher answers for every instruction of POOL (.json/.jsonl or `instructions`) -> OUTPUT (JSONL)."""
     return _pool_answers(f, stages.teacher_answers, f.role())
 
 
-def run_infer(f: InferFlags) -> dict[str, Any]:
+def run_infer(f: InferOptions) -> dict[str, Any]:
     """Student answers (### Instruction/### Response prompt) for POOL with MODEL -> OUTPUT (JSONL).
 
     backend: hf (in process), vllm (in process, if installed), or openai with --base_url (a vLLM server).
@@ -93,7 +93,7 @@ def run_infer(f: InferFlags) -> dict[str, Any]:
     return _pool_answers(f, stages.student_answers, f.role(batch_size=f.batch_size))
 
 
-def run_referee(f: RefereeFlags) -> dict[str, Any]:
+def run_referee(f: RefereeOptions) -> dict[str, Any]:
     """Referee marks for TEACHER vs STUDENT answers (matched by id), in both orders -> OUTPUT (JSONL).
 
     Each output line: id, instruction, input, teacher_output, student_output, ts and st (the two
@@ -129,7 +129,7 @@ def run_referee(f: RefereeFlags) -> dict[str, Any]:
     return _summary(report)
 
 
-def run_discriminate(f: DiscriminateFlags) -> dict[str, Any]:
+def run_discriminate(f: DiscriminateOptions) -> dict[str, Any]:
     """Split lion-referee's output into HARD (teacher - student >= THRESHOLD) and EASY (JSONL)."""
     rows = read_records(f.reviews)
     for i, r in enumerate(rows):
@@ -144,7 +144,7 @@ def run_discriminate(f: DiscriminateFlags) -> dict[str, Any]:
     return summary
 
 
-def run_generate(f: GenerateFlags) -> dict[str, Any]:
+def run_generate(f: GenerateOptions) -> dict[str, Any]:
     """Up to NUM new KIND (hard|easy) instructions from SEEDS (lion-discriminate's output) -> OUTPUT.
 
     REFERENCE: pool file(s) (the cache pool, other generated files) a new instruction must not resemble
@@ -168,7 +168,7 @@ def run_generate(f: GenerateFlags) -> dict[str, Any]:
     return _summary(report)
 
 
-def run_train(f: TrainCommandFlags) -> dict[str, Any]:
+def run_train(f: TrainOptions) -> dict[str, Any]:
     """Instruction-tune MODEL on DATA (records with instruction, input, output) -> OUTPUT_DIR.
 
     Defaults are the paper's: 3 epochs, lr 2e-5 cosine, warmup 3%, batch 2 x 8 accumulation per process,
@@ -207,7 +207,7 @@ class WeightDiff:
         return path_tuned
 
 
-def iterate_config(f: IterateFlags) -> IterateConfig:
+def iterate_config(f: IterateOptions) -> IterateConfig:
     """The library's ``IterateConfig`` for lion-iterate's flags.
 
     Flags named like a config field are copied as they are; the role flags make the teacher (the
@@ -228,7 +228,7 @@ def iterate_config(f: IterateFlags) -> IterateConfig:
     )
 
 
-def run_iterate(f: IterateFlags) -> list[dict[str, Any]]:
+def run_iterate(f: IterateOptions) -> list[dict[str, Any]]:
     """The whole Lion loop for ITERATIONS rounds in RUN_DIR; re-run the same command to resume.
 
     The teacher API plays teacher, referee and generator (--referee_model/--generator_model to
@@ -247,13 +247,13 @@ def run_iterate(f: IterateFlags) -> list[dict[str, Any]]:
     return [{k: v for k, v in r.items() if k != "stages"} for r in reports]
 
 
-teacher = config_command(TeacherFlags, run_teacher)
-infer = config_command(InferFlags, run_infer)
-referee = config_command(RefereeFlags, run_referee)
-discriminate = config_command(DiscriminateFlags, run_discriminate)
-generate = config_command(GenerateFlags, run_generate)
-train = config_command(TrainCommandFlags, run_train)
-iterate = config_command(IterateFlags, run_iterate)
+teacher = config_command(TeacherOptions, run_teacher)
+infer = config_command(InferOptions, run_infer)
+referee = config_command(RefereeOptions, run_referee)
+discriminate = config_command(DiscriminateOptions, run_discriminate)
+generate = config_command(GenerateOptions, run_generate)
+train = config_command(TrainOptions, run_train)
+iterate = config_command(IterateOptions, run_iterate)
 
 teacher_main = entry(teacher, "lion-teacher")
 infer_main = entry(infer, "lion-infer")

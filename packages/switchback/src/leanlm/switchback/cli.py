@@ -1,7 +1,7 @@
 """Console scripts (fire; ``--help`` on each): switchback-finetune, -bench, -stats, -eval.
 
-finetune, bench and eval are ``config_command``s: their flags are the fields of ``FinetuneConfig``,
-``BenchConfig`` and ``EvalConfig``, coerced to the fields' types before the library sees them.
+finetune, bench and eval are ``config_command``s: their flags are the fields of ``FinetuneOptions``,
+``BenchOptions`` and ``EvalOptions``, coerced to the fields' types before the library sees them.
 """
 
 from __future__ import annotations
@@ -10,14 +10,14 @@ from typing import Any
 
 from leanlm.core.config_cli import config_command
 from leanlm.core.console import entry
-from leanlm.switchback.benchmark.command import BenchConfig, run_benchmark
-from leanlm.switchback.evaluate import REPORTED, EvalConfig, evaluate
-from leanlm.switchback.finetune_config import FinetuneConfig
+from leanlm.switchback.benchmark.command import BenchOptions, run_benchmark
+from leanlm.switchback.evaluate import REPORTED, evaluate
+from leanlm.switchback.options import EvalOptions, FinetuneOptions
 from leanlm.switchback.stats import compare_logs
 from leanlm.switchback.train import finetune
 
 
-def finetune_runs(config: FinetuneConfig) -> str:
+def finetune_runs(config: FinetuneOptions) -> str:
     """Fine-tune MODEL on DATASET NUM_RUNS times, with SwitchBack int8 layers or plain nn.Linear.
 
     The seed's recipe: batch 64, lr 1e-5 constant_with_warmup (5%), 5 epochs, source/target max 16/512
@@ -38,7 +38,7 @@ def finetune_runs(config: FinetuneConfig) -> str:
     )
 
 
-def evaluate_summary(config: EvalConfig) -> str:
+def evaluate_summary(config: EvalOptions) -> str:
     """Evaluate a model on offline lm-eval tasks; writes results.json and results.md in OUTPUT_DIR."""
     results: dict[str, dict[str, Any]] = evaluate(config)
     return "\n".join(
@@ -47,9 +47,9 @@ def evaluate_summary(config: EvalConfig) -> str:
     )
 
 
-finetune_command = config_command(FinetuneConfig, finetune_runs)
-bench_command = config_command(BenchConfig, run_benchmark)
-evaluate_command = config_command(EvalConfig, evaluate_summary)
+finetune_command = config_command(FinetuneOptions, finetune_runs)
+bench_command = config_command(BenchOptions, run_benchmark)
+evaluate_command = config_command(EvalOptions, evaluate_summary)
 
 finetune_main = entry(finetune_command, "switchback-finetune")
 bench_main = entry(bench_command, "switchback-bench")

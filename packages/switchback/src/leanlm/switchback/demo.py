@@ -12,11 +12,11 @@ from pathlib import Path
 
 from leanlm.core.demo import DemoResult
 from leanlm.core.records import read_jsonl
-from leanlm.switchback.finetune_config import FinetuneConfig
+from leanlm.switchback.options import FinetuneOptions
 from leanlm.switchback.stats import compare_logs
 from leanlm.switchback.train import finetune
 
-DEMO = FinetuneConfig(
+DEMO = FinetuneOptions(
     dataset="instructions",
     limit=32,
     target_max_len=48,

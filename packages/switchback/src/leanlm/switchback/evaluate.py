@@ -3,42 +3,19 @@
 The seed evaluated the saved weights through plain ``nn.Linear`` (hellaswag, boolq, swag,
 winogrande, xwinograd_en); ``--switchback true`` instead runs inference through int8 SwitchBack
 layers (weights pre-quantized with ``prepare_for_eval``), to see what int8 inference costs.
-``EvalConfig`` holds switchback-eval's flags; ``evaluate`` takes it.
+``EvalOptions`` (``options.py``) holds switchback-eval's flags; ``evaluate`` takes it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from leanlm.core.config_cli import flag
 from leanlm.core.errors import UserError
 from leanlm.core.records import write_json, write_text
-from leanlm.switchback.surgery import DEFAULT_EXCLUDE
+from leanlm.switchback.options import EvalOptions
 
-DEFAULT_TASKS = "hellaswag,boolq,winogrande"
 REPORTED = ("acc", "acc_norm", "exact_match")  # the metrics results.md and the summary show
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    """One evaluation: MODEL on TASKS, through plain or int8 SwitchBack layers."""
-
-    model: str = flag("default", "alias, local path (e.g. switchback-finetune's OUTPUT_DIR/model) or hub id.")
-    tasks: str = flag(
-        DEFAULT_TASKS,
-        "comma-separated: hellaswag, boolq, winogrande, piqa, arc_challenge, openbookqa, social_i_qa, mmlu, gsm8k.",
-    )
-    num_fewshot: int | None = flag(None, "few-shot examples (default: each task's own).")
-    limit: int | None = flag(None, "documents per task (default: all).")
-    batch_size: int = flag(8, "lm-eval batch size.")
-    switchback: bool = flag(False, "run inference through int8 SwitchBack layers (pre-quantized weights).")
-    variant: str = flag("global", "SwitchBack variant for --switchback true.")
-    # a string default, not None: "none" must reach parse_exclude as "no exclusions", not "the defaults"
-    exclude: str = flag(",".join(DEFAULT_EXCLUDE), 'layers kept in float ("none" for none).')
-    dtype: str | None = flag(None, "bf16 or fp32 (default: fp32 on CPU).")
-    output_dir: str = flag("switchback-eval", "where results.json and results.md go.")
 
 
 def _task_list(tasks: str) -> list[str]:
@@ -71,7 +48,7 @@ def results_table(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def evaluate(config: EvalConfig) -> dict[str, dict[str, Any]]:
+def evaluate(config: EvalOptions) -> dict[str, dict[str, Any]]:
     """Evaluate a model on offline lm-eval tasks; writes results.json and results.md in OUTPUT_DIR."""
     from leanlm.core.evaluation import run_lm_eval
     from leanlm.core.models import load_model, load_tokenizer

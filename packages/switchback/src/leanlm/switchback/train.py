@@ -5,7 +5,7 @@ seed's defaults: batch 64, lr 1e-5, constant schedule with a 5% warmup that real
 target max lengths 16/512, target-only loss) and appends one JSON line to the run log:
 ``{"id", "switchback", "variant", "seconds", "train_loss", "losses": [[step, loss], ...], ...}``.
 The log is resumable: runs already in it are skipped, so an interrupted ``--num-runs 10`` continues.
-``finetune`` takes one ``FinetuneConfig`` (finetune_config.py), the same one switchback-finetune fills.
+``finetune`` takes one ``FinetuneOptions`` (finetune_config.py), the same one switchback-finetune fills.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from leanlm.core.records import ResumableJsonlWriter
 from leanlm.core.sft import PaddingCollator
 from leanlm.core.training import TrainFlags, save_run_config
 from leanlm.switchback.data import build_examples, load_pairs
-from leanlm.switchback.finetune_config import SWITCHBACK_ARGUMENTS, FinetuneConfig
+from leanlm.switchback.options import SWITCHBACK_ARGUMENTS, FinetuneOptions
 from leanlm.switchback.surgery import count_swapped, parse_exclude, swap_linear_layers, unswap_linear_layers
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ def _prepare_process(threads: int | None) -> None:
         keep_freed_memory()  # CPU training: reuse large activation buffers instead of page-faulting them in
 
 
-def _examples(config: FinetuneConfig, tokenizer: Any, flags: TrainFlags) -> list[dict[str, list[int]]]:
+def _examples(config: FinetuneOptions, tokenizer: Any, flags: TrainFlags) -> list[dict[str, list[int]]]:
     """The tokenized training set, cut to a multiple of the batch size as the seed did."""
     seed = flags.seed if flags.seed is not None else 0
     records = load_pairs(config.dataset, limit=config.limit, seed=seed if config.limit else None)
@@ -121,7 +121,7 @@ def _examples(config: FinetuneConfig, tokenizer: Any, flags: TrainFlags) -> list
     return examples
 
 
-def _run_config(config: FinetuneConfig, flags: TrainFlags, examples: int) -> dict[str, Any]:
+def _run_config(config: FinetuneOptions, flags: TrainFlags, examples: int) -> dict[str, Any]:
     """What leanlm_run.json records of the experiment."""
     return {
         "model": config.model,
@@ -138,7 +138,7 @@ def _run_config(config: FinetuneConfig, flags: TrainFlags, examples: int) -> dic
 
 
 def _one_run(
-    config: FinetuneConfig,
+    config: FinetuneOptions,
     flags: TrainFlags,
     index: int,
     examples: list[dict[str, list[int]]],
@@ -178,7 +178,7 @@ def _save_plain(net: Any, tokenizer: Any, folder: Path) -> None:
     tokenizer.save_pretrained(folder)
 
 
-def finetune(config: FinetuneConfig) -> list[dict[str, Any]]:
+def finetune(config: FinetuneOptions) -> list[dict[str, Any]]:
     """Fine-tune ``config.model`` ``config.num_runs`` times, with SwitchBack layers or plain nn.Linear.
 
     Every run starts from a fresh model with the same seed and data, so runs differ only in timing

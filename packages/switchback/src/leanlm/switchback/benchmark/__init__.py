@@ -11,10 +11,10 @@ model with TinyLlama-1.1B's shapes (``tinyllama-shapes``, optionally fewer layer
 Times are medians over ``repeats`` after ``warmup`` calls; on CUDA each call ends with a synchronize.
 
 Modules: ``timing`` (median_time), ``torchao_adapter``, ``layer_bench``, ``step_bench``, ``tables``
-(markdown), ``plot`` (layers.png) and ``command`` (``BenchConfig``, ``run_benchmark``: switchback-bench).
+(markdown), ``plot`` (layers.png) and ``command`` (``BenchOptions``, ``run_benchmark``: switchback-bench).
 """
 
-from leanlm.switchback.benchmark.command import BenchConfig, run_benchmark
+from leanlm.switchback.benchmark.command import BenchOptions, run_benchmark
 from leanlm.switchback.benchmark.layer_bench import LAYER_MODES, bench_layers
 from leanlm.switchback.benchmark.step_bench import STEP_MODES, bench_train_step, tinyllama_shapes
 from leanlm.switchback.benchmark.timing import median_time
@@ -23,7 +23,7 @@ from leanlm.switchback.benchmark.torchao_adapter import apply_torchao, torchao_s
 __all__ = [
     "LAYER_MODES",
     "STEP_MODES",
-    "BenchConfig",
+    "BenchOptions",
     "apply_torchao",
     "bench_layers",
     "bench_train_step",

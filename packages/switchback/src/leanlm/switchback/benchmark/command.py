@@ -22,7 +22,7 @@ from leanlm.switchback.benchmark.torchao_adapter import torchao_status
 
 
 @dataclass(frozen=True)
-class BenchConfig:
+class BenchOptions:
     """What switchback-bench measures; lists are comma-separated strings, as on the command line."""
 
     output_dir: str = flag("switchback-bench", "where the results go.")
@@ -62,7 +62,7 @@ def split_ints(value: str, name: str) -> list[int]:
         raise UserError(f"--{name} must be comma-separated integers, got {value!r}") from None
 
 
-def _prepare_process(config: BenchConfig) -> None:
+def _prepare_process(config: BenchOptions) -> None:
     if config.threads:
         torch.set_num_threads(config.threads)
     if not config.device.startswith("cuda"):
@@ -71,7 +71,7 @@ def _prepare_process(config: BenchConfig) -> None:
         keep_freed_memory()  # for every mode alike: large CPU buffers are reused, not page-faulted in again
 
 
-def _step_rows(config: BenchConfig) -> list[dict[str, Any]]:
+def _step_rows(config: BenchOptions) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for name in split_names(config.step_models):
         rows += bench_train_step(
@@ -88,7 +88,7 @@ def _step_rows(config: BenchConfig) -> list[dict[str, Any]]:
     return rows
 
 
-def run_benchmark(config: BenchConfig) -> str:
+def run_benchmark(config: BenchOptions) -> str:
     """Layer fwd+bwd and training-step timings; writes results.json, results.md and layers.png."""
     from leanlm.core.records import write_json, write_text
     from leanlm.switchback.benchmark.plot import plot_layers

@@ -2,7 +2,7 @@
 
 ``cli`` turns each config into its console script (``config_command``): the fields are the flags,
 in this order also the positional arguments, with these defaults and help texts. The library takes
-the typed config (``train.train(TrainConfig)``, ``teacher.generate_teacher_data(GenerateConfig)``),
+the typed config (``train.train(TrainOptions)``, ``teacher.generate_teacher_data(GenerateOptions)``),
 so no parameter list is copied from the command line into a library call. Importing this module
 loads neither torch nor transformers (``--help`` stays fast).
 
@@ -12,11 +12,10 @@ Training flags have the names of ``leanlm.core.training.TrainFlags`` and map thr
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from leanlm.core.config_cli import flag
+from leanlm.core.config_cli import fields_for, flag
 from leanlm.core.training import TrainFlags
 
 if TYPE_CHECKING:
@@ -36,7 +35,6 @@ BITDISTILLER_RECIPE = TrainFlags(
     save_total_limit=3,
     seed=42,
 )
-TRAIN_FLAG_NAMES = frozenset(f.name for f in dataclasses.fields(TrainFlags))
 
 MODEL = "model name or folder ('default': the embedded model)"
 QUANT_TYPE = "int (2/3/4 bits) or nf3"
@@ -64,7 +62,7 @@ def _quant_spec(model: str, quant_type: str, w_bit: int, group_size: int | None)
 
 
 @dataclass(frozen=True)
-class ClipConfig:
+class ClipOptions:
     """bitdistiller-clip: the asymmetric clipping search, its cache, the clipped model."""
 
     model: str = flag("default", MODEL)
@@ -92,7 +90,7 @@ class ClipConfig:
 
 
 @dataclass(frozen=True)
-class GenerateConfig:
+class GenerateOptions:
     """bitdistiller-generate: the full-precision teacher answers a dataset's prompts."""
 
     model: str = flag(
@@ -129,7 +127,7 @@ class GenerateConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainOptions:
     """bitdistiller-train: KD-QAT of the fake-quantized model against its full-precision self."""
 
     data: str = flag(help="teacher file (bitdistiller-generate/-mix output, or prompt/response JSONL)")
@@ -168,10 +166,7 @@ class TrainConfig:
 
     def train_flags(self) -> TrainFlags:
         """The paper's recipe with the training flags that were given (None: the recipe's value)."""
-        given = {
-            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name in TRAIN_FLAG_NAMES
-        }
-        return BITDISTILLER_RECIPE.override(**given)
+        return BITDISTILLER_RECIPE.override(**fields_for(self, TrainFlags))
 
     def quant_spec(self) -> QuantSpec:
         """The quantization, its group size fitted to the model's layers (before any weight loads)."""
@@ -179,7 +174,7 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
-class EvalPplConfig:
+class EvalPplOptions:
     """bitdistiller-eval-ppl: perplexity of the quantized model."""
 
     model: str = flag("default", MODEL)
@@ -197,7 +192,7 @@ class EvalPplConfig:
 
 
 @dataclass(frozen=True)
-class EvalTasksConfig:
+class EvalTasksOptions:
     """bitdistiller-eval: lm-eval tasks."""
 
     model: str = flag("default", MODEL)
@@ -213,7 +208,7 @@ class EvalTasksConfig:
 
 
 @dataclass(frozen=True)
-class HumanEvalConfig:
+class HumanEvalOptions:
     """bitdistiller-eval-humaneval: greedy pass@1."""
 
     model: str = flag("default", MODEL)
@@ -229,7 +224,7 @@ class HumanEvalConfig:
 
 
 @dataclass(frozen=True)
-class Gsm8kConfig:
+class Gsm8kOptions:
     """bitdistiller-eval-gsm8k: accuracy on GSM8K."""
 
     model: str = flag("default", MODEL)
@@ -246,7 +241,7 @@ class Gsm8kConfig:
 
 
 @dataclass(frozen=True)
-class ExportConfig:
+class ExportOptions:
     """bitdistiller-export: the packed low-bit folder or one GGUF file."""
 
     model: str = flag(help="the trained (or clipped) model folder")

@@ -1,6 +1,7 @@
-"""The SwitchBack fine-tuning recipe, and ``FinetuneConfig``: every switchback-finetune flag, once.
+"""The flags of the SwitchBack console scripts, each stated once: ``FinetuneOptions`` (with the
+fine-tuning recipe) and ``EvalOptions``.
 
-The console script is ``config_command(FinetuneConfig, ...)`` and the library's ``finetune`` takes
+The console script is ``config_command(FinetuneOptions, ...)`` and the library's ``finetune`` takes
 the same typed config, so neither restates the other's parameters. The training flags among the
 fields (``--learning_rate --epochs --batch_size ...``, core's ``TrainFlags`` names) override
 ``SWITCHBACK_RECIPE`` where set; ``None`` keeps the recipe's value.
@@ -8,12 +9,11 @@ fields (``--learning_rate --epochs --batch_size ...``, core's ``TrainFlags`` nam
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from leanlm.core.config_cli import flag
+from leanlm.core.config_cli import fields_for, flag
 from leanlm.core.errors import UserError
 from leanlm.core.training import TrainFlags
 from leanlm.switchback.surgery import DEFAULT_EXCLUDE
@@ -47,7 +47,7 @@ def _recipe(name: str) -> str:
 
 
 @dataclass(frozen=True)
-class FinetuneConfig:
+class FinetuneOptions:
     """One fine-tuning experiment: NUM_RUNS runs of MODEL on DATASET, each from a fresh model."""
 
     model: str = flag("default", "alias, local path or hub id (default: the embedded SmolLM2-135M-Instruct).")
@@ -109,16 +109,31 @@ class FinetuneConfig:
 
     def train_flags(self) -> TrainFlags:
         """``SWITCHBACK_RECIPE`` with the training flags that are set replaced."""
-        return SWITCHBACK_RECIPE.override(**{name: getattr(self, name) for name in TRAIN_FLAG_FIELDS})
+        return SWITCHBACK_RECIPE.override(**fields_for(self, TrainFlags))
 
     def log_path(self) -> Path:
         """The JSONL run log: ``log_file``, else OUTPUT_DIR/finetune_log.jsonl."""
         return Path(self.log_file) if self.log_file else Path(self.output_dir) / "finetune_log.jsonl"
 
 
-# the fields of FinetuneConfig that are core's training flags (by their TrainFlags names)
-TRAIN_FLAG_FIELDS = tuple(
-    f.name
-    for f in dataclasses.fields(FinetuneConfig)
-    if f.name in {t.name for t in dataclasses.fields(TrainFlags)}
-)
+DEFAULT_TASKS = "hellaswag,boolq,winogrande"
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """One evaluation: MODEL on TASKS, through plain or int8 SwitchBack layers."""
+
+    model: str = flag("default", "alias, local path (e.g. switchback-finetune's OUTPUT_DIR/model) or hub id.")
+    tasks: str = flag(
+        DEFAULT_TASKS,
+        "comma-separated: hellaswag, boolq, winogrande, piqa, arc_challenge, openbookqa, social_i_qa, mmlu, gsm8k.",
+    )
+    num_fewshot: int | None = flag(None, "few-shot examples (default: each task's own).")
+    limit: int | None = flag(None, "documents per task (default: all).")
+    batch_size: int = flag(8, "lm-eval batch size.")
+    switchback: bool = flag(False, "run inference through int8 SwitchBack layers (pre-quantized weights).")
+    variant: str = flag("global", "SwitchBack variant for --switchback true.")
+    # a string default, not None: "none" must reach parse_exclude as "no exclusions", not "the defaults"
+    exclude: str = flag(",".join(DEFAULT_EXCLUDE), 'layers kept in float ("none" for none).')
+    dtype: str | None = flag(None, "bf16 or fp32 (default: fp32 on CPU).")
+    output_dir: str = flag("switchback-eval", "where results.json and results.md go.")

@@ -2,13 +2,13 @@
 
 ``leanlm.core.config_cli.config_command(Flags, run)`` turns a class into its command: the fields are
 the flags (typed: fire's strings are coerced before ``run`` sees them), fields without a default are
-the positional arguments. Every command that talks to a model takes the role flags of ``RoleFlags``,
-and ``RoleFlags.role()`` is the one mapping from them to a ``RoleConfig``.
+the positional arguments. Every command that talks to a model takes the role flags of ``RoleOptions``,
+and ``RoleOptions.role()`` is the one mapping from them to a ``RoleConfig``.
 
 Field order is the command line's. A dataclass lists its bases' fields first, from the last base to
 the first, so a command names the class of its positional arguments last:
-``TeacherFlags(RoleFlags, PoolIO)`` reads ``POOL OUTPUT``, the role flags, then its own flags.
-A redeclared field (``InferFlags.backend``) keeps its place and takes the new default.
+``TeacherOptions(RoleOptions, PoolIO)`` reads ``POOL OUTPUT``, the role flags, then its own flags.
+A redeclared field (``InferOptions.backend``) keeps its place and takes the new default.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from leanlm.core.config_cli import flag
+from leanlm.core.config_cli import fields_for, flag
 from leanlm.core.training import TrainFlags
 from leanlm.lion.discriminate import HARD_THRESHOLD
 from leanlm.lion.filters import ROUGE_THRESHOLD
@@ -30,7 +30,7 @@ REFEREE_FORMAT_HELP = "review (free), forced (the score line pre-written) or aut
 
 
 @dataclass
-class RoleFlags:
+class RoleOptions:
     """Which model plays a role and how to reach it (the fields of ``RoleConfig``, by the same names)."""
 
     backend: str = flag("openai", "openai (OpenAI, or a compatible server with --base_url), tgi, hf or vllm")
@@ -46,7 +46,7 @@ class RoleFlags:
 
         No ``--model``: gpt-3.5-turbo on OpenAI itself, else the server's or the embedded model.
         """
-        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(RoleFlags)}
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(RoleOptions)}
         default_model = "gpt-3.5-turbo" if self.backend == "openai" and not self.base_url else "default"
         return RoleConfig(**values | {"model": self.model or default_model} | extra)
 
@@ -58,7 +58,7 @@ class PoolIO:
 
 
 @dataclass
-class TeacherFlags(RoleFlags, PoolIO):
+class TeacherOptions(RoleOptions, PoolIO):
     max_new_tokens: int = flag(1024, "the longest answer, in tokens")
     temperature: float = flag(0.7, TEMPERATURE_HELP)
     limit: int | None = flag(None, "only the first LIMIT instructions")
@@ -66,7 +66,7 @@ class TeacherFlags(RoleFlags, PoolIO):
 
 
 @dataclass
-class InferFlags(RoleFlags, PoolIO):
+class InferOptions(RoleOptions, PoolIO):
     backend: str = flag("hf", "hf or vllm (in process), or openai with --base_url (a vLLM server)")
     model: str = flag("default", "the student: a model folder or name")
     batch_size: int = flag(8, "prompts per batch of an in-process backend")
@@ -84,7 +84,7 @@ class RefereeIO:
 
 
 @dataclass
-class RefereeFlags(RoleFlags, RefereeIO):
+class RefereeOptions(RoleOptions, RefereeIO):
     attempts: int = flag(3, "tries of a review until both marks parse")
     max_new_tokens: int = flag(512, "the longest review, in tokens")
     temperature: float = flag(0.2, TEMPERATURE_HELP)
@@ -93,7 +93,7 @@ class RefereeFlags(RoleFlags, RefereeIO):
 
 
 @dataclass
-class DiscriminateFlags:
+class DiscriminateOptions:
     reviews: str = flag(help="lion-referee's output (JSONL)")
     hard: str = flag(help="the hard instructions (JSONL)")
     easy: str = flag(help="the easy instructions (JSONL)")
@@ -110,7 +110,7 @@ class GenerateIO:
 
 
 @dataclass
-class GenerateFlags(RoleFlags, GenerateIO):
+class GenerateOptions(RoleOptions, GenerateIO):
     max_new_tokens: int = flag(256, "the most tokens of a request (each is held to 4 per seed word)")
     temperature: float = flag(1.0, TEMPERATURE_HELP)
     rouge_threshold: float = flag(ROUGE_THRESHOLD, "reject an instruction with ROUGE-L above this")
@@ -120,7 +120,7 @@ class GenerateFlags(RoleFlags, GenerateIO):
 
 
 @dataclass
-class TrainCommandFlags:
+class TrainOptions:
     """lion-train's flags; the training ones are ``TrainFlags``' by name, unset (None) = the recipe's."""
 
     data: str = flag(help="the training records: instruction, input, output (JSON/JSONL)")
@@ -148,8 +148,7 @@ class TrainCommandFlags:
 
     def train_flags(self, recipe: TrainFlags) -> TrainFlags:
         """``recipe`` with the training flags given on the command line."""
-        names = {f.name for f in dataclasses.fields(TrainFlags)}
-        return recipe.override(**{k: v for k, v in vars(self).items() if k in names})
+        return recipe.override(**fields_for(self, TrainFlags))
 
 
 @dataclass
@@ -172,7 +171,7 @@ ITERATE_TRAINING = (
 
 
 @dataclass
-class IterateFlags(RoleFlags, IterateIO):
+class IterateOptions(RoleOptions, IterateIO):
     """lion-iterate's flags; the role flags name the teacher (and the referee and generator by default)."""
 
     backend: str = flag("openai", "the teacher's (and referee's, generator's) backend: openai, tgi, hf, vllm")

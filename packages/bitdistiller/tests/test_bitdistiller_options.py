@@ -7,7 +7,7 @@ import inspect
 import pytest
 
 from leanlm.bitdistiller import cli
-from leanlm.bitdistiller.config import BITDISTILLER_RECIPE, GenerateConfig, TrainConfig
+from leanlm.bitdistiller.options import BITDISTILLER_RECIPE, GenerateOptions, TrainOptions
 from leanlm.core.console import run_cli
 
 TRAIN_FLAGS = [
@@ -51,7 +51,7 @@ def test_the_old_output_flags_are_refused(command, name, old, new, tmp_path, cap
 
 
 def test_unset_training_flags_keep_the_papers_recipe():
-    flags = TrainConfig("d.jsonl", "run", learning_rate=1e-4, max_steps=3, resume=False).train_flags()
+    flags = TrainOptions("d.jsonl", "run", learning_rate=1e-4, max_steps=3, resume=False).train_flags()
     assert (flags.learning_rate, flags.max_steps, flags.resume) == (1e-4, 3, False)
     assert (flags.batch_size, flags.grad_accum, flags.epochs) == (16, 8, 4)
     assert flags.lr_scheduler_type == BITDISTILLER_RECIPE.lr_scheduler_type == "constant"
@@ -66,13 +66,13 @@ def test_command_line_strings_arrive_typed():
 
     from leanlm.core.config_cli import config_command
 
-    command = config_command(TrainConfig, capture)
+    command = config_command(TrainOptions, capture)
     run_cli(command, "bitdistiller-train", ["d.jsonl", "run", "--mask_prompt", "true", "--w_bit", "3.0"])
     config = seen["config"]
     assert config.mask_prompt is True and config.w_bit == 3 and type(config.w_bit) is int
 
 
 def test_a_served_default_model_asks_the_server():
-    spec = GenerateConfig(backend="openai", base_url="http://x/v1").backend_spec()
+    spec = GenerateOptions(backend="openai", base_url="http://x/v1").backend_spec()
     assert spec.model is None and spec.backend == "openai"
-    assert GenerateConfig(model="m", batch_size=3).backend_spec().batch_size == 3
+    assert GenerateOptions(model="m", batch_size=3).backend_spec().batch_size == 3
