@@ -5,7 +5,7 @@ seed's defaults: batch 64, lr 1e-5, constant schedule with a 5% warmup that real
 target max lengths 16/512, target-only loss) and appends one JSON line to the run log:
 ``{"id", "switchback", "variant", "seconds", "train_loss", "losses": [[step, loss], ...], ...}``.
 The log is resumable: runs already in it are skipped, so an interrupted ``--num-runs 10`` continues.
-``finetune`` takes one ``FinetuneOptions`` (finetune_config.py), the same one switchback-finetune fills.
+``finetune`` takes one ``FinetuneOptions`` (options.py), the same one switchback-finetune fills.
 """
 
 from __future__ import annotations
