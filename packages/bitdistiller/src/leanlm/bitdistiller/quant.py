@@ -108,6 +108,16 @@ def _groups(w: torch.Tensor, group_size: int) -> torch.Tensor:
     return w.reshape(-1, k // group_size, group_size)
 
 
+def clamp_ste(x: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """``clamp(x, low, high)`` whose gradient passes only strictly inside ``(low, high)``.
+
+    Stated here rather than left to ``torch.clamp``, whose gradient at a value equal to a bound
+    changed between releases (2.13 passes it, 2.15 does not): QAT must not depend on the version.
+    """
+    inside = (x > low) & (x < high)
+    return torch.where(inside, x, x.detach().clamp(low, high))
+
+
 def int_asym_ste(
     w: torch.Tensor, bits: int, group_size: int, rounding: str = "half_even", eps: float = EPS
 ) -> torch.Tensor:
@@ -117,7 +127,7 @@ def int_asym_ste(
     hi, lo = g.amax(-1, keepdim=True), g.amin(-1, keepdim=True)
     s = (hi - lo).clamp(min=eps) / max_int
     z = torch.clamp(-torch.round(lo / s), 0, max_int).detach()  # integer zero-point: no gradient
-    q = torch.clamp(round_ste(g / s, rounding) + z, 0, max_int)
+    q = clamp_ste(round_ste(g / s, rounding) + z, 0, max_int)
     return ((q - z) * s).reshape(w.shape).to(w.dtype)
 
 
