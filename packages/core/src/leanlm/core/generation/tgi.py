@@ -101,8 +101,10 @@ class TGIBackend(RemoteBackend):
         import httpx
         from huggingface_hub.errors import HfHubHTTPError, InferenceTimeoutError
 
-        if isinstance(error, HfHubHTTPError) and error.response is not None:
-            status = error.response.status_code
+        # huggingface_hub 1.x wraps HTTP errors in HfHubHTTPError; 2.x lets httpx's own error through
+        response = getattr(error, "response", None)
+        if isinstance(error, (HfHubHTTPError, httpx.HTTPStatusError)) and response is not None:
+            status = response.status_code
             first_line = str(error).splitlines()[0][:200]
             if status in {401, 403}:
                 return (
@@ -112,7 +114,7 @@ class TGIBackend(RemoteBackend):
                 )
             if status == 404:
                 return Verdict.FATAL, f"{self.base_url}: endpoint not found (404); is it a TGI server?", None
-            retry_after = error.response.headers.get("retry-after")
+            retry_after = response.headers.get("retry-after")
             try:
                 wait = float(retry_after) if retry_after is not None else None
             except ValueError:
