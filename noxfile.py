@@ -156,10 +156,30 @@ def _package_tests(session: nox.Session, python: Path, package: str, env: dict[s
     pytest comes at the lock's version; the repo's ``src`` folders are not on ``sys.path`` (pytest
     adds only the tests folder), so what is tested is what pip installed. Returns pytest's summary."""
     pytest_version = _locked_versions("pytest")["pytest"]
-    session.run(str(python), "-m", "pip", "install", "--quiet", "--no-compile", "--only-binary", ":all:",
-                f"pytest=={pytest_version}", external=True)  # fmt: skip
-    out = session.run(str(python), "-m", "pytest", f"packages/{package}/tests", "-q", "-p", "no:cacheprovider",
-                      silent=True, env=env, external=True)  # fmt: skip
+    session.run(
+        str(python),
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--no-compile",
+        "--only-binary",
+        ":all:",
+        f"pytest=={pytest_version}",
+        external=True,
+    )
+    out = session.run(
+        str(python),
+        "-m",
+        "pytest",
+        f"packages/{package}/tests",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        silent=True,
+        env=env,
+        external=True,
+    )
     return next((ln for ln in reversed(out.splitlines()) if " passed" in ln), "no summary").strip("= ")
 
 
@@ -194,9 +214,23 @@ def install(session: nox.Session) -> None:
             torch_from = _install_torch(session, python)
             # --no-compile: byte-compiling ~150 packages costs minutes; imports compile what they use
             t1 = time.time()
-            session.run(str(python), "-m", "pip", "install", "--quiet", "--no-compile", "--only-binary", ":all:",
-                        "--no-binary", PURE_PYTHON_SDISTS, "--find-links", str(dist),
-                        str(wheels["core"]), str(wheels[package]), external=True)  # fmt: skip
+            session.run(
+                str(python),
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--no-compile",
+                "--only-binary",
+                ":all:",
+                "--no-binary",
+                PURE_PYTHON_SDISTS,
+                "--find-links",
+                str(dist),
+                str(wheels["core"]),
+                str(wheels[package]),
+                external=True,
+            )
             project = tomllib.loads(Path(f"packages/{package}/pyproject.toml").read_text())["project"]
             scripts = project.get("scripts", {})
             t2 = time.time()

@@ -22,38 +22,131 @@ from leanlm.core.recipe import run_recipe
 def bita_steps(data: str, tree: str) -> list[dict]:
     """BiTA on the chain's packed export: train an adapter on ``data``, then evaluate ``tree`` against greedy."""
     return [
-        {"name": "bita", "command": "bita-train", "evaluate": False,
-         "flags": {"data": data, "max_steps": 2, "cutoff": 64, "batch_size": 2, "grad_accum": 1, "num_prefix": 4}},
-        {"name": "bita-eval", "command": "bita-eval", "model_flag": None, "produces": None,
-         "flags": {"data": "instructions", "adapter": "{steps.bita.output}", "model": "{steps.export.model}",
-                   "limit": 2, "max_new_tokens": 12, "tree": tree, "template": "alpaca"}},
-    ]  # fmt: skip
+        {
+            "name": "bita",
+            "command": "bita-train",
+            "evaluate": False,
+            "flags": {
+                "data": data,
+                "max_steps": 2,
+                "cutoff": 64,
+                "batch_size": 2,
+                "grad_accum": 1,
+                "num_prefix": 4,
+            },
+        },
+        {
+            "name": "bita-eval",
+            "command": "bita-eval",
+            "model_flag": None,
+            "produces": None,
+            "flags": {
+                "data": "instructions",
+                "adapter": "{steps.bita.output}",
+                "model": "{steps.export.model}",
+                "limit": 2,
+                "max_new_tokens": 12,
+                "tree": tree,
+                "template": "alpaca",
+            },
+        },
+    ]
 
 
 STEPS = [
-    {"name": "distill", "command": "lion-iterate", "model_flag": "student", "output_flag": "run_dir",
-     "produces": "iter_1/student",
-     "flags": {"train_pool": "instructions", "pool_limit": 4, "backend": "hf", "model": "{model}",
-               "num_hard": 1, "num_easy": 1, "teacher_max_tokens": 8, "student_max_tokens": 8,
-               "referee_max_tokens": 8, "generator_max_tokens": 8, "epochs": 1, "max_length": 64,
-               "batch_size": 2, "grad_accum": 1}},
-    {"name": "teacher-data", "command": "bitdistiller-generate", "output_flag": None, "produces": None,
-     "flags": {"dataset": "alpaca", "max_sample": 4, "max_new_tokens": 8, "output": "{output}/teacher.jsonl"}},
-    {"name": "mix", "command": "bitdistiller-mix", "output_flag": None, "model_flag": None, "produces": None,
-     "args": ["{steps.distill.output}/iter_1/teacher_data.jsonl", "{steps.teacher-data.output}/teacher.jsonl"],
-     "flags": {"output": "{output}/mix.jsonl"}},
-    {"name": "qat", "command": "bitdistiller-train", "produces": "final",
-     "flags": {"data": "{steps.mix.output}/mix.jsonl", "quant_type": "int", "w_bit": 4,
-               "group_size": 32, "max_steps": 2, "max_length": 48, "batch_size": 2, "grad_accum": 1}},
-    {"name": "export", "command": "bitdistiller-export", "output_flag": "output_dir", "flags": {"format": "packed"}},
-    {"name": "bita-prompts", "command": "bita-gen-prompts", "output_flag": None, "produces": None,
-     "flags": {"data": "instructions", "limit": 4, "output": "{output}/prompts.jsonl",
-               "template": "alpaca"}},
-    {"name": "bita-data", "command": "bita-gen-outputs", "output_flag": None, "produces": None,
-     "flags": {"prompts": "{steps.bita-prompts.output}/prompts.jsonl", "output": "{output}/data.jsonl",
-               "max_new_tokens": 16}},
+    {
+        "name": "distill",
+        "command": "lion-iterate",
+        "model_flag": "student",
+        "output_flag": "run_dir",
+        "produces": "iter_1/student",
+        "flags": {
+            "train_pool": "instructions",
+            "pool_limit": 4,
+            "backend": "hf",
+            "model": "{model}",
+            "num_hard": 1,
+            "num_easy": 1,
+            "teacher_max_tokens": 8,
+            "student_max_tokens": 8,
+            "referee_max_tokens": 8,
+            "generator_max_tokens": 8,
+            "epochs": 1,
+            "max_length": 64,
+            "batch_size": 2,
+            "grad_accum": 1,
+        },
+    },
+    {
+        "name": "teacher-data",
+        "command": "bitdistiller-generate",
+        "output_flag": None,
+        "produces": None,
+        "flags": {
+            "dataset": "alpaca",
+            "max_sample": 4,
+            "max_new_tokens": 8,
+            "output": "{output}/teacher.jsonl",
+        },
+    },
+    {
+        "name": "mix",
+        "command": "bitdistiller-mix",
+        "output_flag": None,
+        "model_flag": None,
+        "produces": None,
+        "args": [
+            "{steps.distill.output}/iter_1/teacher_data.jsonl",
+            "{steps.teacher-data.output}/teacher.jsonl",
+        ],
+        "flags": {"output": "{output}/mix.jsonl"},
+    },
+    {
+        "name": "qat",
+        "command": "bitdistiller-train",
+        "produces": "final",
+        "flags": {
+            "data": "{steps.mix.output}/mix.jsonl",
+            "quant_type": "int",
+            "w_bit": 4,
+            "group_size": 32,
+            "max_steps": 2,
+            "max_length": 48,
+            "batch_size": 2,
+            "grad_accum": 1,
+        },
+    },
+    {
+        "name": "export",
+        "command": "bitdistiller-export",
+        "output_flag": "output_dir",
+        "flags": {"format": "packed"},
+    },
+    {
+        "name": "bita-prompts",
+        "command": "bita-gen-prompts",
+        "output_flag": None,
+        "produces": None,
+        "flags": {
+            "data": "instructions",
+            "limit": 4,
+            "output": "{output}/prompts.jsonl",
+            "template": "alpaca",
+        },
+    },
+    {
+        "name": "bita-data",
+        "command": "bita-gen-outputs",
+        "output_flag": None,
+        "produces": None,
+        "flags": {
+            "prompts": "{steps.bita-prompts.output}/prompts.jsonl",
+            "output": "{output}/data.jsonl",
+            "max_new_tokens": 16,
+        },
+    },
     *bita_steps("{steps.bita-data.output}/data.jsonl", tree="1"),
-]  # fmt: skip
+]
 
 
 @pytest.fixture(scope="module")
@@ -118,15 +211,42 @@ def test_bita_on_the_packed_base_is_lossless(chain):
 
 
 SWITCHBACK_STEPS = [
-    {"name": "finetune", "command": "switchback-finetune", "produces": "model",
-     "flags": {"dataset": "instructions", "limit": 8, "max_steps": 2, "batch_size": 2, "source_max_len": 16,
-               "target_max_len": 32}},
-    {"name": "qat", "command": "bitdistiller-train", "produces": "final",
-     "flags": {"data": "{first}/3-mix/mix.jsonl", "quant_type": "int", "w_bit": 2, "group_size": 32,
-               "max_steps": 2, "max_length": 48, "batch_size": 2, "grad_accum": 1}},
-    {"name": "export", "command": "bitdistiller-export", "output_flag": "output_dir", "flags": {"format": "packed"}},
+    {
+        "name": "finetune",
+        "command": "switchback-finetune",
+        "produces": "model",
+        "flags": {
+            "dataset": "instructions",
+            "limit": 8,
+            "max_steps": 2,
+            "batch_size": 2,
+            "source_max_len": 16,
+            "target_max_len": 32,
+        },
+    },
+    {
+        "name": "qat",
+        "command": "bitdistiller-train",
+        "produces": "final",
+        "flags": {
+            "data": "{first}/3-mix/mix.jsonl",
+            "quant_type": "int",
+            "w_bit": 2,
+            "group_size": 32,
+            "max_steps": 2,
+            "max_length": 48,
+            "batch_size": 2,
+            "grad_accum": 1,
+        },
+    },
+    {
+        "name": "export",
+        "command": "bitdistiller-export",
+        "output_flag": "output_dir",
+        "flags": {"format": "packed"},
+    },
     *bita_steps("{first}/7-bita-data/data.jsonl", tree="1-1"),
-]  # fmt: skip
+]
 
 
 @pytest.fixture(scope="module")

@@ -62,8 +62,11 @@ def test_no_script_uses_a_synonym_of_a_shared_flag():
 
 def test_shared_flags_are_spelled_the_same_where_they_exist():
     scripts = _script_parameters()
-    trainers = [s for s in scripts if s in {"bita-train", "bitdistiller-train", "dllm-finetune", "lion-train",
-                                            "switchback-finetune"}]  # fmt: skip
+    trainers = [
+        s
+        for s in scripts
+        if s in {"bita-train", "bitdistiller-train", "dllm-finetune", "lion-train", "switchback-finetune"}
+    ]
     assert len(trainers) == 5
     for flag in ("learning_rate", "epochs", "max_steps", "batch_size", "nproc", "report_to", "seed"):
         missing = [s for s in trainers if flag not in scripts[s]]

@@ -27,8 +27,10 @@ def _greedy(tiny_model, tokenizer, request: GenerationRequest, n: int) -> list[i
 
 def test_registered_backend_is_token_identical_to_greedy(adapter_dir, tiny_model, tokenizer):
     backend = get_backend("bita", model=str(adapter_dir), tree="1-1")
-    requests = [GenerationRequest(id="p", prompt="The capital of France is"),
-                GenerationRequest(id="c", messages=[{"role": "user", "content": "Name three colours."}])]  # fmt: skip
+    requests = [
+        GenerationRequest(id="p", prompt="The capital of France is"),
+        GenerationRequest(id="c", messages=[{"role": "user", "content": "Name three colours."}]),
+    ]
     results = generate(requests, backend, SamplingParams(max_new_tokens=20), progress=False)
     for request, result in zip(requests, results):
         assert result.ok and result.completion_tokens == len(result.token_ids) > 0
@@ -54,8 +56,9 @@ def test_served_with_the_openai_client(adapter_dir, tiny_model, tokenizer):
     engine = build_engine(str(adapter_dir), backend="bita")
     with Server(engine, "bita-tiny") as server:
         client = OpenAI(base_url=server.openai_url, api_key="unused", max_retries=0, timeout=120)
-        reply = client.completions.create(model="bita-tiny", prompt="The capital of France is", max_tokens=12,
-                                          temperature=0)  # fmt: skip
+        reply = client.completions.create(
+            model="bita-tiny", prompt="The capital of France is", max_tokens=12, temperature=0
+        )
         expected = _greedy(
             tiny_model, tokenizer, GenerationRequest(id="x", prompt="The capital of France is"), 12
         )
@@ -63,7 +66,12 @@ def test_served_with_the_openai_client(adapter_dir, tiny_model, tokenizer):
             [t for t in expected if t != tokenizer.eos_token_id], skip_special_tokens=True
         )
         assert reply.usage.completion_tokens == len(expected)
-        stream = client.chat.completions.create(model="bita-tiny", messages=[{"role": "user", "content": "hi"}],
-                                                max_tokens=8, temperature=0, stream=True)  # fmt: skip
+        stream = client.chat.completions.create(
+            model="bita-tiny",
+            messages=[{"role": "user", "content": "hi"}],
+            max_tokens=8,
+            temperature=0,
+            stream=True,
+        )
         chunks = list(stream)
         assert chunks[-1].choices[0].finish_reason in {"stop", "length"}

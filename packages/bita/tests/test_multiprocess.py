@@ -17,13 +17,42 @@ def test_bita_train_two_processes(tmp_path, tiny_model_dir):
     from leanlm.core.models import load_model
 
     data = tmp_path / "data.jsonl"
-    data.write_text("".join(json.dumps({"prompt": f"Count from {i}:", "output": f" {i} {i + 1} {i + 2} {i + 3} {i + 4}"})
-                            + "\n" for i in range(8)))  # fmt: skip
+    data.write_text(
+        "".join(
+            json.dumps({"prompt": f"Count from {i}:", "output": f" {i} {i + 1} {i + 2} {i + 3} {i + 4}"})
+            + "\n"
+            for i in range(8)
+        )
+    )
     out = tmp_path / "adapter"
     env = {k: v for k, v in os.environ.items() if k not in {"RANK", "WORLD_SIZE", "LOCAL_RANK"}}
-    cmd = [str(Path(sys.executable).with_name("bita-train")), "--data", str(data), "--model", str(tiny_model_dir),
-           "--output_dir", str(out), "--nproc", "2", "--epochs", "1", "--max_steps", "-1", "--batch_size", "2",
-           "--grad_accum", "1", "--num_prefix", "4", "--cutoff", "64", "--max_groups", "4", "--resample", "1"]  # fmt: skip
+    cmd = [
+        str(Path(sys.executable).with_name("bita-train")),
+        "--data",
+        str(data),
+        "--model",
+        str(tiny_model_dir),
+        "--output_dir",
+        str(out),
+        "--nproc",
+        "2",
+        "--epochs",
+        "1",
+        "--max_steps",
+        "-1",
+        "--batch_size",
+        "2",
+        "--grad_accum",
+        "1",
+        "--num_prefix",
+        "4",
+        "--cutoff",
+        "64",
+        "--max_groups",
+        "4",
+        "--resample",
+        "1",
+    ]
     proc = subprocess.run(
         cmd, env=env | {"OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600
     )

@@ -30,8 +30,22 @@ def test_closed_port_is_one_line_and_exit_2_at_once(tmp_path, capsys):
     server.stop()
     out = tmp_path / "out.jsonl"
     t0 = time.perf_counter()
-    code, err = _run([_prompts(tmp_path), "--output", out, "--backend", "openai", "--base_url", url,
-                      "--api_key", "k", "--model", "m"], capsys)  # fmt: skip
+    code, err = _run(
+        [
+            _prompts(tmp_path),
+            "--output",
+            out,
+            "--backend",
+            "openai",
+            "--base_url",
+            url,
+            "--api_key",
+            "k",
+            "--model",
+            "m",
+        ],
+        capsys,
+    )
     assert code == EXIT_USER_ERROR and time.perf_counter() - t0 < 20  # imports included; was 110 s
     assert len(err) == 1 and "cannot reach the server" in err[0]
     assert not out.exists() or out.read_text() == ""  # no record, failed or not, was written

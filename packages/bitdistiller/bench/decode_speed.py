@@ -61,12 +61,25 @@ def make_qat(work: Path, steps: int, samples: int) -> Path:
     final = work / f"qat_int4-g64_s{steps}_n{samples}" / "final"
     if (final / "config.json").exists():
         return final
-    answers = GenerateOptions(output=str(work / f"teacher_n{samples}.jsonl"), max_sample=samples, max_new_tokens=64,
-                             batch_size=8)  # fmt: skip
+    answers = GenerateOptions(
+        output=str(work / f"teacher_n{samples}.jsonl"), max_sample=samples, max_new_tokens=64, batch_size=8
+    )
     teacher = generate_teacher_data(answers)
-    qat = TrainOptions(teacher["path"], str(final.parent), w_bit=4, group_size=64, max_length=128, gamma_batches=2,
-                      dtype="fp32", learning_rate=2e-5, batch_size=4, grad_accum=1, max_steps=steps,
-                      save_steps=steps, logging_steps=1)  # fmt: skip
+    qat = TrainOptions(
+        teacher["path"],
+        str(final.parent),
+        w_bit=4,
+        group_size=64,
+        max_length=128,
+        gamma_batches=2,
+        dtype="fp32",
+        learning_rate=2e-5,
+        batch_size=4,
+        grad_accum=1,
+        max_steps=steps,
+        save_steps=steps,
+        logging_steps=1,
+    )
     return Path(train(qat)["final"])
 
 
@@ -160,9 +173,16 @@ def decode_once(model: Any, ids: list[int], new_tokens: int) -> dict[str, Any]:
 
     x = torch.tensor([ids])
     with torch.inference_mode():
-        out = model.generate(x, attention_mask=torch.ones_like(x), do_sample=False, max_new_tokens=new_tokens,
-                             min_new_tokens=new_tokens, use_cache=True, logits_processor=LogitsProcessorList([Stamp()]),
-                             pad_token_id=0)  # fmt: skip
+        out = model.generate(
+            x,
+            attention_mask=torch.ones_like(x),
+            do_sample=False,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            use_cache=True,
+            logits_processor=LogitsProcessorList([Stamp()]),
+            pad_token_id=0,
+        )
     # stamp i is taken when token i's logits are ready; tokens 2..n took stamps[-1] - stamps[0]
     return {"tok_s": (len(stamps) - 1) / (stamps[-1] - stamps[0]), "tokens": out[0, len(ids) :].tolist()}
 
@@ -178,8 +198,13 @@ def prefill_ms(model: Any, ids: list[int]) -> float:
 
 
 def llamacpp(python: Path, job: dict) -> dict:
-    proc = subprocess.run([str(python), str(HERE / "llamacpp_child.py")], input=json.dumps(job), text=True,
-                          capture_output=True, timeout=1800)  # fmt: skip
+    proc = subprocess.run(
+        [str(python), str(HERE / "llamacpp_child.py")],
+        input=json.dumps(job),
+        text=True,
+        capture_output=True,
+        timeout=1800,
+    )
     if proc.returncode:
         raise RuntimeError(f"llama.cpp child failed: {proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -189,8 +214,14 @@ def child_rss(variant: str, work: Path, prompt: list[int], prefill: list[int]) -
     """Peak RSS (MiB) of a fresh process that loads ``variant``, prefills 512 tokens and decodes 16."""
     job = json.dumps({"variant": variant, "work": str(work), "prompt": prompt, "prefill": prefill})
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, __file__, "--rss-child"], input=job, text=True, capture_output=True,
-                          timeout=900, env=env)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, __file__, "--rss-child"],
+        input=job,
+        text=True,
+        capture_output=True,
+        timeout=900,
+        env=env,
+    )
     if proc.returncode:
         raise RuntimeError(f"rss child {variant} failed: {proc.stderr[-2000:]}")
     return float(proc.stdout.strip().splitlines()[-1])
@@ -298,8 +329,17 @@ def main() -> None:
                 )
             if llama_py is not None:
                 for name, path in peers.items():
-                    res = llamacpp(llama_py, {"kind": "decode", "gguf": path, "threads": t, "prompts": prompts,
-                                              "new_tokens": args.new_tokens, "prefill": prefill})  # fmt: skip
+                    res = llamacpp(
+                        llama_py,
+                        {
+                            "kind": "decode",
+                            "gguf": path,
+                            "threads": t,
+                            "prompts": prompts,
+                            "new_tokens": args.new_tokens,
+                            "prefill": prefill,
+                        },
+                    )
                     samples.setdefault((name, t), []).extend(x["tok_s"] for x in res["runs"])
                     prefills.setdefault((name, t), []).append(res["prefill_ms"])
                     peer_rss[name] = max(peer_rss.get(name, 0.0), res["peak_rss_mib"])
@@ -327,12 +367,16 @@ def main() -> None:
     ids = token_stream(tok, texts, args.ppl_chunks * args.ppl_seqlen)
     chunks = [ids[i * args.ppl_seqlen : (i + 1) * args.ppl_seqlen] for i in range(args.ppl_chunks)]
     qat_model, _, _ = load_model_for_eval(str(qat), device="cpu")
-    ppl_rows = {"leanlm QAT int4-g64 (fp32, fake-quantized)": perplexity(qat_model, tok, texts, args.ppl_seqlen,
-                                                                           args.ppl_chunks)["ppl"]}  # fmt: skip
+    ppl_rows = {
+        "leanlm QAT int4-g64 (fp32, fake-quantized)": perplexity(
+            qat_model, tok, texts, args.ppl_seqlen, args.ppl_chunks
+        )["ppl"]
+    }
     del qat_model
     packed4 = load_model(str(folders["int4"]), device="cpu", dtype="bf16")
-    ppl_rows["leanlm packed int4 (bf16, int4 kernel)"] = perplexity(packed4, tok, texts, args.ppl_seqlen,
-                                                                     args.ppl_chunks)["ppl"]  # fmt: skip
+    ppl_rows["leanlm packed int4 (bf16, int4 kernel)"] = perplexity(
+        packed4, tok, texts, args.ppl_seqlen, args.ppl_chunks
+    )["ppl"]
     del packed4
     fp = load_model("default", device="cpu", dtype="fp32")
     ppl_rows["leanlm fp32 (embedded model)"] = perplexity(fp, tok, texts, args.ppl_seqlen, args.ppl_chunks)[
@@ -341,8 +385,9 @@ def main() -> None:
     del fp
     if llama_py is not None:
         for name, path in peers.items():
-            ppl_rows[name] = llamacpp(llama_py, {"kind": "ppl", "gguf": path, "threads": max(threads),
-                                                 "chunks": chunks})["ppl"]  # fmt: skip
+            ppl_rows[name] = llamacpp(
+                llama_py, {"kind": "ppl", "gguf": path, "threads": max(threads), "chunks": chunks}
+            )["ppl"]
 
     med = {f"{v}@{t}": statistics.median(s) for (v, t), s in samples.items()}
     pre = {f"{v}@{t}": statistics.median(s) for (v, t), s in prefills.items()}
@@ -351,14 +396,26 @@ def main() -> None:
         "machine": info,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "command": " ".join(sys.argv),
-        "settings": {"threads": threads, "rounds": args.rounds, "new_tokens": args.new_tokens,
-                     "prompt_tokens": len(prompts[0]), "prompts": len(prompts), "prefill_tokens": len(prefill),
-                     "qat_checkpoint": str(qat), "ppl_seqlen": args.ppl_seqlen, "ppl_chunks": args.ppl_chunks},
-        "tok_s": med, "tok_s_samples": {f"{v}@{t}": s for (v, t), s in samples.items()},
-        "prefill_ms": pre, "peak_rss_mib": rss, "stored_bytes": sizes, "perplexity": ppl_rows,
+        "settings": {
+            "threads": threads,
+            "rounds": args.rounds,
+            "new_tokens": args.new_tokens,
+            "prompt_tokens": len(prompts[0]),
+            "prompts": len(prompts),
+            "prefill_tokens": len(prefill),
+            "qat_checkpoint": str(qat),
+            "ppl_seqlen": args.ppl_seqlen,
+            "ppl_chunks": args.ppl_chunks,
+        },
+        "tok_s": med,
+        "tok_s_samples": {f"{v}@{t}": s for (v, t), s in samples.items()},
+        "prefill_ms": pre,
+        "peak_rss_mib": rss,
+        "stored_bytes": sizes,
+        "perplexity": ppl_rows,
         "first_tokens": {k: v[:16] for k, v in tokens.items()},
         "wall_s": time.time() - t_start,
-    }  # fmt: skip
+    }
 
     lines = [
         f"Decode speed, batch 1, greedy, {args.new_tokens} new tokens after {len(prompts[0])}-token prompts "
@@ -397,8 +454,14 @@ def main() -> None:
                 if head in names:
                     ratio = med[f"{head}@{t}"] / med[f"llama.cpp leanlm QAT int4 GGUF@{t}"]
                     lines.append(f"- {t} thread(s), {head}: {ratio:.2f}x llama.cpp's tokens/s")
-    lines += ["", f"Perplexity, held-out text, {args.ppl_chunks} chunks of {args.ppl_seqlen} tokens:", "",
-              "| model | ppl |", "|---|---|", *[f"| {k} | {v:.3f} |" for k, v in ppl_rows.items()]]  # fmt: skip
+    lines += [
+        "",
+        f"Perplexity, held-out text, {args.ppl_chunks} chunks of {args.ppl_seqlen} tokens:",
+        "",
+        "| model | ppl |",
+        "|---|---|",
+        *[f"| {k} | {v:.3f} |" for k, v in ppl_rows.items()],
+    ]
     if llama_py:
         a = (
             ppl_rows["llama.cpp leanlm QAT int4 GGUF"]
@@ -406,8 +469,11 @@ def main() -> None:
             - 1
         )
         b = ppl_rows["llama.cpp original Q4_1"] / ppl_rows["leanlm fp32 (embedded model)"] - 1
-        lines += ["", f"llama.cpp on leanlm's GGUF vs leanlm on the same QAT model: {100 * a:+.2f}% "
-                      f"(original GGUF in llama.cpp vs leanlm's fp32 copy of it: {100 * b:+.2f}%)."]  # fmt: skip
+        lines += [
+            "",
+            f"llama.cpp on leanlm's GGUF vs leanlm on the same QAT model: {100 * a:+.2f}% "
+            f"(original GGUF in llama.cpp vs leanlm's fp32 copy of it: {100 * b:+.2f}%).",
+        ]
         result["ppl_gap"] = {"exported_gguf_vs_leanlm": a, "original_gguf_vs_leanlm_fp32": b}
     lines.append(f"\nWall time {result['wall_s']:.0f} s.")
     md = "\n".join(lines)

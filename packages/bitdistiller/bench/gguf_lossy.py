@@ -37,8 +37,13 @@ print(json.dumps({"rc": int(rc)}))
 
 
 def quantize(python: Path, src: str, dst: str, ftype: int) -> None:
-    proc = subprocess.run([str(python), "-c", QUANTIZE], input=json.dumps({"src": src, "dst": dst, "ftype": ftype}),
-                          text=True, capture_output=True, timeout=1200)  # fmt: skip
+    proc = subprocess.run(
+        [str(python), "-c", QUANTIZE],
+        input=json.dumps({"src": src, "dst": dst, "ftype": ftype}),
+        text=True,
+        capture_output=True,
+        timeout=1200,
+    )
     lines = [x for x in proc.stdout.splitlines() if x.startswith("{")]
     if proc.returncode or not lines or json.loads(lines[-1])["rc"] != 0:
         raise RuntimeError(f"llama_model_quantize failed: {proc.stderr[-1500:]}")
@@ -59,8 +64,10 @@ def main() -> None:
     types = args.types.split(",")
     bad = [t for t in types if t not in FTYPES]
     if not src.is_file() or bad:  # before the venv build or any quantization
-        sys.exit(f"gguf_lossy: {'no file ' + str(src) if not src.is_file() else 'unknown --types ' + ','.join(bad)}"
-                 f" (types: {', '.join(FTYPES)})")  # fmt: skip
+        sys.exit(
+            f"gguf_lossy: {'no file ' + str(src) if not src.is_file() else 'unknown --types ' + ','.join(bad)}"
+            f" (types: {', '.join(FTYPES)})"
+        )
 
     import os
 
@@ -93,23 +100,48 @@ def main() -> None:
     rows = {}
     for name, path in files.items():
         ppl = llamacpp(python, {"kind": "ppl", "gguf": str(path), "threads": 1, "chunks": chunks})["ppl"]
-        dec = llamacpp(python, {"kind": "decode", "gguf": str(path), "threads": 1, "prompts": [prompt],
-                                "new_tokens": args.new_tokens, "prefill": prompt})  # fmt: skip
-        rows[name] = {"bytes": path.stat().st_size, "ppl": ppl, "tok_s_1t": dec["runs"][0]["tok_s"],
-                      "first_tokens": dec["runs"][0]["tokens"][:16]}  # fmt: skip
+        dec = llamacpp(
+            python,
+            {
+                "kind": "decode",
+                "gguf": str(path),
+                "threads": 1,
+                "prompts": [prompt],
+                "new_tokens": args.new_tokens,
+                "prefill": prompt,
+            },
+        )
+        rows[name] = {
+            "bytes": path.stat().st_size,
+            "ppl": ppl,
+            "tok_s_1t": dec["runs"][0]["tok_s"],
+            "first_tokens": dec["runs"][0]["tokens"][:16],
+        }
         print(name, rows[name], flush=True)
     base = rows["q4_1 (exact export)"]
-    lines = [f"GGUF of the same QAT model: the exact Q4_1 export and llama.cpp's lossy K-quants of it "
-             f"(`llama_model_quantize`, requantized from Q4_1); llama.cpp perplexity on {args.ppl_chunks} held-out "
-             f"chunks of {args.ppl_seqlen} tokens (the harness of decode_speed), greedy decode of {args.new_tokens} "
-             f"tokens at 1 thread. {info['cpu']}, {info['cores']} cores, load average "
-             f"{info['load_average_1min']:.2f} at the start.",
-             "", "| GGUF | MiB | x Q4_1 size | ppl (llama.cpp) | ppl / Q4_1 | tok/s 1T |", "|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        f"GGUF of the same QAT model: the exact Q4_1 export and llama.cpp's lossy K-quants of it "
+        f"(`llama_model_quantize`, requantized from Q4_1); llama.cpp perplexity on {args.ppl_chunks} held-out "
+        f"chunks of {args.ppl_seqlen} tokens (the harness of decode_speed), greedy decode of {args.new_tokens} "
+        f"tokens at 1 thread. {info['cpu']}, {info['cores']} cores, load average "
+        f"{info['load_average_1min']:.2f} at the start.",
+        "",
+        "| GGUF | MiB | x Q4_1 size | ppl (llama.cpp) | ppl / Q4_1 | tok/s 1T |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, r in rows.items():
-        lines.append(f"| {name} | {r['bytes'] / 2**20:.1f} | {r['bytes'] / base['bytes']:.2f} | {r['ppl']:.3f} | "
-                     f"{r['ppl'] / base['ppl']:.3f} | {r['tok_s_1t']:.1f} |")  # fmt: skip
-    result = {"rows": rows, "source": str(src), "machine": info, "wall_s": time.time() - t0,
-              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "command": " ".join(sys.argv)}  # fmt: skip
+        lines.append(
+            f"| {name} | {r['bytes'] / 2**20:.1f} | {r['bytes'] / base['bytes']:.2f} | {r['ppl']:.3f} | "
+            f"{r['ppl'] / base['ppl']:.3f} | {r['tok_s_1t']:.1f} |"
+        )
+    result = {
+        "rows": rows,
+        "source": str(src),
+        "machine": info,
+        "wall_s": time.time() - t0,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "command": " ".join(sys.argv),
+    }
     save_section(out_dir, "gguf_lossy", result, "\n".join(lines))
     print("\n".join(lines))
 

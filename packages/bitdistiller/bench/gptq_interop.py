@@ -48,8 +48,13 @@ PACKAGES = [
     "torchao",
 ]
 # (loader, dtype): each row compares with leanlm's logits at that dtype
-LOADERS = [("transformers", "fp32"), ("transformers", "fp16"), ("gptqmodel", "fp16"), ("gptqmodel", "bf16"),
-           ("gptqmodel", "fp32")]  # fmt: skip
+LOADERS = [
+    ("transformers", "fp32"),
+    ("transformers", "fp16"),
+    ("gptqmodel", "fp16"),
+    ("gptqmodel", "bf16"),
+    ("gptqmodel", "fp32"),
+]
 
 CHILD = r"""
 import json, sys, torch
@@ -93,34 +98,72 @@ def ensure_loaders() -> Path:
     env = dict(os.environ, BUILD_CUDA_EXT="0", CUDA_VISIBLE_DEVICES="")
     TARGET.parent.mkdir(parents=True, exist_ok=True)
     # --no-config: the workspace's override-dependencies must not apply to this separate folder
-    subprocess.run([uv, "pip", "install", "--no-config", "--python", sys.executable, "--target", str(TARGET),
-                    "--no-deps", "--no-build-isolation", *PACKAGES], check=True, env=env, cwd=TARGET.parent)  # fmt: skip
+    subprocess.run(
+        [
+            uv,
+            "pip",
+            "install",
+            "--no-config",
+            "--python",
+            sys.executable,
+            "--target",
+            str(TARGET),
+            "--no-deps",
+            "--no-build-isolation",
+            *PACKAGES,
+        ],
+        check=True,
+        env=env,
+        cwd=TARGET.parent,
+    )
     return TARGET
 
 
 def versions(target: Path) -> dict[str, str]:
-    code = ("import json, importlib.metadata as m; print(json.dumps({p: m.version(p) for p in "
-            "('gptqmodel', 'optimum', 'transformers', 'torch')}))")  # fmt: skip
-    out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=str(target)),
-                         capture_output=True, text=True, check=True)  # fmt: skip
+    code = (
+        "import json, importlib.metadata as m; print(json.dumps({p: m.version(p) for p in "
+        "('gptqmodel', 'optimum', 'transformers', 'torch')}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=dict(os.environ, PYTHONPATH=str(target)),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def compare(got, ref, prefix: str = "") -> dict[str, float]:
-    return {f"{prefix}max_abs_diff": float((got - ref).abs().max()), f"{prefix}ref_max_abs": float(ref.abs().max()),
-            f"{prefix}argmax_agreement": float((got.argmax(-1) == ref.argmax(-1)).float().mean())}  # fmt: skip
+    return {
+        f"{prefix}max_abs_diff": float((got - ref).abs().max()),
+        f"{prefix}ref_max_abs": float(ref.abs().max()),
+        f"{prefix}argmax_agreement": float((got.argmax(-1) == ref.argmax(-1)).float().mean()),
+    }
 
 
 def run_child(job: dict, target: Path, timeout: int) -> list[dict]:
     """All loaders of one export in one child process (imports paid once); one dict per loader."""
     try:
-        proc = subprocess.run([sys.executable, "-c", CHILD], input=json.dumps(job), text=True, capture_output=True,
-                              env=dict(os.environ, PYTHONPATH=str(target)), timeout=timeout)  # fmt: skip
+        proc = subprocess.run(
+            [sys.executable, "-c", CHILD],
+            input=json.dumps(job),
+            text=True,
+            capture_output=True,
+            env=dict(os.environ, PYTHONPATH=str(target)),
+            timeout=timeout,
+        )
     except subprocess.TimeoutExpired:
         return [{"loader": "child", "dtype": "-", "ok": False, "error": f"did not finish in {timeout} s"}]
     results = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
-    return results or [{"loader": "child", "dtype": "-", "ok": False,
-                        "error": " ".join(proc.stderr.strip().splitlines()[-1:])}]  # fmt: skip
+    return results or [
+        {
+            "loader": "child",
+            "dtype": "-",
+            "ok": False,
+            "error": " ".join(proc.stderr.strip().splitlines()[-1:]),
+        }
+    ]
 
 
 def main() -> None:
@@ -199,21 +242,36 @@ def main() -> None:
     ]
     for k, rs in rows.items():
         for dt, o in own_rows[k].items():
-            lines.append(f"| {k} | leanlm itself | {dt} | yes | {'int4pack' if dt == 'bf16' else 'exact'} | - | - | "
-                         f"{o['max_abs_diff']:.2e} | {o['argmax_agreement']:.3f} | {o['ref_max_abs']:.1f} |")  # fmt: skip
+            lines.append(
+                f"| {k} | leanlm itself | {dt} | yes | {'int4pack' if dt == 'bf16' else 'exact'} | - | - | "
+                f"{o['max_abs_diff']:.2e} | {o['argmax_agreement']:.3f} | {o['ref_max_abs']:.1f} |"
+            )
         for r in rs:
-            call = ("AutoModelForCausalLM.from_pretrained" if r["loader"] == "transformers" else
-                    "GPTQModel.load" if r["loader"] == "gptqmodel" else r["loader"])  # fmt: skip
+            call = (
+                "AutoModelForCausalLM.from_pretrained"
+                if r["loader"] == "transformers"
+                else "GPTQModel.load"
+                if r["loader"] == "gptqmodel"
+                else r["loader"]
+            )
             if r.get("ok"):
-                lines.append(f"| {k} | {call} | {r['dtype']} | yes | {', '.join(r['kernel'])} | {r['max_abs_diff']:.2e} | "
-                             f"{r['argmax_agreement']:.3f} | {r['fp32_max_abs_diff']:.2e} | "
-                             f"{r['fp32_argmax_agreement']:.3f} | {r['fp32_ref_max_abs']:.1f} |")  # fmt: skip
+                lines.append(
+                    f"| {k} | {call} | {r['dtype']} | yes | {', '.join(r['kernel'])} | {r['max_abs_diff']:.2e} | "
+                    f"{r['argmax_agreement']:.3f} | {r['fp32_max_abs_diff']:.2e} | "
+                    f"{r['fp32_argmax_agreement']:.3f} | {r['fp32_ref_max_abs']:.1f} |"
+                )
             else:
                 lines.append(
                     f"| {k} | {call} | {r['dtype']} | no: {r['error'][:160]} | - | - | - | - | - | - |"
                 )
-    result = {"rows": rows, "leanlm_16bit_vs_fp32": own_rows, "versions": vers, "machine": info,
-              "wall_s": time.time() - t_all, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}  # fmt: skip
+    result = {
+        "rows": rows,
+        "leanlm_16bit_vs_fp32": own_rows,
+        "versions": vers,
+        "machine": info,
+        "wall_s": time.time() - t_all,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
     save_section(out_dir, "gptq_interop", result, "\n".join(lines))
     print("\n".join(lines))
 

@@ -24,8 +24,16 @@ from llama_cpp import Llama
 
 
 def _model(path: str, threads: int, n_ctx: int, logits_all: bool) -> Llama:
-    return Llama(model_path=path, n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, n_threads=threads,
-                 n_threads_batch=threads, logits_all=logits_all, verbose=False)  # fmt: skip
+    return Llama(
+        model_path=path,
+        n_ctx=n_ctx,
+        n_batch=n_ctx,
+        n_ubatch=n_ctx,
+        n_threads=threads,
+        n_threads_batch=threads,
+        logits_all=logits_all,
+        verbose=False,
+    )
 
 
 def _argmax_next(llm: Llama) -> int:

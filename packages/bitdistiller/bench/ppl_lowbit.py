@@ -79,9 +79,12 @@ def main() -> None:
     p.add_argument("--qat-batch", type=int, default=4)
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--lr", type=float, default=2e-5)
-    p.add_argument("--init-checkpoint", default=None,
-                   help="a Trainer checkpoint-N folder of an earlier QAT run (same config) to continue from: "
-                        "copied into this run's QAT folder when that has no checkpoint yet")  # fmt: skip
+    p.add_argument(
+        "--init-checkpoint",
+        default=None,
+        help="a Trainer checkpoint-N folder of an earlier QAT run (same config) to continue from: "
+        "copied into this run's QAT folder when that has no checkpoint yet",
+    )
     p.add_argument("--ppl-seqlen", type=int, default=256)
     p.add_argument("--ppl-chunks", type=int, default=16)
     p.add_argument("--speed-tokens", type=int, default=32)
@@ -147,8 +150,12 @@ def main() -> None:
         if cfg in a.qat_configs.split(","):
             if teacher is None:
                 t = time.time()
-                answers = GenerateOptions(dataset=str(prompts), max_sample=a.teacher_samples, max_new_tokens=a.teacher_tokens,
-                                         output=str(work / f"teacher_n{a.teacher_samples}_t{a.teacher_tokens}.jsonl"))  # fmt: skip
+                answers = GenerateOptions(
+                    dataset=str(prompts),
+                    max_sample=a.teacher_samples,
+                    max_new_tokens=a.teacher_tokens,
+                    output=str(work / f"teacher_n{a.teacher_samples}_t{a.teacher_tokens}.jsonl"),
+                )
                 teacher = generate_teacher_data(answers)
                 results["teacher_seconds"] = round(time.time() - t)
             t = time.time()
@@ -164,27 +171,61 @@ def main() -> None:
                     )
                 # the Trainer resumes from the copy: weights, optimizer state, step counter
                 shutil.copytree(src, qat_dir / src.name)
-            qat_config = TrainOptions(teacher["path"], str(qat_dir), clip=str(clip_path), quant_type=qt, w_bit=bits,
-                                     group_size=a.group_size, max_length=a.max_length, gamma_batches=4, dtype="fp32",
-                                     learning_rate=a.lr, batch_size=a.qat_batch, grad_accum=1, max_steps=a.qat_steps,
-                                     save_steps=a.qat_steps, logging_steps=1)  # fmt: skip
+            qat_config = TrainOptions(
+                teacher["path"],
+                str(qat_dir),
+                clip=str(clip_path),
+                quant_type=qt,
+                w_bit=bits,
+                group_size=a.group_size,
+                max_length=a.max_length,
+                gamma_batches=4,
+                dtype="fp32",
+                learning_rate=a.lr,
+                batch_size=a.qat_batch,
+                grad_accum=1,
+                max_steps=a.qat_steps,
+                save_steps=a.qat_steps,
+                logging_steps=1,
+            )
             summary = train(qat_config, spec)
             qat, _, _ = load_model_for_eval(summary["final"], device="cpu")
-            rows.append({"config": spec.name, "method": f"clip + KD-QAT (CAKLD, {summary['steps']} steps)",
-                         "ppl": ppl(qat), "seconds": round(time.time() - t), "gamma": round(summary["gamma"], 4)})  # fmt: skip
+            rows.append(
+                {
+                    "config": spec.name,
+                    "method": f"clip + KD-QAT (CAKLD, {summary['steps']} steps)",
+                    "ppl": ppl(qat),
+                    "seconds": round(time.time() - t),
+                    "gamma": round(summary["gamma"], 4),
+                }
+            )
             if qt == "int":
                 sizes = export_packed(qat, tok, work / f"packed_{spec.name}", spec)
                 packed, _ = load_packed(work / f"packed_{spec.name}", device="cpu")
-                rows.append({"config": spec.name, "method": "packed export of the QAT model (dequant-matmul)",
-                             "ppl": ppl(packed)})  # fmt: skip
+                rows.append(
+                    {
+                        "config": spec.name,
+                        "method": "packed export of the QAT model (dequant-matmul)",
+                        "ppl": ppl(packed),
+                    }
+                )
                 fp_sizes = packed_sizes(fp)
-                lin_fp = sum(m.weight.numel() * 4 for n, m in fp.named_modules()
-                             if isinstance(m, nn.Linear) and not n.endswith("lm_head"))  # fmt: skip
-                results["size"][spec.name] = {"fp32_total_bytes": fp_sizes["total_bytes"], "fp32_linear_bytes": lin_fp,
-                                              "fp16_linear_bytes": lin_fp // 2, **sizes}  # fmt: skip
+                lin_fp = sum(
+                    m.weight.numel() * 4
+                    for n, m in fp.named_modules()
+                    if isinstance(m, nn.Linear) and not n.endswith("lm_head")
+                )
+                results["size"][spec.name] = {
+                    "fp32_total_bytes": fp_sizes["total_bytes"],
+                    "fp32_linear_bytes": lin_fp,
+                    "fp16_linear_bytes": lin_fp // 2,
+                    **sizes,
+                }
                 if "fp32_tok_s" not in results["speed"]:
                     results["speed"]["fp32_tok_s"] = round(tokens_per_second(fp, tok, a.speed_tokens), 2)
-                results["speed"][f"packed_{spec.name}_tok_s"] = round(tokens_per_second(packed, tok, a.speed_tokens), 2)  # fmt: skip
+                results["speed"][f"packed_{spec.name}_tok_s"] = round(
+                    tokens_per_second(packed, tok, a.speed_tokens), 2
+                )
                 del packed
             del qat
         for peer in ("hqq", "quanto"):
@@ -220,16 +261,22 @@ def main() -> None:
             f"| {r['config']} | {r['method']} | {r['ppl'] if r.get('ppl') else 'failed: ' + r.get('error', '')} | {ratio} |"
         )
     for name, s in results["size"].items():
-        md += ["", f"Packed {name} linear layers: {s['packed_linear_bytes'] / 2**20:.1f} MiB vs {s['fp16_linear_bytes'] / 2**20:.1f} MiB "
-               f"fp16 ({s['fp16_linear_bytes'] / s['packed_linear_bytes']:.1f}x smaller); whole file {s['file_bytes'] / 2**20:.1f} MiB "
-               f"(embeddings stay fp32) vs {s['fp32_total_bytes'] / 2**20:.1f} MiB fp32."]  # fmt: skip
+        md += [
+            "",
+            f"Packed {name} linear layers: {s['packed_linear_bytes'] / 2**20:.1f} MiB vs {s['fp16_linear_bytes'] / 2**20:.1f} MiB "
+            f"fp16 ({s['fp16_linear_bytes'] / s['packed_linear_bytes']:.1f}x smaller); whole file {s['file_bytes'] / 2**20:.1f} MiB "
+            f"(embeddings stay fp32) vs {s['fp32_total_bytes'] / 2**20:.1f} MiB fp32.",
+        ]
     if results["speed"]:
         md += [
             "",
             "CPU greedy decoding (batch 1): " + ", ".join(f"{k} {v}" for k, v in results["speed"].items()),
         ]
-    md += ["", f"Scale: {json.dumps(vars(a))}; wall {results['wall_seconds']} s, torch threads {results['threads']}, "
-           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}."]  # fmt: skip
+    md += [
+        "",
+        f"Scale: {json.dumps(vars(a))}; wall {results['wall_seconds']} s, torch threads {results['threads']}, "
+        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}.",
+    ]
     write_text(Path(a.out) / "results.md", "\n".join(md) + "\n")
     print("\n".join(md))
 

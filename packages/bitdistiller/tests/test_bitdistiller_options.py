@@ -11,11 +11,35 @@ from leanlm.bitdistiller.options import BITDISTILLER_RECIPE, GenerateOptions, Tr
 from leanlm.core.console import run_cli
 
 TRAIN_FLAGS = [
-    "data", "output_dir", "model", "clip", "quant_type", "w_bit", "group_size", "loss", "gamma", "gamma_batches",
-    "max_length", "eval_fraction", "mask_prompt", "max_samples", "dtype", "learning_rate", "epochs", "batch_size",
-    "grad_accum", "max_steps", "save_steps", "logging_steps", "gradient_checkpointing", "seed", "report_to",
-    "deepspeed", "nproc", "resume",
-]  # fmt: skip
+    "data",
+    "output_dir",
+    "model",
+    "clip",
+    "quant_type",
+    "w_bit",
+    "group_size",
+    "loss",
+    "gamma",
+    "gamma_batches",
+    "max_length",
+    "eval_fraction",
+    "mask_prompt",
+    "max_samples",
+    "dtype",
+    "learning_rate",
+    "epochs",
+    "batch_size",
+    "grad_accum",
+    "max_steps",
+    "save_steps",
+    "logging_steps",
+    "gradient_checkpointing",
+    "seed",
+    "report_to",
+    "deepspeed",
+    "nproc",
+    "resume",
+]
 
 
 def test_train_flags_keep_their_order_and_defaults():

@@ -31,14 +31,41 @@ def pipeline(tmp_path_factory, tiny_dir, teacher_file):
     """clip -> generate -> mix -> train -> export on tiny_llama, shared by the tests below."""
     root = tmp_path_factory.mktemp("pipeline")
     q = ["--quant-type", "int", "--w-bit", "2", "--group-size", "32"]
-    clip = run(cli.clip, "bitdistiller-clip", "--model", tiny_dir, *q, "--n-samples", 2, "--seqlen", 64,
-               "--n-grid", 4, "--dump-clip", root / "clip.pt", "--save-model", root / "clipped")  # fmt: skip
+    clip = run(
+        cli.clip,
+        "bitdistiller-clip",
+        "--model",
+        tiny_dir,
+        *q,
+        "--n-samples",
+        2,
+        "--seqlen",
+        64,
+        "--n-grid",
+        4,
+        "--dump-clip",
+        root / "clip.pt",
+        "--save-model",
+        root / "clipped",
+    )
     prompts = root / "prompts.jsonl"
     prompts.write_text(
         "".join(json.dumps({"id": f"p{i}", "prompt": f"Once upon a time {i}"}) + "\n" for i in range(3))
     )
-    gen_args = ["--model", tiny_dir, "--dataset", prompts, "--output", root / "gen.jsonl", "--max-new-tokens", 6,
-                "--batch-size", 3, "--max-sample", 3]  # fmt: skip
+    gen_args = [
+        "--model",
+        tiny_dir,
+        "--dataset",
+        prompts,
+        "--output",
+        root / "gen.jsonl",
+        "--max-new-tokens",
+        6,
+        "--batch-size",
+        3,
+        "--max-sample",
+        3,
+    ]
     gen1 = run(cli.generate, "bitdistiller-generate", *gen_args)
     gen2 = run(cli.generate, "bitdistiller-generate", *gen_args)
     mixed = run(
@@ -51,9 +78,29 @@ def pipeline(tmp_path_factory, tiny_dir, teacher_file):
         "--seed",
         1,
     )
-    train = run(cli.train, "bitdistiller-train", root / "mix.jsonl", root / "run", "--model", tiny_dir, "--clip", root / "clip.pt", *q,
-                "--max-length", 64, "--max-steps", 2, "--batch-size", 2, "--grad-accum", 1, "--learning-rate", 1e-4,
-                "--save-steps", 1)  # fmt: skip
+    train = run(
+        cli.train,
+        "bitdistiller-train",
+        root / "mix.jsonl",
+        root / "run",
+        "--model",
+        tiny_dir,
+        "--clip",
+        root / "clip.pt",
+        *q,
+        "--max-length",
+        64,
+        "--max-steps",
+        2,
+        "--batch-size",
+        2,
+        "--grad-accum",
+        1,
+        "--learning-rate",
+        1e-4,
+        "--save-steps",
+        1,
+    )
     export = run(
         cli.export, "bitdistiller-export", root / "run" / "final", root / "packed", "--scale-dtype", "fp32"
     )
@@ -98,8 +145,22 @@ def test_train_checkpoints_and_resume(pipeline, tiny_dir):
     import shutil
 
     shutil.copytree(root / "run", root / "run2")  # keep run/final for the export test
-    args = [root / "mix.jsonl", root / "run2", "--model", tiny_dir, "--group-size", 32, "--max-length", 64,
-            "--batch-size", 2, "--grad-accum", 1, "--save-steps", 1]  # fmt: skip
+    args = [
+        root / "mix.jsonl",
+        root / "run2",
+        "--model",
+        tiny_dir,
+        "--group-size",
+        32,
+        "--max-length",
+        64,
+        "--batch-size",
+        2,
+        "--grad-accum",
+        1,
+        "--save-steps",
+        1,
+    ]
     again = run(cli.train, "bitdistiller-train", *args, "--max-steps", 2)
     assert again == json.loads(
         (root / "run" / "train_summary.json").read_text()
@@ -151,8 +212,18 @@ def test_export_int8_head_then_eval_ppl_in_bf16(pipeline):
     base = run(
         cli.eval_ppl, "bitdistiller-eval-ppl", "--model", root / "packed", "--seqlen", 64, "--max-chunks", 2
     )
-    res = run(cli.eval_ppl, "bitdistiller-eval-ppl", "--model", root / "packed8", "--seqlen", 64, "--max-chunks", 2,
-              "--dtype", "bf16")  # fmt: skip
+    res = run(
+        cli.eval_ppl,
+        "bitdistiller-eval-ppl",
+        "--model",
+        root / "packed8",
+        "--seqlen",
+        64,
+        "--max-chunks",
+        2,
+        "--dtype",
+        "bf16",
+    )
     assert res["quant"] == "int2-g32"
     assert res["ppl"] == pytest.approx(base["ppl"], rel=0.05) and res["ppl"] != base["ppl"]
 
@@ -208,8 +279,17 @@ def test_bad_inputs_give_one_clear_error(capsys, tmp_path, tiny_dir, pipeline):
     tiny_llama(hidden_size=96, intermediate_size=192).save_pretrained(other)
     (other / "tokenizer.json").write_bytes((Path(tiny_dir) / "tokenizer.json").read_bytes())
     (other / "tokenizer_config.json").write_bytes((Path(tiny_dir) / "tokenizer_config.json").read_bytes())
-    err = fails(capsys, cli.eval_ppl, "bitdistiller-eval-ppl", "--model", other, "--group-size", 32,
-                "--clip", pipeline["root"] / "clip.pt")  # fmt: skip
+    err = fails(
+        capsys,
+        cli.eval_ppl,
+        "bitdistiller-eval-ppl",
+        "--model",
+        other,
+        "--group-size",
+        32,
+        "--clip",
+        pipeline["root"] / "clip.pt",
+    )
     assert "for another model" in err
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")

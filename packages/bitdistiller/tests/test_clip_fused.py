@@ -19,10 +19,17 @@ def _llama_twin(phi3):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     c = phi3.config
-    cfg = LlamaConfig(vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
-                      num_hidden_layers=c.num_hidden_layers, num_attention_heads=c.num_attention_heads,
-                      num_key_value_heads=c.num_key_value_heads, rms_norm_eps=c.rms_norm_eps,
-                      rope_parameters=dict(c.rope_parameters), tie_word_embeddings=False)  # fmt: skip
+    cfg = LlamaConfig(
+        vocab_size=c.vocab_size,
+        hidden_size=c.hidden_size,
+        intermediate_size=c.intermediate_size,
+        num_hidden_layers=c.num_hidden_layers,
+        num_attention_heads=c.num_attention_heads,
+        num_key_value_heads=c.num_key_value_heads,
+        rms_norm_eps=c.rms_norm_eps,
+        rope_parameters=dict(c.rope_parameters),
+        tie_word_embeddings=False,
+    )
     llama = LlamaForCausalLM(cfg).eval()
     q = c.num_attention_heads * (c.hidden_size // c.num_attention_heads)
     k = c.num_key_value_heads * (c.hidden_size // c.num_attention_heads)

@@ -49,12 +49,17 @@ def test_gguf_round_trip_is_exact(tmp_path, tiny_model, tokenizer, bits, g):
     tensors = dequantize_gguf(tmp_path / "m.gguf")
     layer = model.model.layers[1]
     checks = {
-        "blk.1.attn_q.weight": (layer.self_attn.q_proj, rope_row_order(cfg.hidden_size, cfg.num_attention_heads)),
-        "blk.1.attn_k.weight": (layer.self_attn.k_proj,
-                                rope_row_order(layer.self_attn.k_proj.out_features, cfg.num_key_value_heads)),
+        "blk.1.attn_q.weight": (
+            layer.self_attn.q_proj,
+            rope_row_order(cfg.hidden_size, cfg.num_attention_heads),
+        ),
+        "blk.1.attn_k.weight": (
+            layer.self_attn.k_proj,
+            rope_row_order(layer.self_attn.k_proj.out_features, cfg.num_key_value_heads),
+        ),
         "blk.1.attn_v.weight": (layer.self_attn.v_proj, None),
         "blk.1.ffn_down.weight": (layer.mlp.down_proj, None),
-    }  # fmt: skip
+    }
     for name, (lin, rows) in checks.items():
         got = tensors[name]
         exp = _expected(lin, rows)
@@ -64,8 +69,9 @@ def test_gguf_round_trip_is_exact(tmp_path, tiny_model, tokenizer, bits, g):
         leanlm_w = lowbit.fake_quantize(lin.weight.detach(), bits, g)
         leanlm_w = (leanlm_w[rows] if rows is not None else leanlm_w).numpy()
         assert np.abs(got - leanlm_w).max() <= 2e-3 * np.abs(leanlm_w).max()
-    np.testing.assert_array_equal(tensors["token_embd.weight"],
-                                  model.model.embed_tokens.weight.detach().half().float().numpy())  # fmt: skip
+    np.testing.assert_array_equal(
+        tensors["token_embd.weight"], model.model.embed_tokens.weight.detach().half().float().numpy()
+    )
     np.testing.assert_array_equal(
         tensors["blk.1.attn_norm.weight"], layer.input_layernorm.weight.detach().numpy()
     )
@@ -94,14 +100,22 @@ def test_q4_1_block_bytes_hand_computed():
 
 
 def test_export_cli_gguf_and_bad_inputs(tmp_path, tiny_model, tokenizer, capsys):
-    for spec, name in ((QuantSpec("int", 2, 32), "ok"), (QuantSpec("int", 2, 16), "g16"),
-                       (QuantSpec("nf3", 3, 32), "nf3")):  # fmt: skip
+    for spec, name in (
+        (QuantSpec("int", 2, 32), "ok"),
+        (QuantSpec("int", 2, 16), "g16"),
+        (QuantSpec("nf3", 3, 32), "nf3"),
+    ):
         m = copy.deepcopy(tiny_model)
         attach_quantization_config(m, spec)
         m.save_pretrained(tmp_path / name)
         tokenizer.save_pretrained(tmp_path / name)
-    out = json.loads(run_cli(cli.export, "bitdistiller-export", [str(tmp_path / "ok"), str(tmp_path / "gg"),
-                                                                 "--format", "gguf"]))  # fmt: skip
+    out = json.loads(
+        run_cli(
+            cli.export,
+            "bitdistiller-export",
+            [str(tmp_path / "ok"), str(tmp_path / "gg"), "--format", "gguf"],
+        )
+    )
     assert out["bytes"] == (tmp_path / "gg" / "model.gguf").stat().st_size > 0
     assert "multiple of 32" in fails(capsys, tmp_path / "g16", tmp_path / "x", "--format", "gguf")
     assert "NF3" in fails(capsys, tmp_path / "nf3", tmp_path / "x", "--format", "gguf")

@@ -17,9 +17,33 @@ def test_bitdistiller_train_two_processes(tmp_path, tiny_dir, teacher_file):
 
     out = tmp_path / "run"
     env = {k: v for k, v in os.environ.items() if k not in {"RANK", "WORLD_SIZE", "LOCAL_RANK"}}
-    cmd = [str(Path(sys.executable).with_name("bitdistiller-train")), str(teacher_file), str(out), "--model",
-           str(tiny_dir), "--nproc", "2", "--w_bit", "2", "--group_size", "32", "--max_samples", "8", "--epochs", "1",
-           "--batch_size", "2", "--grad_accum", "1", "--max_length", "48", "--gamma_batches", "1", "--save_steps", "100"]  # fmt: skip
+    cmd = [
+        str(Path(sys.executable).with_name("bitdistiller-train")),
+        str(teacher_file),
+        str(out),
+        "--model",
+        str(tiny_dir),
+        "--nproc",
+        "2",
+        "--w_bit",
+        "2",
+        "--group_size",
+        "32",
+        "--max_samples",
+        "8",
+        "--epochs",
+        "1",
+        "--batch_size",
+        "2",
+        "--grad_accum",
+        "1",
+        "--max_length",
+        "48",
+        "--gamma_batches",
+        "1",
+        "--save_steps",
+        "100",
+    ]
     proc = subprocess.run(
         cmd, env=env | {"OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600
     )

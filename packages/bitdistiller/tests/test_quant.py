@@ -86,9 +86,13 @@ def test_ste_gradients_pass_through_rounding():
 
 @pytest.mark.parametrize(
     "args,match",
-    [(("int", 5, 64), "supports 2, 3, 4"), (("nf4", 3, 64), "unknown quant type"), (("nf3", 2, 64), "3-bit"),
-     (("int", 2, 0), "positive")],
-)  # fmt: skip
+    [
+        (("int", 5, 64), "supports 2, 3, 4"),
+        (("nf4", 3, 64), "unknown quant type"),
+        (("nf3", 2, 64), "3-bit"),
+        (("int", 2, 0), "positive"),
+    ],
+)
 def test_bad_spec_is_a_user_error(args, match):
     with pytest.raises(UserError, match=match):
         QuantSpec(*args)

@@ -81,8 +81,13 @@ def int8_rows(
         int8_linear = partial(_int8_linear, x, qwt, sw, dtype)
         bare_int_mm = partial(int8.int_mm, qx, qwt)
 
-        row: dict[str, Any] = {"m": m, "k": k, "n": n, "dtype": str(dtype).split(".")[-1],
-                               "path": "triton" if use_triton(x) else "torch"}  # fmt: skip
+        row: dict[str, Any] = {
+            "m": m,
+            "k": k,
+            "n": n,
+            "dtype": str(dtype).split(".")[-1],
+            "path": "triton" if use_triton(x) else "torch",
+        }
         row["float_ms"] = timed(float_mm, device, repeats)
         row["int8_linear_ms"] = timed(int8_linear, device, repeats)
         row["int_mm_ms"] = timed(bare_int_mm, device, repeats)
@@ -94,9 +99,13 @@ def int8_rows(
 
 
 def lowbit_rows(
-    device: str, shapes: list[tuple[int, int, int]], bits_list: list[int], group: int, dtype: torch.dtype,
+    device: str,
+    shapes: list[tuple[int, int, int]],
+    bits_list: list[int],
+    group: int,
+    dtype: torch.dtype,
     repeats: int,
-) -> list[dict]:  # fmt: skip
+) -> list[dict]:
     rows = []
     for m, k, n in shapes:
         g = torch.Generator(device=device).manual_seed(0)
@@ -111,10 +120,18 @@ def lowbit_rows(
             fused = partial(lowbit.lowbit_matmul, x, packed, q.scales, q.zeros, bits, group)
             unfused = partial(_unfused_lowbit, x, packed, q.scales, q.zeros, bits, group)
 
-            row: dict[str, Any] = {"m": m, "k": k, "n": n, "bits": bits, "group": group,
-                                   "dtype": str(dtype).split(".")[-1], "path": "triton" if use_triton(x) else "torch",
-                                   "weight_bytes_ratio": w16.numel() * w16.element_size()
-                                   / (packed.numel() * 4 + q.scales.numel() * 4 + q.zeros.numel())}  # fmt: skip
+            row: dict[str, Any] = {
+                "m": m,
+                "k": k,
+                "n": n,
+                "bits": bits,
+                "group": group,
+                "dtype": str(dtype).split(".")[-1],
+                "path": "triton" if use_triton(x) else "torch",
+                "weight_bytes_ratio": w16.numel()
+                * w16.element_size()
+                / (packed.numel() * 4 + q.scales.numel() * 4 + q.zeros.numel()),
+            }
             row["float_ms"] = timed(float_mm, device, repeats)
             row["lowbit_ms"] = timed(fused, device, repeats)
             os.environ["LEANLM_KERNELS"] = "torch"
@@ -129,8 +146,9 @@ def lowbit_rows(
     return rows
 
 
-def packed_rows(device: str, shapes: list[tuple[int, int, int]], bits_list: list[int], group: int,
-                repeats: int) -> list[dict[str, Any]]:  # fmt: skip
+def packed_rows(
+    device: str, shapes: list[tuple[int, int, int]], bits_list: list[int], group: int, repeats: int
+) -> list[dict[str, Any]]:
     """PackedLinear with bf16 activations: PyTorch's int4 kernel (CPU / tinygemm) vs the exact path, fp32, bf16."""
     from leanlm.core.kernels import int4pack
     from leanlm.core.packed import PackedLinear
@@ -146,10 +164,16 @@ def packed_rows(device: str, shapes: list[tuple[int, int, int]], bits_list: list
             x = torch.randn(m, k, device=device, dtype=torch.bfloat16)
             w32, w16 = layer.dequantized(torch.float32), layer.dequantized(torch.bfloat16)
             x32 = x.float()
-            row = {"m": m, "k": k, "n": n, "bits": bits, "group": group,
-                   "fp32_ms": timed(partial(torch.nn.functional.linear, x32, w32), device, repeats),
-                   "bf16_ms": timed(partial(torch.nn.functional.linear, x, w16), device, repeats),
-                   "exact_ms": timed(partial(layer._exact, x), device, repeats)}  # fmt: skip
+            row = {
+                "m": m,
+                "k": k,
+                "n": n,
+                "bits": bits,
+                "group": group,
+                "fp32_ms": timed(partial(torch.nn.functional.linear, x32, w32), device, repeats),
+                "bf16_ms": timed(partial(torch.nn.functional.linear, x, w16), device, repeats),
+                "exact_ms": timed(partial(layer._exact, x), device, repeats),
+            }
             ok = int4pack.cpu_supported(k, group) if device == "cpu" else int4pack.cuda_supported(n, k, group)
             row["int4pack_ms"] = (
                 timed(partial(layer._int4_matmul, x), device, repeats) if ok else float("nan")
@@ -164,32 +188,52 @@ def packed_rows(device: str, shapes: list[tuple[int, int, int]], bits_list: list
 
 
 def markdown(result: dict[str, Any]) -> str:
-    lines = [f"## kernels on {result['device_name']}", "",
-             f"torch {result['torch']}, triton {result['triton']}; median ms per call"
-             + (" (triton.testing.do_bench, CUDA events)" if result["device"] == "cuda" else "") + ".", "",
-             "### int8 linear (SwitchBack forward): quantize X row-wise + int8 matmul + dequantize, vs 16-bit X @ W^T",
-             "", "| M | K | N | dtype | path | 16-bit ms | int8 linear ms | speed-up | bare int_mm ms | speed-up |",
-             "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        f"## kernels on {result['device_name']}",
+        "",
+        f"torch {result['torch']}, triton {result['triton']}; median ms per call"
+        + (" (triton.testing.do_bench, CUDA events)" if result["device"] == "cuda" else "")
+        + ".",
+        "",
+        "### int8 linear (SwitchBack forward): quantize X row-wise + int8 matmul + dequantize, vs 16-bit X @ W^T",
+        "",
+        "| M | K | N | dtype | path | 16-bit ms | int8 linear ms | speed-up | bare int_mm ms | speed-up |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in result["int8"]:
-        lines.append(f"| {r['m']} | {r['k']} | {r['n']} | {r['dtype']} | {r['path']} | {r['float_ms']:.3f} | "
-                     f"{r['int8_linear_ms']:.3f} | {r['int8_linear_speedup']:.2f}x | {r['int_mm_ms']:.3f} | "
-                     f"{r['int_mm_speedup']:.2f}x |")  # fmt: skip
-    lines += ["", "### low-bit matmul (BitDistiller packed weights), vs 16-bit X @ W^T and vs unpack + dequantize + matmul",
-              "", "| M | K | N | bits | g | path | 16-bit ms | lowbit ms | vs 16-bit | unfused ms | vs unfused | weight bytes 16-bit / packed |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines.append(
+            f"| {r['m']} | {r['k']} | {r['n']} | {r['dtype']} | {r['path']} | {r['float_ms']:.3f} | "
+            f"{r['int8_linear_ms']:.3f} | {r['int8_linear_speedup']:.2f}x | {r['int_mm_ms']:.3f} | "
+            f"{r['int_mm_speedup']:.2f}x |"
+        )
+    lines += [
+        "",
+        "### low-bit matmul (BitDistiller packed weights), vs 16-bit X @ W^T and vs unpack + dequantize + matmul",
+        "",
+        "| M | K | N | bits | g | path | 16-bit ms | lowbit ms | vs 16-bit | unfused ms | vs unfused | weight bytes 16-bit / packed |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in result["lowbit"]:
-        lines.append(f"| {r['m']} | {r['k']} | {r['n']} | {r['bits']} | {r['group']} | {r['path']} | "
-                     f"{r['float_ms']:.3f} | {r['lowbit_ms']:.3f} | {r['lowbit_vs_float']:.2f}x | "
-                     f"{r['unfused_torch_ms']:.3f} | {r['lowbit_vs_unfused']:.2f}x | {r['weight_bytes_ratio']:.1f} |")  # fmt: skip
+        lines.append(
+            f"| {r['m']} | {r['k']} | {r['n']} | {r['bits']} | {r['group']} | {r['path']} | "
+            f"{r['float_ms']:.3f} | {r['lowbit_ms']:.3f} | {r['lowbit_vs_float']:.2f}x | "
+            f"{r['unfused_torch_ms']:.3f} | {r['lowbit_vs_unfused']:.2f}x | {r['weight_bytes_ratio']:.1f} |"
+        )
     if result.get("packed"):
-        lines += ["", "### PackedLinear, bf16 activations: PyTorch int4 kernel (CPU int4pack / CUDA tinygemm) vs the exact "
-                  "dequantize-matmul (Triton on CUDA), fp32 and bf16 dense; `auto` is what forward() picks",
-                  "", "| M | K | N | bits | g | fp32 ms | bf16 ms | exact ms | int4 kernel ms | auto | auto ms | vs fp32 | vs bf16 |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [
+            "",
+            "### PackedLinear, bf16 activations: PyTorch int4 kernel (CPU int4pack / CUDA tinygemm) vs the exact "
+            "dequantize-matmul (Triton on CUDA), fp32 and bf16 dense; `auto` is what forward() picks",
+            "",
+            "| M | K | N | bits | g | fp32 ms | bf16 ms | exact ms | int4 kernel ms | auto | auto ms | vs fp32 | vs bf16 |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in result["packed"]:
-            lines.append(f"| {r['m']} | {r['k']} | {r['n']} | {r['bits']} | {r['group']} | {r['fp32_ms']:.3f} | "
-                         f"{r['bf16_ms']:.3f} | {r['exact_ms']:.3f} | {r['int4pack_ms']:.3f} | {r['auto']} | "
-                         f"{r['auto_ms']:.3f} | {r['auto_vs_fp32']:.2f}x | {r['auto_vs_bf16']:.2f}x |")  # fmt: skip
+            lines.append(
+                f"| {r['m']} | {r['k']} | {r['n']} | {r['bits']} | {r['group']} | {r['fp32_ms']:.3f} | "
+                f"{r['bf16_ms']:.3f} | {r['exact_ms']:.3f} | {r['int4pack_ms']:.3f} | {r['auto']} | "
+                f"{r['auto_ms']:.3f} | {r['auto_vs_fp32']:.2f}x | {r['auto_vs_bf16']:.2f}x |"
+            )
     return "\n".join(lines)
 
 
@@ -239,10 +283,15 @@ def main() -> None:
     except ImportError:
         triton_version = "absent"
     bits = [int(b) for b in args.bits.split(",")]
-    result = {"device": args.device, "device_name": name, "torch": torch.__version__, "triton": triton_version,
-              "int8": int8_rows(args.device, int8_shapes, int8_dtype, args.repeats),
-              "lowbit": lowbit_rows(args.device, lowbit_shapes, bits, args.group, lowbit_dtype, args.repeats),
-              "packed": packed_rows(args.device, packed_shapes, bits, 64, args.repeats)}  # fmt: skip
+    result = {
+        "device": args.device,
+        "device_name": name,
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "int8": int8_rows(args.device, int8_shapes, int8_dtype, args.repeats),
+        "lowbit": lowbit_rows(args.device, lowbit_shapes, bits, args.group, lowbit_dtype, args.repeats),
+        "packed": packed_rows(args.device, packed_shapes, bits, 64, args.repeats),
+    }
     save_section(args.out, f"kernels_{args.device}", result, markdown(result))
 
 

@@ -87,8 +87,12 @@ def in_process(model: Any, tok: Any, texts: list[str], c: int, max_tokens: int) 
 
 def served(server: Server, name: str, texts: list[str], c: int, max_tokens: int) -> dict[str, float]:
     def one(text: str) -> tuple[float, int]:
-        body = {"model": name, "messages": [{"role": "user", "content": text}], "max_tokens": max_tokens,
-                "temperature": 0}  # fmt: skip
+        body = {
+            "model": name,
+            "messages": [{"role": "user", "content": text}],
+            "max_tokens": max_tokens,
+            "temperature": 0,
+        }
         t0 = time.perf_counter()
         r = httpx.post(server.openai_url + "/chat/completions", json=body, timeout=600)
         r.raise_for_status()
@@ -99,8 +103,12 @@ def served(server: Server, name: str, texts: list[str], c: int, max_tokens: int)
         done = list(pool.map(one, texts))
     wall = time.perf_counter() - t0
     lat = sorted(d for d, _ in done)
-    return {"wall_s": wall, "tokens": sum(n for _, n in done), "p50_s": statistics.median(lat),
-            "p95_s": lat[min(len(lat) - 1, round(0.95 * (len(lat) - 1)))]}  # fmt: skip
+    return {
+        "wall_s": wall,
+        "tokens": sum(n for _, n in done),
+        "p50_s": statistics.median(lat),
+        "p95_s": lat[min(len(lat) - 1, round(0.95 * (len(lat) - 1)))],
+    }
 
 
 def via_openai_backend(
@@ -166,32 +174,50 @@ def main() -> None:
                         via_openai_backend(server, variant, texts, c, args.max_tokens)
                     )
                 m = {k: median_of(v) for k, v in runs.items()}
-                row = {"variant": variant, "concurrency": c, "requests": len(texts), **{
-                    f"{k}_tok_s": v["tokens"] / v["wall_s"] for k, v in m.items()},
-                    "served_p50_s": m["served"]["p50_s"], "served_p95_s": m["served"]["p95_s"],
+                row = {
+                    "variant": variant,
+                    "concurrency": c,
+                    "requests": len(texts),
+                    **{f"{k}_tok_s": v["tokens"] / v["wall_s"] for k, v in m.items()},
+                    "served_p50_s": m["served"]["p50_s"],
+                    "served_p95_s": m["served"]["p95_s"],
                     "overhead": m["served"]["wall_s"] / m["in_process"]["wall_s"],
                     "openai_backend_overhead": m["openai_backend"]["wall_s"] / m["in_process"]["wall_s"],
-                    "runs": runs}  # fmt: skip
+                    "runs": runs,
+                }
                 rows.append(row)
-                print(f"{variant} c={c}: in-process {row['in_process_tok_s']:.1f} tok/s, served "
-                      f"{row['served_tok_s']:.1f} tok/s (p50 {row['served_p50_s']:.2f} s, p95 "
-                      f"{row['served_p95_s']:.2f} s), overhead {row['overhead']:.2f}x", flush=True)  # fmt: skip
+                print(
+                    f"{variant} c={c}: in-process {row['in_process_tok_s']:.1f} tok/s, served "
+                    f"{row['served_tok_s']:.1f} tok/s (p50 {row['served_p50_s']:.2f} s, p95 "
+                    f"{row['served_p95_s']:.2f} s), overhead {row['overhead']:.2f}x",
+                    flush=True,
+                )
     out = HERE / "results" / args.label
     lines = [
-        "## leanlm serve vs in-process decoding", "", machine_line(info), "",
+        "## leanlm serve vs in-process decoding",
+        "",
+        machine_line(info),
+        "",
         f"Greedy, {args.max_tokens} new tokens, chat prompts from the offline instruction set, median of "
-        f"{args.repeats} interleaved repeats. Overhead = served wall time / in-process wall time.", "",
+        f"{args.repeats} interleaved repeats. Overhead = served wall time / in-process wall time.",
+        "",
         "| variant | concurrency | requests | in-process tok/s | served tok/s | p50 s | p95 s | overhead | "
-        "openai backend tok/s | its overhead |", "|---|---|---|---|---|---|---|---|---|---|",
-    ]  # fmt: skip
+        "openai backend tok/s | its overhead |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['variant']} | {r['concurrency']} | {r['requests']} | {r['in_process_tok_s']:.1f} | "
-                     f"{r['served_tok_s']:.1f} | {r['served_p50_s']:.2f} | {r['served_p95_s']:.2f} | "
-                     f"{r['overhead']:.2f}x | {r['openai_backend_tok_s']:.1f} | {r['openai_backend_overhead']:.2f}x |")  # fmt: skip
+        lines.append(
+            f"| {r['variant']} | {r['concurrency']} | {r['requests']} | {r['in_process_tok_s']:.1f} | "
+            f"{r['served_tok_s']:.1f} | {r['served_p50_s']:.2f} | {r['served_p95_s']:.2f} | "
+            f"{r['overhead']:.2f}x | {r['openai_backend_tok_s']:.1f} | {r['openai_backend_overhead']:.2f}x |"
+        )
     save_section(out, "serve", {"machine": info, "args": vars(args), "rows": rows}, "\n".join(lines))
     command = "uv run python packages/core/bench/serve.py " + " ".join(sys.argv[1:])
-    write_text(out / "README.md", f"# {args.label}\n\nCommand: `{command}`\n\nDate: {time.strftime('%Y-%m-%d')}\n\n"
-               f"{machine_line(info)}\n\nSee `results.md` for the table.\n")  # fmt: skip
+    write_text(
+        out / "README.md",
+        f"# {args.label}\n\nCommand: `{command}`\n\nDate: {time.strftime('%Y-%m-%d')}\n\n"
+        f"{machine_line(info)}\n\nSee `results.md` for the table.\n",
+    )
 
 
 if __name__ == "__main__":

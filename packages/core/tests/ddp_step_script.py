@@ -35,5 +35,13 @@ if __name__ == "__main__":
     result = trainer.train()
     checksum = float(sum(p.detach().double().sum() for p in model.parameters()))
     with open(os.path.join(out, f"rank{rank()}.json"), "w") as f:
-        json.dump({"world": world_size(), "rank": rank(), "checksum": checksum, "loss": result.training_loss,
-                   "dist": torch.distributed.is_initialized()}, f)  # fmt: skip
+        json.dump(
+            {
+                "world": world_size(),
+                "rank": rank(),
+                "checksum": checksum,
+                "loss": result.training_loss,
+                "dist": torch.distributed.is_initialized(),
+            },
+            f,
+        )

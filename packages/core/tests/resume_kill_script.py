@@ -28,9 +28,17 @@ if __name__ == "__main__":
     run_dir = os.path.join(out, "run")
     args = training_arguments(
         run_dir,
-        {"per_device_train_batch_size": 2, "max_steps": 6, "learning_rate": 1e-2, "save_steps": 2,
-         "save_total_limit": 5, "seed": 0, "disable_tqdm": True, "logging_steps": 100},
-    )  # fmt: skip
+        {
+            "per_device_train_batch_size": 2,
+            "max_steps": 6,
+            "learning_rate": 1e-2,
+            "save_steps": 2,
+            "save_total_limit": 5,
+            "seed": 0,
+            "disable_tqdm": True,
+            "logging_steps": 100,
+        },
+    )
     trainer = Trainer(
         model=model, args=args, train_dataset=data, data_collator=PaddingCollator(tok.pad_token_id)
     )
@@ -47,5 +55,11 @@ if __name__ == "__main__":
     train_with_resume(trainer, True)
     checksum = float(sum(p.detach().double().sum() for p in model.parameters()))
     with open(os.path.join(out, f"{mode}.json"), "w") as f:
-        json.dump({"resumed_from": resumed_from and os.path.basename(resumed_from),
-                   "step": trainer.state.global_step, "checksum": checksum}, f)  # fmt: skip
+        json.dump(
+            {
+                "resumed_from": resumed_from and os.path.basename(resumed_from),
+                "step": trainer.state.global_step,
+                "checksum": checksum,
+            },
+            f,
+        )

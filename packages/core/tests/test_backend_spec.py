@@ -20,17 +20,30 @@ def test_from_flags_keeps_defaults_for_none_and_refuses_unknown_names():
 
 @pytest.mark.parametrize(
     "flags, match",
-    [({"concurrency": 0}, "concurrency"), ({"max_retries": -1}, "max_retries"), ({"timeout": 0}, "timeout"),
-     ({"batch_size": 0}, "batch_size"), ({"backend": "tgi"}, "base_url")],
-)  # fmt: skip
+    [
+        ({"concurrency": 0}, "concurrency"),
+        ({"max_retries": -1}, "max_retries"),
+        ({"timeout": 0}, "timeout"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"backend": "tgi"}, "base_url"),
+    ],
+)
 def test_out_of_range_values_are_refused(flags, match):
     with pytest.raises(UserError, match=match):
         BackendSpec.from_flags(**flags)
 
 
 def test_server_specs_pass_the_remote_knobs():
-    spec = BackendSpec(backend="openai", model="m", base_url="127.0.0.1:9", api_key="k", concurrency=5,
-                       max_retries=2, timeout=7.0, backoff_base=0.5)  # fmt: skip
+    spec = BackendSpec(
+        backend="openai",
+        model="m",
+        base_url="127.0.0.1:9",
+        api_key="k",
+        concurrency=5,
+        max_retries=2,
+        timeout=7.0,
+        backoff_base=0.5,
+    )
     b = spec.build()
     assert isinstance(b, OpenAIBackend)
     assert (b.model, b.base_url, b.concurrency, b.max_retries, b.timeout, b.backoff_base) == (

@@ -25,8 +25,14 @@ class Job:
 
 def run_job(job: Job) -> dict:
     """Run a job."""
-    return {"data": job.data, "steps": job.steps, "lr": job.lr, "train": job.train, "limit": job.limit,
-            "out": str(job.out)}  # fmt: skip
+    return {
+        "data": job.data,
+        "steps": job.steps,
+        "lr": job.lr,
+        "train": job.train,
+        "limit": job.limit,
+        "out": str(job.out),
+    }
 
 
 command = config_command(Job, run_job)

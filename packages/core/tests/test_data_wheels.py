@@ -34,7 +34,7 @@ def _index(root: Path) -> tuple[str, str]:
         f"{MODULE}/data.txt": b"the payload\n",
         f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {DIST}\nVersion: {VERSION}\nRequires-Dist: no-such-dependency-xyz\n".encode(),
         f"{info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
-    }  # fmt: skip
+    }
     record = "".join(f"{name},{_record_hash(data)},{len(data)}\n" for name, data in files.items())
     files[f"{info}/RECORD"] = (record + f"{info}/RECORD,,\n").encode()
     name = f"{MODULE}-{VERSION}-py3-none-any.whl"
@@ -69,7 +69,9 @@ def registry(request, tmp_path, monkeypatch):
         if shutil.which("uv") is None:
             pytest.skip("no uv on PATH")
         uv = shutil.which("uv")
-        monkeypatch.setattr(data_wheels, "_installer", lambda: ("uv pip", [uv, "pip", "install", "--python", sys.executable]))  # fmt: skip
+        monkeypatch.setattr(
+            data_wheels, "_installer", lambda: ("uv pip", [uv, "pip", "install", "--python", sys.executable])
+        )
     return sha, tmp_path / "index"
 
 

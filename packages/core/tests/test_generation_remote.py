@@ -198,8 +198,9 @@ def test_unreachable_server_stops_at_once_without_sending():
 def test_server_lost_mid_run_stops_after_consecutive_connect_failures(tmp_path):
     server = FakeServer(responder).start()
     server.stop_after(3)  # three answers, then the server goes away
-    backend = get_backend("openai", base_url=server.openai_url, api_key="k", model="m", concurrency=1,
-                          max_retries=20, **FAST)  # fmt: skip
+    backend = get_backend(
+        "openai", base_url=server.openai_url, api_key="k", model="m", concurrency=1, max_retries=20, **FAST
+    )
     out = tmp_path / "out.jsonl"
     t0 = time.perf_counter()
     with pytest.raises(UserError, match=r"lost the server at .*8 connection attempts in a row failed"):

@@ -50,8 +50,12 @@ def test_auto_dispatch_picks_triton_for_cuda_tensors(monkeypatch):
 def test_int8_quantizers_identical(on_backend, dtype, shape):
     x = _x(*shape, dtype)
     x[0] = 0  # an all-zero row
-    for fn in (int8.quantize_rowwise, int8.quantize_columnwise_transpose, int8.quantize_global,
-               int8.quantize_global_transpose):  # fmt: skip
+    for fn in (
+        int8.quantize_rowwise,
+        int8.quantize_columnwise_transpose,
+        int8.quantize_global,
+        int8.quantize_global_transpose,
+    ):
         (tq, ts), (rq, rs) = on_backend(fn, x)
         assert torch.equal(tq, rq), fn.__name__
         assert torch.equal(ts, rs), fn.__name__

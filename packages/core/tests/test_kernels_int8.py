@@ -160,10 +160,15 @@ def _compare_triton_with_torch() -> dict:
     def diff(tri, ref) -> dict:
         tri, ref = tri if isinstance(tri, tuple) else (tri,), ref if isinstance(ref, tuple) else (ref,)
         out = {"shapes_equal": all(t.shape == r.shape and t.dtype == r.dtype for t, r in zip(tri, ref))}
-        out["max_abs"] = max(float((t.double() - r.double()).abs().max()) if t.numel() else 0.0
-                             for t, r in zip(tri, ref))  # fmt: skip
-        out["max_rel"] = max(float(((t.double() - r.double()).abs() / r.double().abs().clamp_min(1e-6)).max())
-                             if t.numel() else 0.0 for t, r in zip(tri, ref))  # fmt: skip
+        out["max_abs"] = max(
+            float((t.double() - r.double()).abs().max()) if t.numel() else 0.0 for t, r in zip(tri, ref)
+        )
+        out["max_rel"] = max(
+            float(((t.double() - r.double()).abs() / r.double().abs().clamp_min(1e-6)).max())
+            if t.numel()
+            else 0.0
+            for t, r in zip(tri, ref)
+        )
         out["finite"] = all(bool(torch.isfinite(t.double()).all()) for t in tri)
         return out
 
@@ -217,8 +222,13 @@ def triton_report() -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-QUANT_KERNELS = ["quantize_rowwise", "quantize_rowwise_strided", "quantize_columnwise_transpose",
-                 "quantize_global", "quantize_global_transpose"]  # fmt: skip
+QUANT_KERNELS = [
+    "quantize_rowwise",
+    "quantize_rowwise_strided",
+    "quantize_columnwise_transpose",
+    "quantize_global",
+    "quantize_global_transpose",
+]
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
@@ -243,9 +253,14 @@ def test_triton_dequantize(triton_report, dtype):
 
 @pytest.mark.parametrize(
     "key",
-    [f"matmul_{kind}/{dtype}/{bias}" for kind in ("rowwise", "global") for dtype in ("float32", "bfloat16")
-     for bias in ("bias", "nobias")] + ["matmul_rowwise/multi_tile", "matmul_global/big_tiles"],
-)  # fmt: skip
+    [
+        f"matmul_{kind}/{dtype}/{bias}"
+        for kind in ("rowwise", "global")
+        for dtype in ("float32", "bfloat16")
+        for bias in ("bias", "nobias")
+    ]
+    + ["matmul_rowwise/multi_tile", "matmul_global/big_tiles"],
+)
 def test_triton_matmul_close(triton_report, key):
     r = triton_report[key]
     assert r["shapes_equal"] and r["finite"]

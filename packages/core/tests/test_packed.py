@@ -58,8 +58,13 @@ PROMPTS = ["Once upon a time", "The capital of France is", "def add(a, b):", "1,
 
 def _greedy(model: nn.Module, tokenizer, prompt: str) -> list[int]:
     ids = tokenizer(prompt, return_tensors="pt").input_ids
-    out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=10,
-                         pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    out = model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        do_sample=False,
+        max_new_tokens=10,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     return out[0, ids.shape[1] :].tolist()
 
 

@@ -31,10 +31,14 @@ def _write(
         "report": report or {},
         "steps": [
             {"name": "first", "command": ["python", SCRIPT], "flags": {"tag": "a"}, "produces": "model"},
-            {"name": "second", "command": ["python", SCRIPT], "produces": "model",
-             "flags": {"tag": tag_b, "fail": fail_b, "model": "{steps.first.model}"}},
+            {
+                "name": "second",
+                "command": ["python", SCRIPT],
+                "produces": "model",
+                "flags": {"tag": tag_b, "fail": fail_b, "model": "{steps.first.model}"},
+            },
         ],
-    }  # fmt: skip
+    }
     path.write_text(yaml.safe_dump(recipe))
     return path
 
@@ -97,8 +101,14 @@ def test_bad_recipes_are_one_line(tmp_path, text, message):
 
 def test_unknown_placeholder(tmp_path, tiny_folder):
     path = tmp_path / "r.yaml"
-    path.write_text(yaml.safe_dump({"model": str(tiny_folder), "steps": [
-        {"command": ["python", SCRIPT], "flags": {"tag": "{steps.nope.model}"}}]}))  # fmt: skip
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "model": str(tiny_folder),
+                "steps": [{"command": ["python", SCRIPT], "flags": {"tag": "{steps.nope.model}"}}],
+            }
+        )
+    )
     with pytest.raises(UserError, match="unknown placeholder"):
         run_recipe(path, tmp_path / "run", evaluate=False)
 

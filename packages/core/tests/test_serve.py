@@ -61,8 +61,9 @@ def test_completion_stream_equals_the_whole_answer(client, tiny_model, tokenizer
         model=NAME, prompt="The capital of France is", max_tokens=10, temperature=0
     )
     pieces, reasons = [], []
-    for chunk in client.completions.create(model=NAME, prompt="The capital of France is", max_tokens=10,
-                                           temperature=0, stream=True):  # fmt: skip
+    for chunk in client.completions.create(
+        model=NAME, prompt="The capital of France is", max_tokens=10, temperature=0, stream=True
+    ):
         pieces.append(chunk.choices[0].text)
         reasons.append(chunk.choices[0].finish_reason)
     assert "".join(pieces) == whole.choices[0].text
@@ -73,13 +74,15 @@ def test_completion_stream_equals_the_whole_answer(client, tiny_model, tokenizer
 
 
 def test_chat_stream_deltas(client):
-    stream = client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": "hi"}],
-                                            max_tokens=8, temperature=0, stream=True)  # fmt: skip
+    stream = client.chat.completions.create(
+        model=NAME, messages=[{"role": "user", "content": "hi"}], max_tokens=8, temperature=0, stream=True
+    )
     chunks = list(stream)
     assert chunks[0].choices[0].delta.role == "assistant"
     text = "".join(c.choices[0].delta.content or "" for c in chunks)
-    whole = client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": "hi"}], max_tokens=8,
-                                           temperature=0)  # fmt: skip
+    whole = client.chat.completions.create(
+        model=NAME, messages=[{"role": "user", "content": "hi"}], max_tokens=8, temperature=0
+    )
     assert text == whole.choices[0].message.content and chunks[-1].choices[0].finish_reason is not None
 
 
@@ -98,16 +101,24 @@ def test_stop_string_cuts_the_answer(client):
         pytest.skip("the answer has no usable stop string")
     cut = client.completions.create(model=NAME, prompt="Count:", max_tokens=20, temperature=0, stop=[stop])
     assert cut.choices[0].text == whole[: whole.find(stop)] and cut.choices[0].finish_reason == "stop"
-    streamed = "".join(c.choices[0].text for c in client.completions.create(
-        model=NAME, prompt="Count:", max_tokens=20, temperature=0, stop=[stop], stream=True))  # fmt: skip
+    streamed = "".join(
+        c.choices[0].text
+        for c in client.completions.create(
+            model=NAME, prompt="Count:", max_tokens=20, temperature=0, stop=[stop], stream=True
+        )
+    )
     assert streamed == cut.choices[0].text  # no part of the stop string is ever streamed
 
 
 def _post(server, path: str, body, key: str | None = KEY, raw: bool = False) -> httpx.Response:
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     content = body if raw else json.dumps(body)
-    return httpx.post(server.url + path, content=content, headers={**headers, "Content-Type": "application/json"},
-                      timeout=30)  # fmt: skip
+    return httpx.post(
+        server.url + path,
+        content=content,
+        headers={**headers, "Content-Type": "application/json"},
+        timeout=30,
+    )
 
 
 @pytest.mark.parametrize(
@@ -133,8 +144,11 @@ def test_api_key_required(server):
     assert httpx.get(server.url + "/health").json()["status"] == "ok"  # health needs no key
 
 
-def test_client_disconnect_mid_stream_stops_decoding(server):
+def test_client_disconnect_mid_stream_stops_decoding(server, tiny_model):
     engine = server.engine
+    # 50 ms per decoding step: 48 tokens take 2.4 s, longer than the waits below, so on any machine
+    # load an engine that ignored the disconnect would still be decoding when the test looks
+    slow = tiny_model.register_forward_pre_hook(lambda *_: time.sleep(0.05))
     body = {
         "model": NAME,
         "prompt": "Tell me a long story",
@@ -142,13 +156,21 @@ def test_client_disconnect_mid_stream_stops_decoding(server):
         "temperature": 0,
         "stream": True,
     }
-    with httpx.stream("POST", server.openai_url + "/completions", json=body, timeout=30,
-                      headers={"Authorization": f"Bearer {KEY}"}) as r:  # fmt: skip
+    with httpx.stream(
+        "POST",
+        server.openai_url + "/completions",
+        json=body,
+        timeout=30,
+        headers={"Authorization": f"Bearer {KEY}"},
+    ) as r:
         before = engine.tokens_generated
         next(r.iter_lines())  # the first chunk arrived; then the client goes away
-    time.sleep(1.5)
-    spent = engine.tokens_generated - before
-    time.sleep(0.5)
+    try:
+        time.sleep(1.5)
+        spent = engine.tokens_generated - before
+        time.sleep(0.5)
+    finally:
+        slow.remove()
     assert engine.tokens_generated - before == spent < 48  # stopped, well before max_tokens
     assert (
         _post(server, "/v1/completions", {"model": NAME, "prompt": "x", "max_tokens": 2}).status_code == 200
@@ -157,8 +179,10 @@ def test_client_disconnect_mid_stream_stops_decoding(server):
 
 def test_64_concurrent_requests_nothing_lost(server, client):
     prompts = [f"Question number {i}:" for i in range(64)]
-    alone = {p: client.completions.create(model=NAME, prompt=p, max_tokens=6, temperature=0).choices[0].text
-             for p in prompts[:4]}  # fmt: skip
+    alone = {
+        p: client.completions.create(model=NAME, prompt=p, max_tokens=6, temperature=0).choices[0].text
+        for p in prompts[:4]
+    }
 
     def ask(p: str) -> tuple[int, str]:
         r = _post(server, "/v1/completions", {"model": NAME, "prompt": p, "max_tokens": 6, "temperature": 0})
@@ -190,9 +214,22 @@ def test_full_queue_is_503_with_retry_after(tiny_model, tokenizer):
 @pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
 def test_curl(server):
     body = json.dumps({"model": NAME, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
-    out = subprocess.run(["curl", "-s", "-H", f"Authorization: Bearer {KEY}", "-H", "Content-Type: application/json",
-                          "-d", body, server.openai_url + "/chat/completions"], capture_output=True, text=True,
-                         timeout=60)  # fmt: skip
+    out = subprocess.run(
+        [
+            "curl",
+            "-s",
+            "-H",
+            f"Authorization: Bearer {KEY}",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            body,
+            server.openai_url + "/chat/completions",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     reply = json.loads(out.stdout)
     assert reply["object"] == "chat.completion" and reply["usage"]["completion_tokens"] <= 4
 
@@ -248,7 +285,10 @@ def test_registered_backend_is_found_and_served(monkeypatch):
             s.openai_url + "/completions", json={"model": "echo-model", "prompt": "abc", "max_tokens": 5}
         )
         assert r.json()["choices"][0]["text"] == "cba" and r.json()["usage"]["completion_tokens"] == 3
-        with httpx.stream("POST", s.openai_url + "/completions",
-                          json={"model": "echo-model", "prompt": "xyz", "stream": True}) as stream:  # fmt: skip
+        with httpx.stream(
+            "POST",
+            s.openai_url + "/completions",
+            json={"model": "echo-model", "prompt": "xyz", "stream": True},
+        ) as stream:
             lines = [line for line in stream.iter_lines() if line.startswith("data: ")]
         assert lines[-1] == "data: [DONE]" and json.loads(lines[0][6:])["choices"][0]["text"] == "zyx"

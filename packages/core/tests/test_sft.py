@@ -22,8 +22,10 @@ def test_long_prompt_leaves_room_for_response(tokenizer):
 
 
 def test_collator_pads_right_and_left():
-    feats = [{"input_ids": [5, 6, 7], "attention_mask": [1, 1, 1], "labels": [-100, 6, 7]},
-             {"input_ids": [8], "attention_mask": [1], "labels": [8]}]  # fmt: skip
+    feats = [
+        {"input_ids": [5, 6, 7], "attention_mask": [1, 1, 1], "labels": [-100, 6, 7]},
+        {"input_ids": [8], "attention_mask": [1], "labels": [8]},
+    ]
     right = PaddingCollator(pad_token_id=0)(feats)
     assert right["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
     assert right["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]

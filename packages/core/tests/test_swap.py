@@ -40,10 +40,16 @@ class Marked(nn.Linear):
 
 
 ALL = [
-    "layers.0.self_attn.q_proj", "layers.0.self_attn.k_proj", "layers.0.mlp.0", "layers.0.mlp.2",
-    "layers.1.self_attn.q_proj", "layers.1.self_attn.k_proj", "layers.1.mlp.0", "layers.1.mlp.2",
+    "layers.0.self_attn.q_proj",
+    "layers.0.self_attn.k_proj",
+    "layers.0.mlp.0",
+    "layers.0.mlp.2",
+    "layers.1.self_attn.q_proj",
+    "layers.1.self_attn.k_proj",
+    "layers.1.mlp.0",
+    "layers.1.mlp.2",
     "lm_head",
-]  # fmt: skip
+]
 
 
 def test_excluded_is_fnmatch_on_the_full_name_or_a_dotted_suffix():

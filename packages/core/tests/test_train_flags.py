@@ -16,11 +16,20 @@ TENSORBOARD = any(importlib.util.find_spec(m) for m in ("tensorboard", "tensorbo
 
 
 def test_flags_map_to_training_arguments_in_order(tmp_path):
-    recipe = TrainFlags(epochs=4, batch_size=16, grad_accum=8, learning_rate=8e-6, lr_scheduler_type="constant",
-                        warmup_ratio=0.05, save_steps=50, seed=42)  # fmt: skip
+    recipe = TrainFlags(
+        epochs=4,
+        batch_size=16,
+        grad_accum=8,
+        learning_rate=8e-6,
+        lr_scheduler_type="constant",
+        warmup_ratio=0.05,
+        save_steps=50,
+        seed=42,
+    )
     flags = recipe.override(learning_rate=1e-4, epochs=None, grad_accum=1)
-    args = flags.to_training_arguments(tmp_path, overrides={"max_steps": 3, "seed": None}, adam_beta2=0.95,
-                                       save_steps=7, learning_rate=1.0)  # fmt: skip
+    args = flags.to_training_arguments(
+        tmp_path, overrides={"max_steps": 3, "seed": None}, adam_beta2=0.95, save_steps=7, learning_rate=1.0
+    )
     assert (args.num_train_epochs, args.per_device_train_batch_size, args.gradient_accumulation_steps) == (
         4,
         16,

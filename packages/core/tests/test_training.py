@@ -14,9 +14,10 @@ from leanlm.core.training import deepspeed_config, last_checkpoint, resolve_deep
 
 def test_defaults_then_overrides_then_hardware(tmp_path):
     args = training_arguments(
-        tmp_path, {"learning_rate": 3e-2, "lr_scheduler_type": "cosine", "warmup_ratio": 0.03},
+        tmp_path,
+        {"learning_rate": 3e-2, "lr_scheduler_type": "cosine", "warmup_ratio": 0.03},
         {"learning_rate": 1e-3, "num_train_epochs": None},
-    )  # fmt: skip
+    )
     assert args.learning_rate == 1e-3  # override wins
     assert args.lr_scheduler_type == "cosine"  # default kept
     assert args.warmup_steps == 0.03  # ratio mapped to fractional warmup_steps
@@ -72,8 +73,9 @@ def test_torchrun_two_process_trainer_step(tmp_path):
     script = Path(__file__).with_name("ddp_step_script.py")
     env = {k: v for k, v in os.environ.items() if k not in {"RANK", "WORLD_SIZE", "LOCAL_RANK"}}
     env["OMP_NUM_THREADS"] = "1"
-    proc = subprocess.run([sys.executable, str(script), str(tmp_path)], env=env, capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)], env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["world"] for r in ranks] == [2, 2] and all(r["dist"] for r in ranks)
@@ -97,8 +99,9 @@ def _resume_script(out: Path, mode: str) -> subprocess.CompletedProcess:
     script = Path(__file__).with_name("resume_kill_script.py")
     env = {k: v for k, v in os.environ.items() if k not in {"RANK", "WORLD_SIZE", "LOCAL_RANK"}}
     env["OMP_NUM_THREADS"] = "1"
-    return subprocess.run([sys.executable, str(script), str(out), mode], env=env, capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, str(script), str(out), mode], env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_kill_mid_checkpoint_save_then_resume(tmp_path):

@@ -97,5 +97,7 @@ for r in rows:
     r["vs_dense_loop"] = r["tok_s"] / dense
     print(r, flush=True)
 os.makedirs(out_dir, exist_ok=True)
-write_json(Path(out_dir) / "gpu_decode.json",
-           {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows})  # fmt: skip
+write_json(
+    Path(out_dir) / "gpu_decode.json",
+    {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows},
+)

@@ -37,8 +37,16 @@ def log(msg: str) -> None:
 
 
 def train(net: DLLM, tok, feats, args, out: Path, router_lr: float | None = None) -> dict:
-    flags = DLLM_RECIPE.override(epochs=1, batch_size=args.batch, max_steps=args.steps, learning_rate=args.lr,
-                                 warmup_ratio=0.1, logging_steps=max(1, args.steps // 4), save_steps=10**6, resume=False)  # fmt: skip
+    flags = DLLM_RECIPE.override(
+        epochs=1,
+        batch_size=args.batch,
+        max_steps=args.steps,
+        learning_rate=args.lr,
+        warmup_ratio=0.1,
+        logging_steps=max(1, args.steps // 4),
+        save_steps=10**6,
+        resume=False,
+    )
     return finetune(net, tok, feats, out, flags, router_lr=router_lr, router_schedule=args.router_schedule)
 
 
@@ -61,8 +69,14 @@ def hf_speed(model, tok, prompts: list[str], new_tokens: int) -> float:
     for p in prompts:
         ids = tok(p, return_tensors="pt")["input_ids"]
         t0 = time.perf_counter()
-        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                       do_sample=False, pad_token_id=tok.pad_token_id)  # fmt: skip
+        model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            pad_token_id=tok.pad_token_id,
+        )
         s += time.perf_counter() - t0
         n += new_tokens
     return n / s
@@ -71,9 +85,13 @@ def hf_speed(model, tok, prompts: list[str], new_tokens: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--task", default="piqa")
-    ap.add_argument("--choice_format", default="text", choices=("text", "number"),
-                    help="text: train on the right option's text, score options by log-likelihood; "
-                         "number: the original piqa template (answer with the option's number)")  # fmt: skip
+    ap.add_argument(
+        "--choice_format",
+        default="text",
+        choices=("text", "number"),
+        help="text: train on the right option's text, score options by log-likelihood; "
+        "number: the original piqa template (answer with the option's number)",
+    )
     ap.add_argument("--model", default="default")
     ap.add_argument("--train", type=int, default=128, help="training examples")
     ap.add_argument("--test", type=int, default=100, help="held-out test examples")
@@ -81,16 +99,28 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-3, help="LoRA learning rate")
     ap.add_argument("--router_lr", type=float, default=3e-2)
-    ap.add_argument("--router_schedule", default="constant", choices=("constant", "cosine"),
-                    help="router LR after warm-up: constant, or the LoRA's cosine decay")  # fmt: skip
+    ap.add_argument(
+        "--router_schedule",
+        default="constant",
+        choices=("constant", "cosine"),
+        help="router LR after warm-up: constant, or the LoRA's cosine decay",
+    )
     ap.add_argument("--target", type=float, default=0.5)
     ap.add_argument("--lambda_max", type=float, default=10.0, help="ratio-loss weight at the end of the ramp")
     ap.add_argument("--lambda_ramp", type=float, default=1.0, help="fraction of training to reach lambda_max")
-    ap.add_argument("--ratio_scope", default="token", choices=("token", "batch"),
-                    help="ratio loss on every token's ratio (the original) or on the batch mean")  # fmt: skip
-    ap.add_argument("--router_init", default="default", choices=("default", "importance"),
-                    help="default: every router biased to execute (the original); importance: biases start at "
-                         "the static allocation for the target (same ranking as the static baseline)")  # fmt: skip
+    ap.add_argument(
+        "--ratio_scope",
+        default="token",
+        choices=("token", "batch"),
+        help="ratio loss on every token's ratio (the original) or on the batch mean",
+    )
+    ap.add_argument(
+        "--router_init",
+        default="default",
+        choices=("default", "importance"),
+        help="default: every router biased to execute (the original); importance: biases start at "
+        "the static allocation for the target (same ranking as the static baseline)",
+    )
     ap.add_argument("--router_margin", type=float, default=2.0, help="logit gap of --router_init importance")
     ap.add_argument("--max_length", type=int, default=192, help="tokens per training example")
     ap.add_argument("--calib_batches", type=int, default=2)
@@ -181,7 +211,9 @@ def main() -> None:
         row = {"layers_kept": keep, "train": train(static, tok, feats, args, work / f"static_{keep_n}")}
         static.merge_lora().eval()
         row["eval"] = choice_accuracy(static, tok, test_ex, per_example=True) | {
-            "flops_ratio": keep_n / n_layers, "exec_ratio": keep_n / n_layers}  # fmt: skip
+            "flops_ratio": keep_n / n_layers,
+            "exec_ratio": keep_n / n_layers,
+        }
         row["speed"] = decode_speed(static, tok, prompts, args.decode_tokens)
         row["paired_dllm_minus_static"] = paired(results["dllm"], row["eval"])
         results["statics"].append(row)
@@ -218,10 +250,24 @@ def render(r: dict) -> str:
     if "dense" in r:
         rows.append(("dense LoRA fine-tune", r["dense"], 1.0, 1.0, dense_tps))
     for st in r.get("statics", []):
-        rows.append((f"static drop ({len(st['layers_kept'])}/{r['layers']} layers) + LoRA", st["eval"],
-                     st["eval"]["exec_ratio"], st["eval"]["flops_ratio"], st["speed"]["tokens_per_s"]))  # fmt: skip
-    rows.append((f"D-LLM target {a['target']}", r["dllm"], r["dllm"]["exec_ratio"], r["dllm"]["flops_ratio"],
-                 sp["dllm"]["tokens_per_s"]))  # fmt: skip
+        rows.append(
+            (
+                f"static drop ({len(st['layers_kept'])}/{r['layers']} layers) + LoRA",
+                st["eval"],
+                st["eval"]["exec_ratio"],
+                st["eval"]["flops_ratio"],
+                st["speed"]["tokens_per_s"],
+            )
+        )
+    rows.append(
+        (
+            f"D-LLM target {a['target']}",
+            r["dllm"],
+            r["dllm"]["exec_ratio"],
+            r["dllm"]["flops_ratio"],
+            sp["dllm"]["tokens_per_s"],
+        )
+    )
     lines = [
         f"Task {a['task']} ({a.get('choice_format', 'number')} format): {a['train']} training examples, {a['steps']} steps x batch {a['batch']}, "
         f"{r['dllm']['examples']} test examples; model {a['model']} ({r['layers']} layers); "
@@ -246,12 +292,18 @@ def render(r: dict) -> str:
         if pd:
             names = {"correct": "accuracy", "correct_norm": "per char", "nll": "answer NLL"}
             parts = [f"{names[k]} {pd[k]['mean']:+.3f} +- {pd[k]['se']:.3f}" for k in names if k in pd]
-            lines += ["", f"D-LLM minus static ({len(st['layers_kept'])} layers), paired over the same test "
-                          f"examples (mean +- standard error): {', '.join(parts)}."]  # fmt: skip
+            lines += [
+                "",
+                f"D-LLM minus static ({len(st['layers_kept'])} layers), paired over the same test "
+                f"examples (mean +- standard error): {', '.join(parts)}.",
+            ]
     d = sp["dllm"]
     if "exec_ratio_routed" in r["dllm"]:
-        lines += ["", f"D-LLM execution ratio on the test sequences past the {r.get('reserve_initials', 2)} reserved "
-                      f"(always executing) tokens: {r['dllm']['exec_ratio_routed']:.3f}."]  # fmt: skip
+        lines += [
+            "",
+            f"D-LLM execution ratio on the test sequences past the {r.get('reserve_initials', 2)} reserved "
+            f"(always executing) tokens: {r['dllm']['exec_ratio_routed']:.3f}.",
+        ]
     lines += [
         "",
         f"D-LLM decode: executed-layer ratio {d['decode_exec_ratio']:.3f} on generated tokens, "

@@ -81,8 +81,14 @@ def test_phi3_lora_on_fused_qkv():
 def test_other_architectures_refused():
     from transformers import GPT2Config, GPT2LMHeadModel, OlmoConfig, OlmoForCausalLM
 
-    small = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-                 num_attention_heads=2, num_key_value_heads=2)  # fmt: skip
+    small = dict(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+    )
     for model in (
         OlmoForCausalLM(OlmoConfig(**small)),
         GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=2)),
@@ -101,8 +107,20 @@ def test_console_scripts_per_architecture(arch, piqa_rows, tmp_path):
 
     model = tiny_model_dir(arch, tmp_path / arch, num_layers=3)
     out = tmp_path / "run"
-    r = _run("dllm-finetune", piqa_rows, "--model", model, "--output", out, "--max_steps", 2, "--batch_size", 2,
-             "--start_layer", 1)  # fmt: skip
+    r = _run(
+        "dllm-finetune",
+        piqa_rows,
+        "--model",
+        model,
+        "--output",
+        out,
+        "--max_steps",
+        2,
+        "--batch_size",
+        2,
+        "--start_layer",
+        1,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     res = tmp_path / "eval.json"
     r = _run("dllm-eval", "--dllm", out / "dllm", "--model", model, "--data", piqa_rows, "--output", res)
@@ -116,8 +134,11 @@ def test_unsupported_folder_refused_by_the_cli_before_loading(piqa_rows, tmp_pat
     from transformers import OlmoConfig, OlmoForCausalLM
 
     folder = tmp_path / "olmo"
-    OlmoForCausalLM(OlmoConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                               num_attention_heads=2)).save_pretrained(folder)  # fmt: skip
+    OlmoForCausalLM(
+        OlmoConfig(
+            vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2
+        )
+    ).save_pretrained(folder)
     r = _run("dllm-finetune", piqa_rows, "--model", folder, "--output", tmp_path / "run")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
     assert "olmo" in r.stderr and "Gemma2" in r.stderr and not (tmp_path / "run").exists()

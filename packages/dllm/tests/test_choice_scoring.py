@@ -120,7 +120,10 @@ def test_routed_ratio_leaves_out_the_reserved_tokens(routed, tokenizer):
     examples = load_examples("piqa", "test", test_size=40, choice_format="text")[:3]
     got = choice_accuracy(skip_all, tokenizer, examples)
     assert got["exec_ratio_routed"] == pytest.approx(1 / 4)
-    lengths = [len(tokenizer(e.prompt)["input_ids"] + tokenizer(c, add_special_tokens=False)["input_ids"])
-               for e in examples for c in e.choices]  # fmt: skip
+    lengths = [
+        len(tokenizer(e.prompt)["input_ids"] + tokenizer(c, add_special_tokens=False)["input_ids"])
+        for e in examples
+        for c in e.choices
+    ]
     expected = sum((2 + (n - 2) / 4) / n for n in lengths) / len(lengths)
     assert got["exec_ratio"] == pytest.approx(expected)

@@ -40,8 +40,13 @@ def test_piqa_template_with_input_placeholder_works(piqa_folder):
 def test_alpaca_folder_and_offline_tasks(tmp_path):
     folder = tmp_path / "mydata"
     folder.mkdir()
-    _write(folder / "train.json", [{"instruction": "Add 1 and 2.", "input": "", "output": "3"},
-                                   {"instruction": "Translate", "input": "hola", "output": "hello"}])  # fmt: skip
+    _write(
+        folder / "train.json",
+        [
+            {"instruction": "Add 1 and 2.", "input": "", "output": "3"},
+            {"instruction": "Translate", "input": "hola", "output": "hello"},
+        ],
+    )
     ex = load_examples(folder, "train")
     assert "### Instruction:\nAdd 1 and 2." in ex[0].prompt and "### Input:\nhola" in ex[1].prompt
     boolq = load_examples("boolq", "train", limit=3, test_size=50)
@@ -95,20 +100,50 @@ def _run(script, *args):
 
 
 def test_help_from_the_installed_script():
-    r = subprocess.run([f"{sys.prefix}/bin/dllm-eval", "--help"], capture_output=True, text=True, timeout=300,
-                       env={"PAGER": "cat", "PATH": "/usr/bin:/bin"})  # fmt: skip
+    r = subprocess.run(
+        [f"{sys.prefix}/bin/dllm-eval", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"PAGER": "cat", "PATH": "/usr/bin:/bin"},
+    )
     assert r.returncode == 0 and "--metric" in r.stdout + r.stderr
 
 
 def test_console_scripts_on_tiny_llama(tiny_dir, piqa_folder, tmp_path):
     out = tmp_path / "run"
-    r = _run("dllm-finetune", piqa_folder, "--model", tiny_dir, "--output", out, "--max_steps", 3,
-             "--batch_size", 2, "--start_layer", 1, "--router_lr", 0.01, "--ratio_scope", "batch")  # fmt: skip
+    r = _run(
+        "dllm-finetune",
+        piqa_folder,
+        "--model",
+        tiny_dir,
+        "--output",
+        out,
+        "--max_steps",
+        3,
+        "--batch_size",
+        2,
+        "--start_layer",
+        1,
+        "--router_lr",
+        0.01,
+        "--ratio_scope",
+        "batch",
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert (out / "dllm" / "routers.safetensors").exists()
     assert json.loads((out / "dllm" / "dllm_config.json").read_text())["dllm"]["ratio_scope"] == "batch"
-    r = _run("dllm-chat", "--dllm", out / "dllm", "--model", tiny_dir, "--instructs", "['Say hi.', 'Count to 3.']",
-             "--max_new_tokens", 5)  # fmt: skip
+    r = _run(
+        "dllm-chat",
+        "--dllm",
+        out / "dllm",
+        "--model",
+        tiny_dir,
+        "--instructs",
+        "['Say hi.', 'Count to 3.']",
+        "--max_new_tokens",
+        5,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.count("### Instruction:") == 2 and "Count to 3." in r.stdout and "exec ratio" in r.stdout
     r = _run("dllm-chat", "--dllm", out / "dllm", "--model", tiny_dir, "--max_new_tokens", 3)
@@ -118,8 +153,21 @@ def test_console_scripts_on_tiny_llama(tiny_dir, piqa_folder, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     result = json.loads(res.read_text())
     assert result["examples"] == 2 and 0 <= result["accuracy"] <= 1 and 0 < result["flops_ratio"] <= 1.1
-    r = _run("dllm-eval", "--dllm", out / "dllm", "--model", tiny_dir, "--data", "piqa", "--choice_format", "text",
-             "--limit", 4, "--output", res)  # fmt: skip
+    r = _run(
+        "dllm-eval",
+        "--dllm",
+        out / "dllm",
+        "--model",
+        tiny_dir,
+        "--data",
+        "piqa",
+        "--choice_format",
+        "text",
+        "--limit",
+        4,
+        "--output",
+        res,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     result = json.loads(res.read_text())
     assert result["examples"] == 4 and 0 <= result["accuracy_norm"] <= 1 and result["answer_nll"] > 0

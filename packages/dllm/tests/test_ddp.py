@@ -24,9 +24,28 @@ def test_dllm_finetune_two_processes(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in {"RANK", "WORLD_SIZE", "LOCAL_RANK"}}
     env["OMP_NUM_THREADS"] = "1"
     script = Path(sys.executable).with_name("dllm-finetune")
-    cmd = [str(script), "piqa", "--model", str(tiny), "--output", str(tmp_path / "run"), "--nproc", "2",
-           "--limit", "16", "--test_size", "4", "--max_steps", "2", "--batch_size", "2", "--max_length", "48",
-           "--start_layer", "1"]  # fmt: skip
+    cmd = [
+        str(script),
+        "piqa",
+        "--model",
+        str(tiny),
+        "--output",
+        str(tmp_path / "run"),
+        "--nproc",
+        "2",
+        "--limit",
+        "16",
+        "--test_size",
+        "4",
+        "--max_steps",
+        "2",
+        "--batch_size",
+        "2",
+        "--max_length",
+        "48",
+        "--start_layer",
+        "1",
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout[proc.stdout.index('{\n  "saved"') :])  # printed once, by rank 0

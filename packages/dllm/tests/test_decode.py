@@ -52,8 +52,14 @@ def test_all_execute_decode_equals_hf_generate(routed):
             r.up.weight.zero_()
             r.up.bias.copy_(torch.tensor([-50.0, 50.0], dtype=r.up.bias.dtype))
     ids, _ = _batch(13, lengths=(8,))
-    hf = dense.lm.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False,
-                           eos_token_id=None, pad_token_id=0)  # fmt: skip
+    hf = dense.lm.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=12,
+        do_sample=False,
+        eos_token_id=None,
+        pad_token_id=0,
+    )
     out = generate(dense, ids, max_new_tokens=12)
     assert out.tokens[0] == hf[0, 8:].tolist()
     st = out.stats[0]

@@ -51,8 +51,10 @@ def test_skipped_token_leaves_no_key_at_that_layer(routed, skip):
         override[0, j, layer] = 0
     clean = routed(ids, exec_override=override).logits
     attn = routed.layers[layer].self_attn
-    handles = [attn.k_proj.register_forward_hook(_perturb_kv_hook(j)),
-               attn.v_proj.register_forward_hook(_perturb_kv_hook(j))]  # fmt: skip
+    handles = [
+        attn.k_proj.register_forward_hook(_perturb_kv_hook(j)),
+        attn.v_proj.register_forward_hook(_perturb_kv_hook(j)),
+    ]
     try:
         dirty = routed(ids, exec_override=override).logits
     finally:

@@ -100,8 +100,15 @@ def test_short_finetune_moves_ratio_toward_target(tiny_model, tokenizer, tmp_pat
     d = DLLM(copy.deepcopy(tiny_model), DLLMConfig(start_layer=1, target=0.5, lambda_max=5.0))
     feats = [tokenize_example(tokenizer, f"Say {i}.", f" {i} {i} {i}", max_length=24) for i in range(16)]
     before = d.eval()(torch.tensor([feats[0]["input_ids"]])).execs.mean()
-    flags = DLLM_RECIPE.override(epochs=1, batch_size=4, max_steps=12, learning_rate=1e-3, warmup_ratio=0.0,
-                                 logging_steps=4, save_steps=10)  # fmt: skip
+    flags = DLLM_RECIPE.override(
+        epochs=1,
+        batch_size=4,
+        max_steps=12,
+        learning_rate=1e-3,
+        warmup_ratio=0.0,
+        logging_steps=4,
+        save_steps=10,
+    )
     summary = finetune(d, tokenizer, feats, tmp_path / "run", flags, router_lr=1e-1)
     assert summary["steps"] == 12
     after = d.eval()(torch.tensor([feats[0]["input_ids"]])).execs.mean()
@@ -148,8 +155,16 @@ def test_finetune_router_schedule_constant_keeps_router_lr(tiny_model, tokenizer
 
     d = DLLM(copy.deepcopy(tiny_model), DLLMConfig(start_layer=1, target=0.5))
     feats = [tokenize_example(tokenizer, f"Say {i}.", f" {i}", max_length=16) for i in range(8)]
-    flags = DLLM_RECIPE.override(epochs=1, batch_size=4, max_steps=6, learning_rate=1e-3, warmup_ratio=0.0,
-                                 logging_steps=1, save_steps=100, resume=False)  # fmt: skip
+    flags = DLLM_RECIPE.override(
+        epochs=1,
+        batch_size=4,
+        max_steps=6,
+        learning_rate=1e-3,
+        warmup_ratio=0.0,
+        logging_steps=1,
+        save_steps=100,
+        resume=False,
+    )
     kw = {"router_lr": 2e-2}
     summary = finetune(d, tokenizer, feats, tmp_path / "c", flags, router_schedule="constant", **kw)
     last = summary["history"][-1]

@@ -55,12 +55,29 @@ def network(args: argparse.Namespace) -> dict:
     try:
         write_jsonl(work / "pool.jsonl", _pool(args.pool))
         with FakeServer(ScriptedTeacher(), latency=args.latency) as server:
-            role = RoleConfig(backend="openai", model="teacher", base_url=server.openai_url, api_key="k",
-                              concurrency=args.concurrency, timeout=30.0)  # fmt: skip
-            student = RoleConfig(backend="openai", model="student", base_url=server.openai_url, api_key="k",
-                                 concurrency=args.concurrency)  # fmt: skip
-            cfg = IterateConfig(train_pool=str(work / "pool.jsonl"), teacher=role, student_role=student,
-                                train=False, num_hard=args.new, num_easy=args.new)  # fmt: skip
+            role = RoleConfig(
+                backend="openai",
+                model="teacher",
+                base_url=server.openai_url,
+                api_key="k",
+                concurrency=args.concurrency,
+                timeout=30.0,
+            )
+            student = RoleConfig(
+                backend="openai",
+                model="student",
+                base_url=server.openai_url,
+                api_key="k",
+                concurrency=args.concurrency,
+            )
+            cfg = IterateConfig(
+                train_pool=str(work / "pool.jsonl"),
+                teacher=role,
+                student_role=student,
+                train=False,
+                num_hard=args.new,
+                num_easy=args.new,
+            )
             t0 = time.perf_counter()
             report = LionRun(work / "run", cfg).run()[0]
             wall = time.perf_counter() - t0
@@ -74,9 +91,15 @@ def network(args: argparse.Namespace) -> dict:
         n = int(stages[name]["requests"])
         ideal = math.ceil(n / args.concurrency) * args.latency
         ideal_total += ideal
-        rows.append({"stage": name, "requests": n, "seconds": round(stages[name]["seconds"], 2),
-                     "ideal_seconds": round(ideal, 2),
-                     "ratio": round(stages[name]["seconds"] / ideal, 3) if ideal else None})  # fmt: skip
+        rows.append(
+            {
+                "stage": name,
+                "requests": n,
+                "seconds": round(stages[name]["seconds"], 2),
+                "ideal_seconds": round(ideal, 2),
+                "ratio": round(stages[name]["seconds"] / ideal, 3) if ideal else None,
+            }
+        )
     gen_requests = int(stages["generate_hard"]["requests"]) + int(stages["generate_easy"]["requests"])
     # the original: teacher run on the train pool AND on the cache pool (same 500 at iteration 1),
     # referee run twice (both orders), each paced at one submission per 20 s; the generator sequential.
@@ -121,8 +144,10 @@ def _backend_floor(server, args: argparse.Namespace, work: Path) -> dict:
     )
     out = {}
     for name, output in (("with_cache_file", work / "floor.jsonl"), ("no_file", None)):
-        reqs = [GenerationRequest(id=f"{name}-{i}", messages=[{"role": "user", "content": f"floor {name} {i}"}])
-                for i in range(1000)]  # fmt: skip
+        reqs = [
+            GenerationRequest(id=f"{name}-{i}", messages=[{"role": "user", "content": f"floor {name} {i}"}])
+            for i in range(1000)
+        ]
         t0 = time.perf_counter()
         generate(reqs, backend, SamplingParams(max_new_tokens=16), output=output, progress=False)
         wall = time.perf_counter() - t0
@@ -159,13 +184,21 @@ def offline(args: argparse.Namespace) -> dict:
         params = st.SamplingParams(max_new_tokens=cfg.student_max_tokens, temperature=0.7, seed=cfg.seed)
         base_answers, _ = st.student_answers(pool, base, work / "base_student.jsonl", params)
         base.close()
-        items = [{**r, "teacher_output": teacher[r["id"]]["output"], "student_output": b["output"]}
-                 for r, b in zip(pool, base_answers) if r["id"] in teacher]  # fmt: skip
+        items = [
+            {**r, "teacher_output": teacher[r["id"]]["output"], "student_output": b["output"]}
+            for r, b in zip(pool, base_answers)
+            if r["id"] in teacher
+        ]
         referee = LazyBackend(cfg.roles()["referee"])
         ref_params = st.SamplingParams(max_new_tokens=cfg.referee_max_tokens, temperature=0.2, seed=cfg.seed)
-        scores, _, ref_report = st.referee_scores(items, referee, work / "base_referee.jsonl", ref_params,
-                                                  attempts=cfg.review_attempts,
-                                                  render=st.referee_renderer("auto", cfg.roles()["referee"]))  # fmt: skip
+        scores, _, ref_report = st.referee_scores(
+            items,
+            referee,
+            work / "base_referee.jsonl",
+            ref_params,
+            attempts=cfg.review_attempts,
+            render=st.referee_renderer("auto", cfg.roles()["referee"]),
+        )
         referee.close()
         before = discriminate(items, scores).summary()
         wall = time.perf_counter() - t0
@@ -186,7 +219,7 @@ def offline(args: argparse.Namespace) -> dict:
             "hard": report["hard"],
             "easy": report["easy"],
             "unscored": report["unscored"],
-        },  # fmt: skip
+        },
         "new_hard": report["new_hard"],
         "new_easy": report["new_easy"],
         "stage_seconds": report["seconds"],

@@ -15,8 +15,16 @@ from leanlm.core.testing.fake_servers import FakeServer
 from leanlm.core.testing.scripted_teacher import ScriptedTeacher, is_hard
 from leanlm.lion import cli
 
-SCRIPTS = ["lion-teacher", "lion-infer", "lion-referee", "lion-discriminate", "lion-generate", "lion-train",
-           "lion-iterate", "lion-weight-diff"]  # fmt: skip
+SCRIPTS = [
+    "lion-teacher",
+    "lion-infer",
+    "lion-referee",
+    "lion-discriminate",
+    "lion-generate",
+    "lion-train",
+    "lion-iterate",
+    "lion-weight-diff",
+]
 
 
 def _script(name: str) -> str:
@@ -30,21 +38,40 @@ def test_stage_by_stage_through_the_cli(tmp_path, pool_file):
         run_cli(
             cli.infer, "lion-infer", [str(pool_file), str(tmp_path / "s.jsonl"), "--backend", "openai", *api]
         )
-        run_cli(cli.referee, "lion-referee", [str(tmp_path / "t.jsonl"), str(tmp_path / "s.jsonl"),
-                                              str(tmp_path / "r.jsonl"), *api])  # fmt: skip
+        run_cli(
+            cli.referee,
+            "lion-referee",
+            [str(tmp_path / "t.jsonl"), str(tmp_path / "s.jsonl"), str(tmp_path / "r.jsonl"), *api],
+        )
         summary = run_cli(
             cli.discriminate,
             "lion-discriminate",
             [str(tmp_path / "r.jsonl"), str(tmp_path / "hard.jsonl"), str(tmp_path / "easy.jsonl")],
         )
-        out = run_cli(cli.generate, "lion-generate", [str(tmp_path / "hard.jsonl"), str(tmp_path / "new.jsonl"),
-                      "--kind", "hard", "--num", "3", "--reference", str(pool_file), *api])  # fmt: skip
+        out = run_cli(
+            cli.generate,
+            "lion-generate",
+            [
+                str(tmp_path / "hard.jsonl"),
+                str(tmp_path / "new.jsonl"),
+                "--kind",
+                "hard",
+                "--num",
+                "3",
+                "--reference",
+                str(pool_file),
+                *api,
+            ],
+        )
         sent = len(server.posts())
         assert sent == 16 + 16 + 32 + out["requests"]
         # every command again: all answers come from the <output>.requests.jsonl caches
         run_cli(cli.teacher, "lion-teacher", [str(pool_file), str(tmp_path / "t.jsonl"), *api])
-        run_cli(cli.referee, "lion-referee", [str(tmp_path / "t.jsonl"), str(tmp_path / "s.jsonl"),
-                                              str(tmp_path / "r.jsonl"), *api])  # fmt: skip
+        run_cli(
+            cli.referee,
+            "lion-referee",
+            [str(tmp_path / "t.jsonl"), str(tmp_path / "s.jsonl"), str(tmp_path / "r.jsonl"), *api],
+        )
         assert len(server.posts()) == sent
     teacher = read_jsonl(tmp_path / "t.jsonl")
     assert len(teacher) == 16 and teacher[0]["input"] == "context number 0"
@@ -62,8 +89,9 @@ def test_help_for_every_script():
 
 
 def _one_line_error(args: list[str], tmp_path: Path, env: dict | None = None) -> str:
-    r = subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=tmp_path,
-                       env={**os.environ, **(env or {})})  # fmt: skip
+    r = subprocess.run(
+        args, capture_output=True, text=True, timeout=120, cwd=tmp_path, env={**os.environ, **(env or {})}
+    )
     lines = [line for line in r.stderr.strip().splitlines() if ": error: " in line or "Traceback" in line]
     assert r.returncode == 2, r.stderr[-1500:]
     assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr[-1500:]
@@ -72,8 +100,13 @@ def _one_line_error(args: list[str], tmp_path: Path, env: dict | None = None) ->
 
 def test_clear_errors(tmp_path, pool_file):
     env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
-    r = subprocess.run([_script("lion-teacher"), str(pool_file), str(tmp_path / "o.jsonl")], capture_output=True,
-                       text=True, timeout=120, env=env)  # fmt: skip
+    r = subprocess.run(
+        [_script("lion-teacher"), str(pool_file), str(tmp_path / "o.jsonl")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert r.returncode == 2 and "no OpenAI API key" in r.stderr and "Traceback" not in r.stderr
 
     with FakeServer() as server:
@@ -95,6 +128,18 @@ def test_generate_rejects_unknown_kind(tmp_path, kind):
     (tmp_path / "seeds.jsonl").write_text('{"instruction": "Name the planets of the solar system."}\n')
     with FakeServer(ScriptedTeacher()) as server:
         with pytest.raises(SystemExit) as e:
-            run_cli(cli.generate, "lion-generate", [str(tmp_path / "seeds.jsonl"), str(tmp_path / "n.jsonl"),
-                    "--kind", kind, "--base_url", server.openai_url, "--api_key", "k"])  # fmt: skip
+            run_cli(
+                cli.generate,
+                "lion-generate",
+                [
+                    str(tmp_path / "seeds.jsonl"),
+                    str(tmp_path / "n.jsonl"),
+                    "--kind",
+                    kind,
+                    "--base_url",
+                    server.openai_url,
+                    "--api_key",
+                    "k",
+                ],
+            )
         assert e.value.code == 2 and server.posts() == []

@@ -21,13 +21,26 @@ from leanlm.core.testing.scripted_teacher import ScriptedTeacher, is_hard
 from leanlm.lion.iterate import IterateConfig, LionRun
 from leanlm.lion.roles import RoleConfig
 
-OUTPUTS = ["iter_1/hard.jsonl", "iter_1/easy.jsonl", "iter_1/new_hard.jsonl", "iter_1/new_easy.jsonl",
-           "pools/train_2.jsonl", "pools/cache_2.jsonl"]  # fmt: skip
+OUTPUTS = [
+    "iter_1/hard.jsonl",
+    "iter_1/easy.jsonl",
+    "iter_1/new_hard.jsonl",
+    "iter_1/new_easy.jsonl",
+    "pools/train_2.jsonl",
+    "pools/cache_2.jsonl",
+]
 
 
 def _config(server: FakeServer, pool: Path, **kw) -> IterateConfig:
-    role = RoleConfig(backend="openai", model="m", base_url=server.openai_url, api_key="k", concurrency=4,
-                      backoff_base=0.01, timeout=5.0)  # fmt: skip
+    role = RoleConfig(
+        backend="openai",
+        model="m",
+        base_url=server.openai_url,
+        api_key="k",
+        concurrency=4,
+        backoff_base=0.01,
+        timeout=5.0,
+    )
     student = RoleConfig(
         backend="openai", model="student", base_url=server.openai_url, api_key="k", concurrency=4
     )
@@ -78,9 +91,33 @@ def test_two_iterations_report_and_resume(tmp_path, pool_file):
 
 def _cli_args(url: str, pool: Path, run_dir: Path) -> list[str]:
     exe = str(Path(sys.executable).parent / "lion-iterate")
-    return [exe, "--train_pool", str(pool), "--run_dir", str(run_dir), "--base_url", url, "--api_key", "k",
-            "--model", "m", "--concurrency", "4", "--student_backend", "openai", "--student_base_url", url,
-            "--train", "false", "--num_hard", "3", "--num_easy", "3", "--timeout", "60"]  # fmt: skip
+    return [
+        exe,
+        "--train_pool",
+        str(pool),
+        "--run_dir",
+        str(run_dir),
+        "--base_url",
+        url,
+        "--api_key",
+        "k",
+        "--model",
+        "m",
+        "--concurrency",
+        "4",
+        "--student_backend",
+        "openai",
+        "--student_base_url",
+        url,
+        "--train",
+        "false",
+        "--num_hard",
+        "3",
+        "--num_easy",
+        "3",
+        "--timeout",
+        "60",
+    ]
 
 
 def _recorded_ok(run_dir: Path) -> int:
@@ -122,8 +159,9 @@ def test_kill_and_restart_sends_no_duplicate(tmp_path, reference_run, kill_at):
 
     run_dir = tmp_path / "run"
     with FakeServer(responder) as server:
-        proc = subprocess.Popen(_cli_args(server.openai_url, pool, run_dir), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE)  # fmt: skip
+        proc = subprocess.Popen(
+            _cli_args(server.openai_url, pool, run_dir), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         assert reached.wait(120), proc.stderr.read().decode()[-2000:]
         time.sleep(0.3)  # let the answers before kill_at be written (or not: either is handled)
         os.kill(proc.pid, signal.SIGKILL)

@@ -16,8 +16,9 @@ def test_forced_referee_on_a_local_model(tmp_path, tiny_model, tokenizer):
         for r in normalize_pool([{"instruction": "Capital of France?"}, {"instruction": "Capital of Peru?"}])
     ]
     params = SamplingParams(max_new_tokens=4, temperature=0.0)
-    scores, reviews, report = stages.referee_scores(items, backend, tmp_path / "r.jsonl", params, attempts=2,
-                                                    render=render)  # fmt: skip
+    scores, reviews, report = stages.referee_scores(
+        items, backend, tmp_path / "r.jsonl", params, attempts=2, render=render
+    )
     # the random model writes no marks: every review is retried once, then reported, none averaged
     assert report.extra["unparsable_count"] == 4 and report.ok == 0
     assert all(s == {"ts": None, "st": None} for s in scores.values())
@@ -31,8 +32,9 @@ def test_forced_referee_on_a_local_model(tmp_path, tiny_model, tokenizer):
 def test_student_answers_are_cut_at_a_new_instruction(tmp_path, tiny_model, tokenizer):
     backend = get_backend("hf", model=tiny_model, tokenizer=tokenizer, batch_size=4)
     pool = normalize_pool([{"instruction": "Say hi", "input": "politely"}])
-    answers, report = stages.student_answers(pool, backend, tmp_path / "s.jsonl",
-                                             SamplingParams(max_new_tokens=6, temperature=0.0))  # fmt: skip
+    answers, report = stages.student_answers(
+        pool, backend, tmp_path / "s.jsonl", SamplingParams(max_new_tokens=6, temperature=0.0)
+    )
     assert (
         report.ok == 1
         and answers[0]["input"] == "politely"

@@ -21,11 +21,23 @@ def test_fsdp_two_processes_shards_the_student(tmp_path, tiny_dir, capfd, monkey
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     out = tmp_path / "student"
-    metrics = train_student(str(tiny_dir), RECORDS, out, nproc=2, fsdp=True, max_length=32, num_train_epochs=1,
-                            per_device_train_batch_size=2, gradient_accumulation_steps=1, learning_rate=1e-3)  # fmt: skip
+    metrics = train_student(
+        str(tiny_dir),
+        RECORDS,
+        out,
+        nproc=2,
+        fsdp=True,
+        max_length=32,
+        num_train_epochs=1,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=1,
+        learning_rate=1e-3,
+    )
     err = capfd.readouterr().err
-    held = {int(r): (int(a), int(b), kind) for r, a, b, kind in
-            re.findall(r"rank (\d) of 2 held (\d+) of (\d+) parameter values \((\w+)\)", err)}  # fmt: skip
+    held = {
+        int(r): (int(a), int(b), kind)
+        for r, a, b, kind in re.findall(r"rank (\d) of 2 held (\d+) of (\d+) parameter values \((\w+)\)", err)
+    }
     assert sorted(held) == [0, 1], err[-3000:]
     total = held[0][1]
     for local, of, kind in held.values():

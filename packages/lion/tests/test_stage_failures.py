@@ -16,13 +16,27 @@ from leanlm.lion.iterate import IterateConfig, LionRun
 from leanlm.lion.prompts import teacher_messages
 from leanlm.lion.roles import RoleConfig
 
-OUTPUTS = ["iter_1/hard.jsonl", "iter_1/easy.jsonl", "iter_1/new_hard.jsonl", "iter_1/new_easy.jsonl",
-           "pools/train_2.jsonl", "pools/cache_2.jsonl"]  # fmt: skip
+OUTPUTS = [
+    "iter_1/hard.jsonl",
+    "iter_1/easy.jsonl",
+    "iter_1/new_hard.jsonl",
+    "iter_1/new_easy.jsonl",
+    "pools/train_2.jsonl",
+    "pools/cache_2.jsonl",
+]
 
 
 def _config(server: FakeServer, pool: Path, **kw) -> IterateConfig:
-    role = RoleConfig(backend="openai", model="m", base_url=server.openai_url, api_key="k", concurrency=4,
-                      backoff_base=0.01, timeout=5.0, max_retries=2)  # fmt: skip
+    role = RoleConfig(
+        backend="openai",
+        model="m",
+        base_url=server.openai_url,
+        api_key="k",
+        concurrency=4,
+        backoff_base=0.01,
+        timeout=5.0,
+        max_retries=2,
+    )
     student = RoleConfig(
         backend="openai", model="student", base_url=server.openai_url, api_key="k", concurrency=4
     )

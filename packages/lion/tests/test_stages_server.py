@@ -18,16 +18,29 @@ from leanlm.lion.roles import RoleConfig, make_backend
 
 
 def _backend(server: FakeServer, **kw):
-    cfg = RoleConfig(backend="openai", model="m", base_url=server.openai_url, api_key="k", concurrency=4,
-                     backoff_base=0.01, timeout=kw.pop("timeout", 5.0), **kw)  # fmt: skip
+    cfg = RoleConfig(
+        backend="openai",
+        model="m",
+        base_url=server.openai_url,
+        api_key="k",
+        concurrency=4,
+        backoff_base=0.01,
+        timeout=kw.pop("timeout", 5.0),
+        **kw,
+    )
     return make_backend(cfg)
 
 
 def test_teacher_with_429_500_timeout_and_malformed(tmp_path):
     pool = normalize_pool(make_pool(12))
     key = lambda i: teacher_messages(pool[i]["instruction"], pool[i]["input"])[-1]["content"]  # noqa: E731
-    faults = {key(0): ["429", "429"], key(1): ["500", "503"], key(2): ["timeout:1.5"], key(3): ["malformed"],
-              key(4): ["500"] * 10}  # fmt: skip
+    faults = {
+        key(0): ["429", "429"],
+        key(1): ["500", "503"],
+        key(2): ["timeout:1.5"],
+        key(3): ["malformed"],
+        key(4): ["500"] * 10,
+    }
     with FakeServer(ScriptedTeacher(), faults=faults) as server:
         b = _backend(server, timeout=0.5, max_retries=3)
         answers, report = stages.teacher_answers(
@@ -51,8 +64,10 @@ def test_teacher_with_429_500_timeout_and_malformed(tmp_path):
 def test_referee_both_orders_retries_unparsable_and_reports(tmp_path):
     pool = normalize_pool(make_pool(10))
     first, always = {pool[1]["instruction"]}, {pool[2]["instruction"]}
-    items = [{**r, "teacher_output": f"Teacher: answer {i}", "student_output": f"student says {i}"}
-             for i, r in enumerate(pool)]  # fmt: skip
+    items = [
+        {**r, "teacher_output": f"Teacher: answer {i}", "student_output": f"student says {i}"}
+        for i, r in enumerate(pool)
+    ]
     with FakeServer(ScriptedTeacher(unparsable_first=first, unparsable_always=always)) as server:
         b = _backend(server)
         scores, reviews, report = stages.referee_scores(items, b, tmp_path / "r.jsonl", attempts=3)

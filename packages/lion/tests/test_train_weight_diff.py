@@ -40,9 +40,18 @@ def test_train_student_lowers_loss_and_saves(tmp_path, tiny_dir, tokenizer):
     from leanlm.core.models import load_model
 
     out = tmp_path / "student"
-    metrics = train_student(str(tiny_dir), RECORDS, out, max_length=48, num_train_epochs=3, learning_rate=3e-3,
-                            per_device_train_batch_size=4, gradient_accumulation_steps=1, warmup_ratio=0.0,
-                            logging_steps=1)  # fmt: skip
+    metrics = train_student(
+        str(tiny_dir),
+        RECORDS,
+        out,
+        max_length=48,
+        num_train_epochs=3,
+        learning_rate=3e-3,
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=1,
+        warmup_ratio=0.0,
+        logging_steps=1,
+    )
     assert metrics["train_loss"] > 0
     trained = load_model(str(out), device="cpu")
     base = load_model(str(tiny_dir), device="cpu")

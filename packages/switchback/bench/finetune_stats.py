@@ -31,14 +31,25 @@ def loss_comparison(out: Path, common: FinetuneOptions, steps: int) -> str:
     lin, sb = runs["linear"]["losses"], runs["switchback"]["losses"]
     gaps = [s - ln for (_, ln), (_, s) in zip(lin, sb)]
     tail = gaps[-10:]  # one batch's loss is noisy: also the mean gap over the last 10 logged steps
-    result = {"steps": steps, "linear_final": lin[-1][1], "switchback_final": sb[-1][1], "final_gap": gaps[-1],
-              "mean_gap_last10": sum(tail) / len(tail), "max_abs_gap": max(abs(g) for g in gaps), "linear_seconds": runs["linear"]["seconds"],
-              "switchback_seconds": runs["switchback"]["seconds"], "linear": lin, "switchback": sb}  # fmt: skip
+    result = {
+        "steps": steps,
+        "linear_final": lin[-1][1],
+        "switchback_final": sb[-1][1],
+        "final_gap": gaps[-1],
+        "mean_gap_last10": sum(tail) / len(tail),
+        "max_abs_gap": max(abs(g) for g in gaps),
+        "linear_seconds": runs["linear"]["seconds"],
+        "switchback_seconds": runs["switchback"]["seconds"],
+        "linear": lin,
+        "switchback": sb,
+    }
     write_json(out / "loss.json", result)
-    md = (f"| steps | nn.Linear final loss | SwitchBack final loss | gap (nats) | mean gap, last 10 steps | "
-          f"max gap | nn.Linear s | SwitchBack s |\n|---|---|---|---|---|---|---|---|\n| {steps} | {lin[-1][1]:.4f} | "
-          f"{sb[-1][1]:.4f} | {gaps[-1]:+.4f} | {result['mean_gap_last10']:+.4f} | {result['max_abs_gap']:.4f} | "
-          f"{result['linear_seconds']:.1f} | {result['switchback_seconds']:.1f} |\n")  # fmt: skip
+    md = (
+        f"| steps | nn.Linear final loss | SwitchBack final loss | gap (nats) | mean gap, last 10 steps | "
+        f"max gap | nn.Linear s | SwitchBack s |\n|---|---|---|---|---|---|---|---|\n| {steps} | {lin[-1][1]:.4f} | "
+        f"{sb[-1][1]:.4f} | {gaps[-1]:+.4f} | {result['mean_gap_last10']:+.4f} | {result['max_abs_gap']:.4f} | "
+        f"{result['linear_seconds']:.1f} | {result['switchback_seconds']:.1f} |\n"
+    )
     write_text(out / "loss.md", md)
     return md
 
@@ -80,8 +91,12 @@ def main(
     for n in range(1, num_runs + 1):
         finetune(replace(common, switchback=False, output_dir=str(out / "linear"), num_runs=n))
         finetune(replace(common, switchback=True, output_dir=str(out / "switchback"), num_runs=n))
-    report = compare_logs(str(out / "linear" / "finetune_log.jsonl"), str(out / "switchback" / "finetune_log.jsonl"),
-                          alpha=0.05, output_dir=str(out / "stats"))  # fmt: skip
+    report = compare_logs(
+        str(out / "linear" / "finetune_log.jsonl"),
+        str(out / "switchback" / "finetune_log.jsonl"),
+        alpha=0.05,
+        output_dir=str(out / "stats"),
+    )
     if loss_steps:
         report += "\n\n" + loss_comparison(out / "loss", common, int(loss_steps))
     return report

@@ -24,9 +24,26 @@ def tiny_dir(tmp_path_factory, tiny_model, tokenizer):
 
 
 def _finetune_args(tiny_dir, out, switchback: str, runs: int = 2) -> list[str]:
-    return ["--model", str(tiny_dir), "--dataset", "instructions", "--limit", "12", "--batch-size", "4",
-            "--max-steps", "2", "--target-max-len", "24", "--num-runs", str(runs), "--switchback", switchback,
-            "--output-dir", str(out)]  # fmt: skip
+    return [
+        "--model",
+        str(tiny_dir),
+        "--dataset",
+        "instructions",
+        "--limit",
+        "12",
+        "--batch-size",
+        "4",
+        "--max-steps",
+        "2",
+        "--target-max-len",
+        "24",
+        "--num-runs",
+        str(runs),
+        "--switchback",
+        switchback,
+        "--output-dir",
+        str(out),
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -63,9 +80,16 @@ def test_finetune_resumes_without_repeating_runs(finetune_logs, tiny_dir):
 
 
 def test_stats_cli_on_finetune_logs(finetune_logs, tmp_path):
-    args = ["--file1", str(finetune_logs["false"] / "finetune_log.jsonl"),
-            "--file2", str(finetune_logs["true"] / "finetune_log.jsonl"), "--alpha", "0.05",
-            "--output-dir", str(tmp_path)]  # fmt: skip
+    args = [
+        "--file1",
+        str(finetune_logs["false"] / "finetune_log.jsonl"),
+        "--file2",
+        str(finetune_logs["true"] / "finetune_log.jsonl"),
+        "--alpha",
+        "0.05",
+        "--output-dir",
+        str(tmp_path),
+    ]
     md = run_cli(compare_logs, "switchback-stats", args)
     assert "Welch t" in md
     assert (tmp_path / "t_distribution.png").stat().st_size > 5000
@@ -73,10 +97,30 @@ def test_stats_cli_on_finetune_logs(finetune_logs, tmp_path):
 
 
 def test_bench_cli_tiny(tiny_dir, tmp_path):
-    args = ["--output-dir", str(tmp_path), "--widths", "64,128", "--tokens", "32", "--modes",
-            "linear-fp32,linear-bf16,switchback-bf16,memeff-bf16", "--step-models", str(tiny_dir),
-            "--step-modes", "fp32,bf16,switchback-bf16", "--batch", "2", "--seq", "16", "--warmup", "0",
-            "--repeats", "1", "--loss-steps", "1"]  # fmt: skip
+    args = [
+        "--output-dir",
+        str(tmp_path),
+        "--widths",
+        "64,128",
+        "--tokens",
+        "32",
+        "--modes",
+        "linear-fp32,linear-bf16,switchback-bf16,memeff-bf16",
+        "--step-models",
+        str(tiny_dir),
+        "--step-modes",
+        "fp32,bf16,switchback-bf16",
+        "--batch",
+        "2",
+        "--seq",
+        "16",
+        "--warmup",
+        "0",
+        "--repeats",
+        "1",
+        "--loss-steps",
+        "1",
+    ]
     run_cli(bench_command, "switchback-bench", args)
     results = json.loads((tmp_path / "results.json").read_text())
     assert len(results["layers"]) == 2 * 4 and all(r["ms"] > 0 for r in results["layers"])
@@ -88,8 +132,20 @@ def test_bench_cli_tiny(tiny_dir, tmp_path):
 
 def test_eval_cli_tiny(tiny_dir, tmp_path):
     pytest.importorskip("lm_eval")
-    args = ["--model", str(tiny_dir), "--tasks", "boolq", "--limit", "4", "--batch-size", "4",
-            "--switchback", "true", "--output-dir", str(tmp_path)]  # fmt: skip
+    args = [
+        "--model",
+        str(tiny_dir),
+        "--tasks",
+        "boolq",
+        "--limit",
+        "4",
+        "--batch-size",
+        "4",
+        "--switchback",
+        "true",
+        "--output-dir",
+        str(tmp_path),
+    ]
     text = run_cli(evaluate_command, "switchback-eval", args)
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["switchback"] is True and results["results"]["boolq"]["n"] == 4
@@ -106,18 +162,30 @@ def _fails(capsys, component, name, args) -> str:
 
 
 def test_bad_input_gives_one_clear_error(capsys, tmp_path, tiny_dir):
-    msg = _fails(capsys, finetune_command, "switchback-finetune",
-                 ["--model", str(tiny_dir), "--variant", "int4", "--output-dir", str(tmp_path)])  # fmt: skip
+    msg = _fails(
+        capsys,
+        finetune_command,
+        "switchback-finetune",
+        ["--model", str(tiny_dir), "--variant", "int4", "--output-dir", str(tmp_path)],
+    )
     assert "unknown SwitchBack variant 'int4'" in msg
-    msg = _fails(capsys, compare_logs, "switchback-stats",
-                 ["--file1", str(tmp_path / "nope.jsonl"), "--file2", str(tmp_path / "nope2.jsonl")])  # fmt: skip
+    msg = _fails(
+        capsys,
+        compare_logs,
+        "switchback-stats",
+        ["--file1", str(tmp_path / "nope.jsonl"), "--file2", str(tmp_path / "nope2.jsonl")],
+    )
     assert "no such log file" in msg
     one = tmp_path / "one.jsonl"
     one.write_text(json.dumps({"id": "linear-run0", "seconds": 3.0}) + "\n")
     msg = _fails(capsys, compare_logs, "switchback-stats", ["--file1", str(one), "--file2", str(one)])
     assert "at least 2 runs" in msg
-    msg = _fails(capsys, finetune_command, "switchback-finetune",
-                 ["--model", str(tiny_dir), "--dataset", str(tmp_path / "missing.jsonl")])  # fmt: skip
+    msg = _fails(
+        capsys,
+        finetune_command,
+        "switchback-finetune",
+        ["--model", str(tiny_dir), "--dataset", str(tmp_path / "missing.jsonl")],
+    )
     assert "missing.jsonl" in msg
 
 
@@ -126,6 +194,7 @@ def test_installed_console_scripts_answer_help():
         exe = shutil.which(name)
         if exe is None:
             pytest.skip(f"{name} is not on PATH")
-        proc = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=120,
-                              env={**os.environ, "PAGER": "cat"})  # fmt: skip
+        proc = subprocess.run(
+            [exe, "--help"], capture_output=True, text=True, timeout=120, env={**os.environ, "PAGER": "cat"}
+        )
         assert proc.returncode == 0 and "NAME" in proc.stdout + proc.stderr

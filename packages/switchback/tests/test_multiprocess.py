@@ -17,9 +17,29 @@ def test_switchback_finetune_two_processes(tmp_path, tiny_model, tokenizer):
     tokenizer.save_pretrained(tiny)
     out = tmp_path / "run"
     env = {k: v for k, v in os.environ.items() if k not in {"RANK", "WORLD_SIZE", "LOCAL_RANK"}}
-    cmd = [str(Path(sys.executable).with_name("switchback-finetune")), "--model", str(tiny), "--limit", "8",
-           "--batch_size", "2", "--epochs", "1", "--num_runs", "1", "--target_max_len", "24", "--nproc", "2",
-           "--switchback", "true", "--save_model", "false", "--output_dir", str(out)]  # fmt: skip
+    cmd = [
+        str(Path(sys.executable).with_name("switchback-finetune")),
+        "--model",
+        str(tiny),
+        "--limit",
+        "8",
+        "--batch_size",
+        "2",
+        "--epochs",
+        "1",
+        "--num_runs",
+        "1",
+        "--target_max_len",
+        "24",
+        "--nproc",
+        "2",
+        "--switchback",
+        "true",
+        "--save_model",
+        "false",
+        "--output_dir",
+        str(out),
+    ]
     proc = subprocess.run(
         cmd, env=env | {"OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600
     )
