@@ -130,12 +130,18 @@ def _fresh_venv(session: nox.Session, folder: Path) -> Path:
     return folder / "bin" / "python"
 
 
+def _pip_install(python: Path) -> list[str]:
+    """``pip install`` in the venv of ``python``: wheels only; --no-compile because byte-compiling
+    ~150 packages costs minutes (imports compile what they use)."""
+    return [str(python), "-m", "pip", "install", "--quiet", "--no-compile", "--only-binary", ":all:"]
+
+
 def _install_torch(session: nox.Session, python: Path) -> str:
     """torch first, CPU-only, as a CPU user installs it: PyPI's Linux torch pulls ~3 GB of CUDA wheels.
 
     From ``$LEANLM_TORCH_INDEX`` (default the PyTorch CPU index) when it answers, else from a wheel
     pip's find-links already offer (no index), else PyPI's default build. Returns which one was used."""
-    pip = [str(python), "-m", "pip", "install", "--only-binary", ":all:", "--quiet", "--no-compile"]
+    pip = _pip_install(python)
     index = os.environ.get("LEANLM_TORCH_INDEX", CPU_TORCH_INDEX)
     tries = [
         ("cpu index (or pip's find-links)", ["--index-url", index, "torch"]),
@@ -156,18 +162,7 @@ def _package_tests(session: nox.Session, python: Path, package: str, env: dict[s
     pytest comes at the lock's version; the repo's ``src`` folders are not on ``sys.path`` (pytest
     adds only the tests folder), so what is tested is what pip installed. Returns pytest's summary."""
     pytest_version = _locked_versions("pytest")["pytest"]
-    session.run(
-        str(python),
-        "-m",
-        "pip",
-        "install",
-        "--quiet",
-        "--no-compile",
-        "--only-binary",
-        ":all:",
-        f"pytest=={pytest_version}",
-        external=True,
-    )
+    session.run(*_pip_install(python), f"pytest=={pytest_version}", external=True)
     out = session.run(
         str(python),
         "-m",
@@ -212,17 +207,9 @@ def install(session: nox.Session) -> None:
             t0 = time.time()
             python = _fresh_venv(session, work / f"venv-{package}")
             torch_from = _install_torch(session, python)
-            # --no-compile: byte-compiling ~150 packages costs minutes; imports compile what they use
             t1 = time.time()
             session.run(
-                str(python),
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--no-compile",
-                "--only-binary",
-                ":all:",
+                *_pip_install(python),
                 "--no-binary",
                 PURE_PYTHON_SDISTS,
                 "--find-links",
