@@ -135,7 +135,12 @@ def entry(component: Callable[..., Any] | Any, name: str) -> Callable[[], None]:
     """A zero-argument function for ``[project.scripts]``: ``bita-train = "...cli:train_main"``."""
 
     def main() -> None:
-        run_cli(component, name)
+        from leanlm.core.distributed import release_process_group
+
+        try:
+            run_cli(component, name)
+        finally:
+            release_process_group()  # a rank of a torchrun job exits cleanly
 
     main.__name__ = f"{name.replace('-', '_')}_main"
     main.component = component  # type: ignore[attr-defined]  # for tests that drive every script

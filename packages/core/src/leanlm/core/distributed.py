@@ -41,6 +41,17 @@ def in_distributed_job() -> bool:
     return "LOCAL_RANK" in os.environ or "WORLD_SIZE" in os.environ
 
 
+def release_process_group() -> None:
+    """Destroy the default process group if this process has one, before the interpreter exits.
+
+    Left to interpreter teardown, gloo's worker threads are destroyed while still joinable and a rank
+    can abort ("terminate called without an active exception", SIGABRT) after its work is saved."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def set_seed(seed: int) -> None:
     """Seed python, numpy and torch (all devices)."""
     from transformers import set_seed as hf_set_seed
