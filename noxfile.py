@@ -239,7 +239,7 @@ def install(session: nox.Session) -> None:
                 passed = "TESTS FAILED (output above)"
             times[package] = time.time() - t0
             session.log(
-                f"leanlm-{package}: ok in {times[package]:.0f} s (torch {t1 - t0:.0f} s from {torch_from}, "
+                f"leanlm-{package}: {'FAILED' if package in failed else 'ok'} in {times[package]:.0f} s (torch {t1 - t0:.0f} s from {torch_from}, "
                 f"pip install {t2 - t1:.0f} s, smoke {t3 - t2:.0f} s, tests {time.time() - t3:.0f} s: {passed}) "
                 f"{report}"
             )

@@ -46,9 +46,8 @@ def release_process_group() -> None:
 
     Left to interpreter teardown, gloo's worker threads are destroyed while still joinable and a rank
     can abort ("terminate called without an active exception", SIGABRT) after its work is saved."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
+    dist = sys.modules.get("torch.distributed")  # never imported: no group, and no torch import at exit
+    if dist is not None and dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
 
